@@ -1,0 +1,35 @@
+"""Channel names (PROTOCOL.md §1, "Channels, offsets, epochs and recovery").
+
+A name is 1 to 255 bytes of ``A-Z a-z 0-9 _ - : . @ /``. The part before the first ``:`` is the
+namespace whose options come from config; a name without ``:`` belongs to the default namespace,
+named ``""`` here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final
+
+import msgspec
+
+CHANNEL_PATTERN: Final = r"^[A-Za-z0-9_\-:.@/]{1,255}$"
+MAX_CHANNEL_BYTES: Final = 255
+
+#: The channel type used in every message Struct: msgspec validates it while decoding.
+Channel = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_CHANNEL_BYTES, pattern=CHANNEL_PATTERN)
+]
+
+_CHANNEL_RE: Final = re.compile(CHANNEL_PATTERN)
+
+
+def is_valid_channel(name: str) -> bool:
+    """Whether ``name`` is a channel name a client may use."""
+    # The pattern admits only ASCII, so its length in characters is its length in bytes.
+    return _CHANNEL_RE.match(name) is not None
+
+
+def namespace_of(channel: str) -> str:
+    """The namespace of ``channel``: the part before the first ``:``, or ``""`` if none."""
+    namespace, sep, _ = channel.partition(":")
+    return namespace if sep else ""

@@ -1,0 +1,90 @@
+"""Encoded frames as the broker queues them, and publications encoded once per encoding.
+
+A publication reaches every subscriber of a channel; ``PublicationFrames`` makes sure that its
+``message`` frame is encoded at most once per encoding, and its payload converted at most once per
+encoding pair, however many subscribers there are. Every subscriber's outbox gets the same
+``Frame`` object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from protocol.codec import CODECS, Codec, Encoding, convert_payload
+from protocol.messages import Publication
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """Bytes ready for the socket, with the publication they carry when they carry one.
+
+    ``channel`` and ``offset`` let an outbox that drops frames (policy ``drop_oldest``) tell the
+    client which publications it skipped; control frames have ``channel`` None.
+    """
+
+    data: bytes
+    channel: str | None = None
+    offset: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+class PublicationFrames:
+    """One publication and its frames, built lazily, at most once per encoding."""
+
+    __slots__ = ("_frames", "_payloads", "channel", "epoch", "offset", "publisher", "source")
+
+    def __init__(
+        self,
+        *,
+        channel: str,
+        offset: int,
+        epoch: str,
+        publisher: str | None,
+        data: msgspec.Raw,
+        source: Codec,
+    ) -> None:
+        self.channel = channel
+        self.offset = offset
+        self.epoch = epoch
+        self.publisher = publisher
+        self.source = source
+        self._payloads: dict[Encoding, msgspec.Raw] = {source.encoding: data}
+        self._frames: dict[Encoding, Frame] = {}
+
+    def add_payload(self, encoding: Encoding, data: msgspec.Raw) -> None:
+        """Record an already converted payload (the reader converts MessagePack to JSON early)."""
+        self._payloads[encoding] = data
+
+    def payload(self, encoding: Encoding) -> msgspec.Raw:
+        """The payload in ``encoding``, converted on first use."""
+        data = self._payloads.get(encoding)
+        if data is None:
+            data = convert_payload(
+                self._payloads[self.source.encoding], self.source, CODECS[encoding]
+            )
+            self._payloads[encoding] = data
+        return data
+
+    def message(self, encoding: Encoding) -> Publication:
+        """The ``message`` Struct with its payload in ``encoding``."""
+        return Publication(
+            channel=self.channel,
+            offset=self.offset,
+            epoch=self.epoch,
+            data=self.payload(encoding),
+            from_=self.publisher,
+        )
+
+    def frame(self, encoding: Encoding) -> Frame:
+        """The ``message`` frame in ``encoding``, encoded on first use and shared afterwards."""
+        frame = self._frames.get(encoding)
+        if frame is None:
+            data = CODECS[encoding].encode(self.message(encoding))
+            frame = Frame(data, self.channel, self.offset)
+            self._frames[encoding] = frame
+        return frame

@@ -1,0 +1,197 @@
+"""Every message of PROTOCOL.md §1 as a frozen, tagged msgspec Struct.
+
+Two tagged unions on the ``type`` field, one per direction: ``ClientMessage`` (client to server)
+and ``ServerMessage`` (server to client). ``data`` is ``msgspec.Raw``: the broker passes a
+publication's bytes through without decoding them whenever the encodings match.
+
+Unknown fields are ignored, not forbidden, on purpose: a newer client may send a field an older
+broker does not know yet, as Centrifugo and Phoenix allow, and schema evolution only ever adds
+fields with defaults. Unknown ``type`` values are still rejected (``bad_request``).
+
+Server messages keep every field on the wire, defaults and nulls included (no ``omit_defaults``),
+because the contract lists ``from`` and ``user`` as present-but-null rather than absent.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+import msgspec
+
+from protocol.channels import Channel
+
+PROTOCOL_VERSION: Final = "1"
+
+RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Offset = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Limit = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+
+
+class Message(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
+    """Base of every message; ``type`` is the tag."""
+
+
+class StreamPosition(msgspec.Struct, frozen=True, kw_only=True):
+    """A point in a channel's history: the last ``offset`` seen in stream ``epoch``."""
+
+    offset: Offset
+    epoch: str
+
+
+class ClientInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One member of a channel's presence."""
+
+    client: str
+    user: str | None = None
+
+
+# --- client to server ---------------------------------------------------------------------------
+
+
+class Subscribe(Message, tag="subscribe"):
+    id: RequestId
+    channel: Channel
+    since: StreamPosition | None = None
+
+
+class Unsubscribe(Message, tag="unsubscribe"):
+    id: RequestId
+    channel: Channel
+
+
+class Publish(Message, tag="publish"):
+    channel: Channel
+    data: msgspec.Raw
+    id: RequestId | None = None
+
+
+class History(Message, tag="history"):
+    id: RequestId
+    channel: Channel
+    since: StreamPosition | None = None
+    limit: Limit | None = None
+
+
+class Presence(Message, tag="presence"):
+    id: RequestId
+    channel: Channel
+
+
+class Ping(Message, tag="ping"):
+    id: RequestId
+
+
+ClientMessage = Subscribe | Unsubscribe | Publish | History | Presence | Ping
+
+
+# --- server to client ---------------------------------------------------------------------------
+
+
+class Welcome(Message, tag="welcome"):
+    client: str
+    heartbeat: float
+    max_message_bytes: int
+    version: str = PROTOCOL_VERSION
+
+
+class Publication(Message, tag="message"):
+    """A publication on a subscribed channel (wire type ``message``)."""
+
+    channel: str
+    offset: int
+    epoch: str
+    data: msgspec.Raw
+    from_: str | None = msgspec.field(default=None, name="from")
+
+
+class Subscribed(Message, tag="subscribed"):
+    id: int
+    channel: str
+    epoch: str
+    offset: int
+    recovered: bool = False
+    publications: list[Publication] = msgspec.field(default_factory=list)
+
+
+class Unsubscribed(Message, tag="unsubscribed"):
+    id: int
+    channel: str
+
+
+class Published(Message, tag="published"):
+    id: int
+    channel: str
+    offset: int
+    epoch: str
+
+
+class HistoryResult(Message, tag="history"):
+    """Reply to ``history`` (wire type ``history``, like the request)."""
+
+    id: int
+    channel: str
+    epoch: str
+    offset: int
+    publications: list[Publication] = msgspec.field(default_factory=list)
+
+
+class PresenceResult(Message, tag="presence"):
+    """Reply to ``presence`` (wire type ``presence``, like the request)."""
+
+    id: int
+    channel: str
+    clients: list[ClientInfo] = msgspec.field(default_factory=list)
+
+
+class Pong(Message, tag="pong"):
+    id: int
+
+
+class Join(Message, tag="join"):
+    channel: str
+    client: str
+    user: str | None = None
+
+
+class Leave(Message, tag="leave"):
+    channel: str
+    client: str
+    user: str | None = None
+
+
+class Gap(Message, tag="gap"):
+    """This connection skipped publications ``from_offset`` to ``to_offset`` (inclusive)."""
+
+    channel: str
+    from_offset: int
+    to_offset: int
+
+
+class Disconnect(Message, tag="disconnect"):
+    code: int
+    reason: str
+    reconnect: bool
+    retry_after: float = 0.0
+
+
+class Error(Message, tag="error"):
+    id: int | None
+    code: str
+    message: str
+
+
+ServerMessage = (
+    Welcome
+    | Subscribed
+    | Unsubscribed
+    | Published
+    | HistoryResult
+    | PresenceResult
+    | Pong
+    | Publication
+    | Join
+    | Leave
+    | Gap
+    | Disconnect
+    | Error
+)
