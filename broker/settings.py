@@ -20,7 +20,7 @@ NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0)]
-NamespaceName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-.@/]{1,64}$")]
+NamespaceName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-.@/]{1,64}\Z")]
 
 
 class OverflowPolicy(enum.Enum):
@@ -54,7 +54,7 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
-class ServerSettings(_Section):
+class ServerSettings(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Port = 8000
     #: Seconds a SIGTERM/SIGINT drain may take before remaining connections are cut.
@@ -63,7 +63,7 @@ class ServerSettings(_Section):
     allowed_origins: list[str] = msgspec.field(default_factory=list)
 
 
-class WebSocketSettings(_Section):
+class WebSocketSettings(_Section, frozen=True):
     #: Largest client message accepted, in bytes; a larger one closes the connection with 1009.
     max_message_bytes: PositiveInt = 64 * 1024
     #: permessage-deflate costs CPU on every frame and invites decompression bombs: off by default.
@@ -80,7 +80,7 @@ class WebSocketSettings(_Section):
     close_timeout: Seconds = 5.0
 
 
-class QueueSettings(_Section):
+class QueueSettings(_Section, frozen=True):
     #: Most messages waiting in one connection's outbox.
     max_messages: PositiveInt = 1000
     #: Most bytes waiting in one connection's outbox.
@@ -91,12 +91,12 @@ class QueueSettings(_Section):
     max_batch: PositiveInt = 64
 
 
-class HubSettings(_Section):
+class HubSettings(_Section, frozen=True):
     #: Commands that may wait in the hub's mailbox before senders wait for room.
     mailbox_size: PositiveInt = 4096
 
 
-class LimitSettings(_Section):
+class LimitSettings(_Section, frozen=True):
     #: Most WebSocket connections per process; 0 means no limit.
     max_connections: NonNegativeInt = 10_000
     #: Seconds a refused client is told to wait (``retry_after``) at the connection limit.
@@ -113,7 +113,7 @@ class LimitSettings(_Section):
     idle_timeout: NonNegativeSeconds = 0.0
 
 
-class NamespaceSettings(_Section):
+class NamespaceSettings(_Section, frozen=True):
     #: Publications kept per channel for ``history`` and recovery; 0 keeps none.
     history_size: NonNegativeInt = 0
     #: Seconds a publication is kept; 0 keeps it until ``history_size`` evicts it.
@@ -126,7 +126,7 @@ class NamespaceSettings(_Section):
     allow_publish: bool = True
 
 
-class BackplaneSettings(_Section):
+class BackplaneSettings(_Section, frozen=True):
     #: ``memory`` (one process, the default) or ``redis``.
     kind: BackplaneKind = BackplaneKind.MEMORY
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -136,14 +136,14 @@ class BackplaneSettings(_Section):
     key_prefix: str = "broker"
 
 
-class LogSettings(_Section):
+class LogSettings(_Section, frozen=True):
     level: LogLevel = LogLevel.INFO
     format: LogFormat = LogFormat.AUTO
     #: Protocol errors logged per connection; later ones are only counted.
     max_protocol_errors_logged: NonNegativeInt = 3
 
 
-class Settings(_Section):
+class Settings(_Section, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     websocket: WebSocketSettings = msgspec.field(default_factory=WebSocketSettings)
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)

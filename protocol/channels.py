@@ -12,7 +12,8 @@ from typing import Annotated, Final
 
 import msgspec
 
-CHANNEL_PATTERN: Final = r"^[A-Za-z0-9_\-:.@/]{1,255}$"
+# ``\Z``, not ``$``: ``$`` also matches before a trailing newline, which would admit "news\n".
+CHANNEL_PATTERN: Final = r"^[A-Za-z0-9_\-:.@/]{1,255}\Z"
 MAX_CHANNEL_BYTES: Final = 255
 
 #: The channel type used in every message Struct: msgspec validates it while decoding.

@@ -17,6 +17,8 @@ import msgspec
 
 from protocol.messages import ClientMessage, Message, ServerMessage
 
+_Decoder = msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]
+
 
 class Encoding(enum.Enum):
     """A wire encoding, named by the WebSocket subprotocol that selects it."""
@@ -59,18 +61,23 @@ class Codec:
         #: tests read them to prove a publication is encoded once per encoding, not per subscriber.
         self.messages_encoded = 0
         self.payloads_converted = 0
+        self._encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder
+        self._client: _Decoder
+        self._server: _Decoder
+        self._probe: _Decoder
+        self._any: _Decoder
         if encoding is Encoding.JSON:
-            self._encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder = msgspec.json.Encoder()
+            self._encoder = msgspec.json.Encoder()
             self._client = msgspec.json.Decoder(ClientMessage)
-            self._server = msgspec.json.Decoder(ServerMessage | list[ServerMessage])  # type: ignore[arg-type]
+            self._server = msgspec.json.Decoder(ServerMessage | list[ServerMessage])
             self._probe = msgspec.json.Decoder(_RequestIdProbe)
             self._any = msgspec.json.Decoder()
         else:
             self._encoder = msgspec.msgpack.Encoder()
-            self._client = msgspec.msgpack.Decoder(ClientMessage)  # type: ignore[arg-type]
-            self._server = msgspec.msgpack.Decoder(ServerMessage | list[ServerMessage])  # type: ignore[arg-type]
-            self._probe = msgspec.msgpack.Decoder(_RequestIdProbe)  # type: ignore[arg-type]
-            self._any = msgspec.msgpack.Decoder()  # type: ignore[arg-type]
+            self._client = msgspec.msgpack.Decoder(ClientMessage)
+            self._server = msgspec.msgpack.Decoder(ServerMessage | list[ServerMessage])
+            self._probe = msgspec.msgpack.Decoder(_RequestIdProbe)
+            self._any = msgspec.msgpack.Decoder()
 
     # --- messages -------------------------------------------------------------------------------
 
@@ -92,7 +99,8 @@ class Codec:
         except _DECODE_ERRORS as exc:
             if isinstance(exc, RecursionError):
                 return DecodeFailure(None, "message is nested too deeply")
-            return DecodeFailure(None, f"undecodable frame: {exc}")
+            # The id may still be readable, e.g. when only another str holds invalid UTF-8.
+            return DecodeFailure(self._request_id(frame), f"undecodable frame: {exc}")
 
     def decode_server(self, frame: bytes) -> list[ServerMessage]:
         """The messages of one server frame: a single message or a batch. Raises on bad input."""
@@ -101,9 +109,10 @@ class Codec:
 
     def _request_id(self, frame: bytes) -> int | None:
         try:
-            return self._probe.decode(frame).id
+            probe: _RequestIdProbe = self._probe.decode(frame)
         except (msgspec.ValidationError, *_DECODE_ERRORS):
             return None
+        return probe.id
 
     def batch(self, frames: Sequence[bytes]) -> bytes:
         """One frame holding ``frames`` as an array, without decoding or re-encoding them."""

@@ -27,6 +27,9 @@ class Frame:
     data: bytes
     channel: str | None = None
     offset: int = 0
+    #: A binary frame on the plain endpoints (``/ws/data`` echoes bytes); ``/v1/ws`` frames take
+    #: their kind from the connection's encoding instead.
+    binary: bool = False
 
     @property
     def size(self) -> int:

@@ -48,36 +48,36 @@ class ClientInfo(msgspec.Struct, frozen=True, kw_only=True):
 # --- client to server ---------------------------------------------------------------------------
 
 
-class Subscribe(Message, tag="subscribe"):
+class Subscribe(Message, tag="subscribe", frozen=True):
     id: RequestId
     channel: Channel
     since: StreamPosition | None = None
 
 
-class Unsubscribe(Message, tag="unsubscribe"):
+class Unsubscribe(Message, tag="unsubscribe", frozen=True):
     id: RequestId
     channel: Channel
 
 
-class Publish(Message, tag="publish"):
+class Publish(Message, tag="publish", frozen=True):
     channel: Channel
     data: msgspec.Raw
     id: RequestId | None = None
 
 
-class History(Message, tag="history"):
+class History(Message, tag="history", frozen=True):
     id: RequestId
     channel: Channel
     since: StreamPosition | None = None
     limit: Limit | None = None
 
 
-class Presence(Message, tag="presence"):
+class Presence(Message, tag="presence", frozen=True):
     id: RequestId
     channel: Channel
 
 
-class Ping(Message, tag="ping"):
+class Ping(Message, tag="ping", frozen=True):
     id: RequestId
 
 
@@ -87,14 +87,14 @@ ClientMessage = Subscribe | Unsubscribe | Publish | History | Presence | Ping
 # --- server to client ---------------------------------------------------------------------------
 
 
-class Welcome(Message, tag="welcome"):
+class Welcome(Message, tag="welcome", frozen=True):
     client: str
     heartbeat: float
     max_message_bytes: int
     version: str = PROTOCOL_VERSION
 
 
-class Publication(Message, tag="message"):
+class Publication(Message, tag="message", frozen=True):
     """A publication on a subscribed channel (wire type ``message``)."""
 
     channel: str
@@ -104,7 +104,7 @@ class Publication(Message, tag="message"):
     from_: str | None = msgspec.field(default=None, name="from")
 
 
-class Subscribed(Message, tag="subscribed"):
+class Subscribed(Message, tag="subscribed", frozen=True):
     id: int
     channel: str
     epoch: str
@@ -113,19 +113,19 @@ class Subscribed(Message, tag="subscribed"):
     publications: list[Publication] = msgspec.field(default_factory=list)
 
 
-class Unsubscribed(Message, tag="unsubscribed"):
+class Unsubscribed(Message, tag="unsubscribed", frozen=True):
     id: int
     channel: str
 
 
-class Published(Message, tag="published"):
+class Published(Message, tag="published", frozen=True):
     id: int
     channel: str
     offset: int
     epoch: str
 
 
-class HistoryResult(Message, tag="history"):
+class HistoryResult(Message, tag="history", frozen=True):
     """Reply to ``history`` (wire type ``history``, like the request)."""
 
     id: int
@@ -135,7 +135,7 @@ class HistoryResult(Message, tag="history"):
     publications: list[Publication] = msgspec.field(default_factory=list)
 
 
-class PresenceResult(Message, tag="presence"):
+class PresenceResult(Message, tag="presence", frozen=True):
     """Reply to ``presence`` (wire type ``presence``, like the request)."""
 
     id: int
@@ -143,23 +143,23 @@ class PresenceResult(Message, tag="presence"):
     clients: list[ClientInfo] = msgspec.field(default_factory=list)
 
 
-class Pong(Message, tag="pong"):
+class Pong(Message, tag="pong", frozen=True):
     id: int
 
 
-class Join(Message, tag="join"):
+class Join(Message, tag="join", frozen=True):
     channel: str
     client: str
     user: str | None = None
 
 
-class Leave(Message, tag="leave"):
+class Leave(Message, tag="leave", frozen=True):
     channel: str
     client: str
     user: str | None = None
 
 
-class Gap(Message, tag="gap"):
+class Gap(Message, tag="gap", frozen=True):
     """This connection skipped publications ``from_offset`` to ``to_offset`` (inclusive)."""
 
     channel: str
@@ -167,14 +167,14 @@ class Gap(Message, tag="gap"):
     to_offset: int
 
 
-class Disconnect(Message, tag="disconnect"):
+class Disconnect(Message, tag="disconnect", frozen=True):
     code: int
     reason: str
     reconnect: bool
     retry_after: float = 0.0
 
 
-class Error(Message, tag="error"):
+class Error(Message, tag="error", frozen=True):
     id: int | None
     code: str
     message: str

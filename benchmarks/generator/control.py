@@ -1,0 +1,136 @@
+"""What the generator's processes tell each other, and the async side of their pipes.
+
+The parent sends commands (``Warmup``, ``Go``, ``Drain``, ``Stop``); a child answers with
+``Ready``, ``Warm`` and finally a report. Every value is a small picklable dataclass sent over a
+``multiprocessing`` pipe; ``AsyncInbox`` lets a child's event loop await the parent's commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from multiprocessing.connection import Connection
+
+from benchmarks.wire import Protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadSpec:
+    """One load run: who connects where, and what the publisher sends."""
+
+    url: str
+    protocol: Protocol
+    channel: str = "bench"
+    subscribers: int = 100
+    workers: int = 2
+    rate: float = 200.0
+    duration: float = 10.0
+    message_bytes: int = 2048
+    #: Seconds subscribers may take, after the last publication, to receive what is missing.
+    drain_timeout: float = 5.0
+    connect_timeout: float = 30.0
+    warmup_timeout: float = 15.0
+    #: Seconds past ``duration`` the publisher may still spend in a blocked send.
+    send_grace: float = 1.0
+
+    @property
+    def planned(self) -> int:
+        return max(1, round(self.rate * self.duration))
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    index: int
+    load: LoadSpec
+    clients: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Ready:
+    connected: int
+    failed: int
+    errors: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Warm:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Warmup:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Go:
+    #: Wall-clock time (``time.time_ns()``) of the first publication.
+    start_ns: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Drain:
+    #: Publications 0 .. sent-1 went out; wait for them until ``deadline_ns`` (wall clock).
+    sent: int
+    deadline_ns: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuUsage:
+    """CPU seconds one generator process spent over wall seconds of the measured phase."""
+
+    cpu_seconds: float
+    wall_seconds: float
+
+    @property
+    def share(self) -> float:
+        """Fraction of one core."""
+        return self.cpu_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+class CpuClock:
+    """Measures this process's CPU use from ``start()`` on."""
+
+    def __init__(self) -> None:
+        self._cpu = 0.0
+        self._wall = 0.0
+
+    def start(self) -> None:
+        times = os.times()
+        self._cpu = times.user + times.system
+        self._wall = time.monotonic()
+
+    def usage(self) -> CpuUsage:
+        times = os.times()
+        return CpuUsage(times.user + times.system - self._cpu, time.monotonic() - self._wall)
+
+
+class AsyncInbox:
+    """Receives the parent's commands inside an event loop."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        loop.add_reader(conn.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            while self._conn.poll():
+                self._queue.put_nowait(self._conn.recv())
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(self._conn.fileno())
+            self._queue.put_nowait(Stop())  # the parent is gone: stop
+
+    async def get(self) -> object:
+        return await self._queue.get()
+
+    def send(self, message: object) -> None:
+        self._conn.send(message)

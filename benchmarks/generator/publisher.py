@@ -1,0 +1,206 @@
+"""The publisher process: one client sending publications on a clock (open loop).
+
+Publication ``i`` is due at ``start + i / rate`` and is sent then, whatever happened to earlier
+ones: the publisher never waits for an answer, so a slow server shows up as latency and loss,
+not as a slower publisher. Only a send that the connection itself blocks (the server stopped
+reading it) can hold it back; the run still ends at its deadline, and what could not be sent
+by then is reported as unsent. It also reads every frame the server sends it (on ``/ws/chat``
+the sender gets its own broadcasts), so it never becomes a slow consumer itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections import Counter
+from multiprocessing.connection import Connection
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from benchmarks.generator import loop
+from benchmarks.generator.control import (
+    AsyncInbox,
+    CpuClock,
+    CpuUsage,
+    Go,
+    LoadSpec,
+    Ready,
+    Stop,
+    Warmup,
+)
+from benchmarks.wire import (
+    V1_SUBPROTOCOL,
+    WARMUP_SEQ,
+    PayloadFactory,
+    Protocol,
+    decode_v1,
+    ping_frame,
+    publish_frame,
+)
+
+_WARMUP_INTERVAL = 0.05
+
+
+@dataclasses.dataclass
+class PublisherReport:
+    planned: int
+    sent: int
+    #: Wall-clock times (ns) of the first and last send of the run.
+    first_send_ns: int
+    last_send_ns: int
+    #: Largest delay of a send past its due time, in milliseconds (the publisher's own lag).
+    max_lag_ms: float
+    #: Whether a send was still blocked when the deadline passed.
+    blocked: bool
+    frames_received: int
+    errors: Counter[str]
+    closed: str | None
+    cpu: CpuUsage
+
+
+class Publisher:
+    def __init__(self, spec: LoadSpec, ws: ClientConnection) -> None:
+        self.spec = spec
+        self.ws = ws
+        self.factory = PayloadFactory(spec.message_bytes)
+        self.frames_received = 0
+        self.errors: Counter[str] = Counter()
+        self.closed: str | None = None
+        self.sent = 0
+        self.first_send_ns = 0
+        self.last_send_ns = 0
+        self.max_lag = 0.0
+        self.blocked = False
+
+    def frame(self, seq: int) -> str:
+        payload = self.factory.payload(seq, time.time_ns())
+        return publish_frame(self.spec.protocol, self.spec.channel, payload)
+
+    async def read(self) -> None:
+        v1 = self.spec.protocol is Protocol.V1
+        try:
+            while True:
+                frame = await self.ws.recv(decode=False)
+                self.frames_received += 1
+                if v1:
+                    with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                        for message in decode_v1(frame):
+                            if message.type in ("error", "disconnect"):
+                                self.errors[f"{message.type}:{message.code}"] += 1
+        except ConnectionClosed as exc:
+            self.closed = f"closed {exc.rcvd.code if exc.rcvd is not None else 'no close frame'}"
+
+    async def warm_up(self) -> None:
+        while True:
+            await self.ws.send(self.frame(WARMUP_SEQ))
+            await asyncio.sleep(_WARMUP_INTERVAL)
+
+    async def keepalive(self) -> None:
+        """``/v1/ws`` only: a ping now and then, in case publications stop (blocked send)."""
+        request = 1_000_000
+        while True:
+            await asyncio.sleep(5)
+            request += 1
+            await self.ws.send(ping_frame(request))
+
+    async def publish(self, start_ns: int) -> None:
+        spec = self.spec
+        interval = 1.0 / spec.rate
+        start = time.monotonic() + (start_ns - time.time_ns()) / 1e9
+        deadline = start + spec.duration + spec.send_grace
+        try:
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                for seq in range(spec.planned):
+                    due = start + seq * interval
+                    now = time.monotonic()
+                    if due > now:
+                        await asyncio.sleep(due - now)
+                    else:
+                        self.max_lag = max(self.max_lag, now - due)
+                    frame = self.frame(seq)
+                    if seq == 0:
+                        self.first_send_ns = time.time_ns()
+                    await self.ws.send(frame)
+                    self.sent = seq + 1
+                    self.last_send_ns = time.time_ns()
+        except TimeoutError:
+            self.blocked = self.sent < spec.planned
+        except ConnectionClosed:
+            pass
+
+
+def _loop_time(monotonic_deadline: float) -> float:
+    """Convert a ``time.monotonic()`` deadline to the running loop's clock."""
+    loop_now = asyncio.get_running_loop().time()
+    return loop_now + (monotonic_deadline - time.monotonic())
+
+
+async def _main(spec: LoadSpec, conn: Connection) -> None:
+    inbox = AsyncInbox(conn)
+    clock = CpuClock()
+    ws = await connect(
+        spec.url,
+        compression=None,
+        subprotocols=[V1_SUBPROTOCOL] if spec.protocol is Protocol.V1 else None,  # type: ignore[list-item]
+        max_queue=4096,
+        max_size=16 * 1024 * 1024,
+        ping_interval=None,
+        close_timeout=1,
+        open_timeout=spec.connect_timeout,
+        proxy=None,
+    )
+    publisher = Publisher(spec, ws)
+    tasks = [asyncio.create_task(publisher.read())]
+    if spec.protocol is Protocol.V1:
+        tasks.append(asyncio.create_task(publisher.keepalive()))
+    inbox.send(Ready(1, 0))
+    warmup: asyncio.Task[None] | None = None
+    try:
+        while True:
+            command = await inbox.get()
+            if isinstance(command, Warmup) and warmup is None:
+                warmup = asyncio.create_task(publisher.warm_up())
+            elif isinstance(command, Go):
+                if warmup is not None:
+                    warmup.cancel()
+                    await asyncio.gather(warmup, return_exceptions=True)
+                clock.start()
+                await publisher.publish(command.start_ns)
+                inbox.send(
+                    PublisherReport(
+                        planned=spec.planned,
+                        sent=publisher.sent,
+                        first_send_ns=publisher.first_send_ns,
+                        last_send_ns=publisher.last_send_ns,
+                        max_lag_ms=publisher.max_lag * 1000,
+                        blocked=publisher.blocked,
+                        frames_received=publisher.frames_received,
+                        errors=publisher.errors,
+                        closed=publisher.closed,
+                        cpu=clock.usage(),
+                    )
+                )
+            elif isinstance(command, Stop):
+                break
+    finally:
+        if warmup is not None:
+            tasks.append(warmup)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1):
+                await ws.close()
+        ws.transport.abort()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def publisher_main(spec: LoadSpec, conn: Connection) -> None:
+    """Entry point of the publisher process."""
+    try:
+        loop.run(lambda: _main(spec, conn))
+    except (KeyboardInterrupt, TimeoutError):
+        pass

@@ -1,0 +1,301 @@
+"""A subscriber worker process: many WebSocket clients on one event loop.
+
+Each client joins the channel (``/ws/chat``: by connecting; ``/v1/ws``: ``subscribe``), reads
+every frame as soon as it arrives, and records for each publication of the run: its latency
+(receive time minus the publisher's timestamp, in microseconds), duplicates, and order. Loss is
+what is still missing when the parent's drain deadline passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from array import array
+from collections import Counter
+from multiprocessing.connection import Connection
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from benchmarks.generator import loop
+from benchmarks.generator.control import (
+    AsyncInbox,
+    CpuClock,
+    CpuUsage,
+    Drain,
+    Go,
+    Ready,
+    Stop,
+    Warm,
+    WorkerSpec,
+)
+from benchmarks.wire import (
+    V1_SUBPROTOCOL,
+    Payload,
+    Protocol,
+    decode_chat,
+    decode_v1,
+    ping_frame,
+    subscribe_frame,
+)
+
+_CONNECT_CONCURRENCY = 25
+_MAX_QUEUE = 4096
+_MAX_SIZE = 16 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class WorkerReport:
+    """What one worker process measured."""
+
+    index: int
+    #: Latencies of every publication received, in microseconds (``array('q')`` bytes).
+    latencies_us: bytes
+    #: Publications received per client (unique, of the run).
+    received: list[int]
+    duplicates: int
+    out_of_order: int
+    unexpected: int
+    bad_frames: int
+    gaps: int
+    errors: Counter[str]
+    #: How each client's connection ended, if it did before the drain ended.
+    closes: Counter[str]
+    #: Frame bytes received for the run's publications (to size what a stalled client was sent).
+    payload_bytes: int
+    cpu: CpuUsage
+
+
+class Subscriber:
+    """One healthy client and its bookkeeping."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.protocol = spec.load.protocol
+        self.channel = spec.load.channel
+        self.seen = bytearray(spec.load.planned)
+        self.latencies: array[int] = array("q")
+        self.received = 0
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.unexpected = 0
+        self.bad_frames = 0
+        self.gaps = 0
+        self.payload_bytes = 0
+        self.errors: Counter[str] = Counter()
+        self.last_seq = -1
+        self.last_offset = -1
+        #: Set by the first warm-up publication, or when the connection ends.
+        self.warm = asyncio.Event()
+        self.closed: str | None = None
+        self.heartbeat = 25.0
+        self.subscribed = asyncio.Event()
+        self.ws: ClientConnection | None = None
+
+    async def connect(self, url: str) -> None:
+        self.ws = await connect(
+            url,
+            compression=None,
+            subprotocols=[V1_SUBPROTOCOL] if self.protocol is Protocol.V1 else None,  # type: ignore[list-item]
+            max_queue=_MAX_QUEUE,
+            max_size=_MAX_SIZE,
+            ping_interval=None,
+            close_timeout=1,
+            open_timeout=10,
+            proxy=None,
+        )
+
+    async def read(self) -> None:
+        ws = self.ws
+        assert ws is not None
+        chat = self.protocol is Protocol.CHAT
+        try:
+            while True:
+                frame = await ws.recv(decode=False)
+                now = time.time_ns()
+                try:
+                    if chat:
+                        self._on_chat(frame, now)
+                    else:
+                        self._on_v1(frame, now)
+                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+                    self.bad_frames += 1
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else "no close frame"
+            self.closed = f"closed {code}"
+            self.warm.set()
+
+    def _on_chat(self, frame: bytes, now: int) -> None:
+        payload = decode_chat(frame.decode())
+        if payload is not None:
+            self._on_payload(payload, now, len(frame))
+
+    def _on_v1(self, frame: bytes, now: int) -> None:
+        messages = decode_v1(frame)
+        nbytes = len(frame) // max(1, len(messages))
+        for message in messages:
+            kind = message.type
+            if kind == "message":
+                if message.offset is not None:
+                    if message.offset <= self.last_offset:
+                        self.out_of_order += 1
+                    self.last_offset = message.offset
+                if message.data is not None:
+                    self._on_payload(message.data, now, nbytes)
+            elif kind == "subscribed":
+                self.subscribed.set()
+            elif kind == "welcome":
+                if message.heartbeat:
+                    self.heartbeat = message.heartbeat
+            elif kind == "gap":
+                self.gaps += 1
+            elif kind in ("error", "disconnect"):
+                self.errors[f"{kind}:{message.code}"] += 1
+
+    def _on_payload(self, payload: Payload, now: int, nbytes: int) -> None:
+        seq = payload.seq
+        if seq < 0:
+            self.warm.set()
+            return
+        if seq >= len(self.seen):
+            self.unexpected += 1
+            return
+        if self.seen[seq]:
+            self.duplicates += 1
+            return
+        self.seen[seq] = 1
+        self.received += 1
+        self.payload_bytes += nbytes
+        if seq < self.last_seq:
+            self.out_of_order += 1
+        self.last_seq = seq
+        self.latencies.append((now - payload.ts) // 1000)
+
+    def complete(self, sent: int) -> bool:
+        return self.received >= sent or self.closed is not None
+
+
+async def _subscribe_all(clients: list[Subscriber]) -> None:
+    for client in clients:
+        assert client.ws is not None
+        await client.ws.send(subscribe_frame(client.channel))
+    await asyncio.gather(*(client.subscribed.wait() for client in clients))
+
+
+async def _heartbeats(clients: list[Subscriber]) -> None:
+    """Send ``ping`` often enough that no v1 client hits the heartbeat timeout."""
+    request = 1000
+    while True:
+        await asyncio.sleep(min(client.heartbeat for client in clients) * 0.4)
+        for client in clients:
+            if client.ws is not None and client.closed is None:
+                request += 1
+                with contextlib.suppress(ConnectionClosed):
+                    await client.ws.send(ping_frame(request))
+
+
+async def _connect_all(spec: WorkerSpec) -> tuple[list[Subscriber], Ready]:
+    url = spec.load.url
+    gate = asyncio.Semaphore(_CONNECT_CONCURRENCY)
+    errors: list[str] = []
+
+    async def one() -> Subscriber | None:
+        client = Subscriber(spec)
+        async with gate:
+            try:
+                await client.connect(url)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return None
+        return client
+
+    async with asyncio.timeout(spec.load.connect_timeout):
+        results = await asyncio.gather(*(one() for _ in range(spec.clients)))
+    clients = [client for client in results if client is not None]
+    return clients, Ready(len(clients), spec.clients - len(clients), tuple(errors[:5]))
+
+
+async def _drain(clients: list[Subscriber], command: Drain) -> None:
+    while time.time_ns() < command.deadline_ns:
+        if all(client.complete(command.sent) for client in clients):
+            return
+        await asyncio.sleep(0.02)
+
+
+def _report(index: int, clients: list[Subscriber], cpu: CpuUsage) -> WorkerReport:
+    latencies: array[int] = array("q")
+    errors: Counter[str] = Counter()
+    closes: Counter[str] = Counter()
+    for client in clients:
+        latencies.extend(client.latencies)
+        errors.update(client.errors)
+        if client.closed is not None:
+            closes[client.closed] += 1
+    return WorkerReport(
+        index=index,
+        latencies_us=latencies.tobytes(),
+        received=[client.received for client in clients],
+        duplicates=sum(client.duplicates for client in clients),
+        out_of_order=sum(client.out_of_order for client in clients),
+        unexpected=sum(client.unexpected for client in clients),
+        bad_frames=sum(client.bad_frames for client in clients),
+        gaps=sum(client.gaps for client in clients),
+        errors=errors,
+        closes=closes,
+        payload_bytes=sum(client.payload_bytes for client in clients),
+        cpu=cpu,
+    )
+
+
+async def _close_all(clients: list[Subscriber], tasks: list[asyncio.Task[None]]) -> None:
+    closers = [asyncio.ensure_future(c.ws.close()) for c in clients if c.ws is not None]
+    if closers:
+        await asyncio.wait(closers, timeout=1.0)
+    for client in clients:
+        if client.ws is not None:
+            client.ws.transport.abort()
+    for task in [*tasks, *closers]:
+        task.cancel()
+    await asyncio.gather(*tasks, *closers, return_exceptions=True)
+
+
+async def _announce_warm(clients: list[Subscriber], inbox: AsyncInbox) -> None:
+    await asyncio.gather(*(client.warm.wait() for client in clients))
+    inbox.send(Warm())
+
+
+async def _main(spec: WorkerSpec, conn: Connection) -> None:
+    inbox = AsyncInbox(conn)
+    clock = CpuClock()
+    clients: list[Subscriber] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        clients, ready = await _connect_all(spec)
+        tasks = [asyncio.create_task(client.read()) for client in clients]
+        if spec.load.protocol is Protocol.V1 and clients:
+            async with asyncio.timeout(spec.load.connect_timeout):
+                await _subscribe_all(clients)
+            tasks.append(asyncio.create_task(_heartbeats(clients)))
+        inbox.send(ready)
+        tasks.append(asyncio.create_task(_announce_warm(clients, inbox)))
+        while True:
+            command = await inbox.get()
+            if isinstance(command, Go):
+                clock.start()
+            elif isinstance(command, Drain):
+                await _drain(clients, command)
+                inbox.send(_report(spec.index, clients, clock.usage()))
+            elif isinstance(command, Stop):
+                break
+    finally:
+        await _close_all(clients, tasks)
+
+
+def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    """Entry point of a subscriber worker process."""
+    try:
+        loop.run(lambda: _main(spec, conn))
+    except (KeyboardInterrupt, TimeoutError):
+        pass

@@ -1,0 +1,1 @@
+"""Servers the broker is measured against, each runnable as ``python -m benchmarks.peers.NAME``."""

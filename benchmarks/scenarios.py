@@ -1,0 +1,209 @@
+"""Scenario functions: one fresh server, one load run, one ``ScenarioResult``.
+
+``stalled_clients`` is the issue-3 scenario: ``K`` raw clients join the channel and never read
+while healthy subscribers receive an open-loop stream; it measures what the healthy ones see and
+what the server spends. Each scenario starts its own server process, so its peak RSS and CPU
+belong to that scenario alone, and ends by its deadlines even when the server froze: whatever the
+healthy clients did not get by then is counted as lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.generator import LoadError, LoadResult, LoadRun, LoadSpec
+from benchmarks.rawws import (
+    HandshakeError,
+    StalledClient,
+    kernel_queues,
+    open_stalled,
+    tcp_wmem_max,
+)
+from benchmarks.server import ServerProcess, ServerStartError
+from benchmarks.stats import LatencySummary, summarize
+from benchmarks.targets import Target
+
+MB = 1_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadParams:
+    """The load of a scenario, apart from where it goes."""
+
+    subscribers: int
+    rate: float
+    duration: float
+    message_bytes: int
+    workers: int
+    drain_timeout: float
+    channel: str = "bench"
+
+    def spec(self, url: str, target: Target) -> LoadSpec:
+        return LoadSpec(
+            url=url,
+            protocol=target.protocol,
+            channel=self.channel,
+            subscribers=self.subscribers,
+            workers=self.workers,
+            rate=self.rate,
+            duration=self.duration,
+            message_bytes=self.message_bytes,
+            drain_timeout=self.drain_timeout,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class StalledReport:
+    """What happened to the stalled clients."""
+
+    count: int
+    #: Bytes of publications the channel carried during the run, i.e. owed to each stalled client.
+    pushed_bytes_each: int
+    #: The kernel's send buffer ceiling (``tcp_wmem`` max): about 3/4 of it holds data.
+    tcp_wmem_max: int
+    #: Per stalled client at the end of the run: bytes held in the kernel for it.
+    kernel_bytes: list[int]
+    #: How many the server had disconnected by the end of the run.
+    dropped: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioResult:
+    target: str
+    description: str
+    stalled: int
+    params: LoadParams
+    ok: bool
+    error: str | None = None
+    subscribers: int = 0
+    connect_failures: int = 0
+    planned: int = 0
+    sent: int = 0
+    publisher_blocked: bool = False
+    publisher_max_lag_ms: float = 0.0
+    delivered: int = 0
+    expected: int = 0
+    lost: int = 0
+    clients_with_loss: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    gaps: int = 0
+    offered_per_s: float = 0.0
+    deliveries_per_s: float = 0.0
+    latency: LatencySummary | None = None
+    server_cpu_s: float = 0.0
+    server_cpu_share: float = 0.0
+    server_cpu_ms_per_1k: float | None = None
+    server_rss_before_mb: float = 0.0
+    server_peak_rss_mb: float = 0.0
+    generator_cpu_share: float = 0.0
+    generator_max_process_share: float = 0.0
+    stalled_report: StalledReport | None = None
+    closes: dict[str, int] = dataclasses.field(default_factory=dict)
+    errors: dict[str, int] = dataclasses.field(default_factory=dict)
+    server_log: str = ""
+
+    @property
+    def lost_fraction(self) -> float:
+        return self.lost / self.expected if self.expected else 0.0
+
+
+def stalled_clients(
+    target: Target,
+    stalled: int,
+    params: LoadParams,
+    log_dir: Path,
+    progress: Callable[[str], None] = lambda _: None,
+) -> ScenarioResult:
+    """Run the stalled-client scenario once against a fresh server of ``target``."""
+    log_path = log_dir / f"{target.name}-k{stalled}.log"
+    base = ScenarioResult(target.name, target.description, stalled, params, ok=False)
+    server = ServerProcess(target.command, log_path=log_path)
+    try:
+        server.start()
+    except (ServerStartError, OSError) as exc:
+        tail = server.log_tail(5).replace("\n", " | ")
+        return dataclasses.replace(base, error=f"server start: {exc}; log: {tail}")
+    clients: list[StalledClient] = []
+    try:
+        progress(f"{target.name} K={stalled}: server pid {server.pid} on port {server.port}")
+        for _ in range(stalled):  # one at a time, so each is closed if a later one fails
+            client = open_stalled(server.port, target.path, target.protocol, params.channel)
+            clients.append(client)
+        url = f"ws://127.0.0.1:{server.port}{target.path}"
+        with LoadRun(params.spec(url, target)) as run:
+            run.start()
+            run.warm_up()
+            rss_before = server.monitor.sample_rss()
+            cpu_before = server.monitor.cpu_seconds()
+            started = time.monotonic()
+            progress(f"{target.name} K={stalled}: {run.connected} subscribers, publishing")
+            load = run.measure()
+            cpu = server.monitor.cpu_seconds() - cpu_before
+            wall = time.monotonic() - started
+            server.monitor.sample_rss()
+            peak_rss = server.monitor.peak_rss
+            queues = [kernel_queues(server.port, client.local_port) for client in clients]
+        stalled_report = StalledReport(
+            count=stalled,
+            pushed_bytes_each=round(load.sent * load.bytes_per_publication),
+            tcp_wmem_max=tcp_wmem_max(),
+            kernel_bytes=[queue.total for queue in queues],
+            dropped=sum(1 for queue in queues if not queue.server_holds),
+        )
+        return _result(base, load, cpu, wall, rss_before, peak_rss, stalled_report, log_path)
+    except (LoadError, HandshakeError, OSError) as exc:
+        tail = server.log_tail(5).replace("\n", " | ")
+        return dataclasses.replace(base, error=f"{type(exc).__name__}: {exc}; log: {tail}")
+    finally:
+        for client in clients:
+            client.close()
+        server.stop()
+
+
+def _result(
+    base: ScenarioResult,
+    load: LoadResult,
+    cpu: float,
+    wall: float,
+    rss_before: int,
+    peak_rss: int,
+    stalled_report: StalledReport,
+    log_path: Path,
+) -> ScenarioResult:
+    delivered = load.delivered
+    generator = load.generator_cpu
+    return dataclasses.replace(
+        base,
+        ok=True,
+        subscribers=load.subscribers,
+        connect_failures=load.connect_failures,
+        planned=load.planned,
+        sent=load.sent,
+        publisher_blocked=load.publisher.blocked,
+        publisher_max_lag_ms=load.publisher.max_lag_ms,
+        delivered=delivered,
+        expected=load.expected,
+        lost=load.lost,
+        clients_with_loss=load.clients_with_loss,
+        duplicates=load.duplicates,
+        out_of_order=load.out_of_order,
+        gaps=load.gaps,
+        offered_per_s=load.spec.rate * load.subscribers,
+        deliveries_per_s=delivered / load.window_s,
+        latency=summarize(load.latencies_us),
+        server_cpu_s=cpu,
+        server_cpu_share=cpu / wall if wall > 0 else 0.0,
+        server_cpu_ms_per_1k=cpu * 1000 / (delivered / 1000) if delivered else None,
+        server_rss_before_mb=rss_before / MB,
+        server_peak_rss_mb=peak_rss / MB,
+        generator_cpu_share=sum(usage.share for usage in generator),
+        generator_max_process_share=max((usage.share for usage in generator), default=0.0),
+        stalled_report=stalled_report,
+        closes=dict(load.closes),
+        errors=dict(load.errors),
+        server_log=str(log_path),
+    )

@@ -1,0 +1,75 @@
+"""The targets a benchmark can run against: a server to launch plus an endpoint and protocol.
+
+- ``naive``: the tutorial's chat server (``benchmarks.peers.tutorial_chat``) on ``/ws/chat``.
+- ``broker-chat``: the broker's tutorial-compatible ``/ws/chat``.
+- ``broker-v1``: the broker's typed protocol on ``/v1/ws`` (``broker.v1.json``).
+
+The broker is started as ``broker serve --host 127.0.0.1 --port P`` (the venv's console script,
+or ``python -m broker.cli`` when the script is missing), with ``BROKER_LOG__LEVEL=warning`` and
+any extra ``BROKER_*`` overrides the caller gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from benchmarks.server import ServerCommand
+from benchmarks.wire import Protocol
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One thing to measure."""
+
+    name: str
+    command: ServerCommand
+    path: str
+    protocol: Protocol
+    description: str
+
+
+def naive_command() -> ServerCommand:
+    return ServerCommand(
+        argv=[sys.executable, "-m", "benchmarks.peers.tutorial_chat", "--port", "{port}"],
+        cwd=REPO_ROOT,
+    )
+
+
+def broker_command(env: Mapping[str, str] | None = None) -> ServerCommand:
+    script = Path(sys.executable).with_name("broker")
+    launcher = [str(script)] if script.exists() else [sys.executable, "-m", "broker.cli"]
+    return ServerCommand(
+        argv=[*launcher, "serve", "--host", "127.0.0.1", "--port", "{port}"],
+        env={"BROKER_LOG__LEVEL": "warning", **(env or {})},
+        cwd=REPO_ROOT,
+    )
+
+
+def broker_available() -> bool:
+    """Whether the broker's command line exists yet (it is being written alongside)."""
+    return (REPO_ROOT / "broker" / "cli.py").exists()
+
+
+def build_targets(broker_env: Mapping[str, str] | None = None) -> dict[str, Target]:
+    """Every known target, by name."""
+    broker = broker_command(broker_env)
+    return {
+        "naive": Target(
+            "naive",
+            naive_command(),
+            "/ws/chat",
+            Protocol.CHAT,
+            "tutorial ConnectionManager, awaits each send_text in turn",
+        ),
+        "broker-chat": Target(
+            "broker-chat", broker, "/ws/chat", Protocol.CHAT, "broker, tutorial-compatible /ws/chat"
+        ),
+        "broker-v1": Target(
+            "broker-v1", broker, "/v1/ws", Protocol.V1, "broker, typed /v1/ws (broker.v1.json)"
+        ),
+    }

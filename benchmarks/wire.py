@@ -1,0 +1,101 @@
+"""The benchmark payload and the frames each protocol needs, for the real and the raw clients.
+
+A payload is a JSON object ``{"seq": N, "ts": T, "pad": "..."}``: ``seq`` numbers the
+publications of one run from 0 (warm-up publications use -1), ``ts`` is the publisher's
+``time.time_ns()`` just before the send (one clock for every process on this machine), and
+``pad`` brings the payload to the requested size.
+
+Two protocols are spoken:
+
+- ``chat``: the tutorial's ``/ws/chat``. The payload is sent as a text frame; every member gets
+  ``Client says: <payload>``.
+- ``v1``: the broker's ``/v1/ws`` with subprotocol ``broker.v1.json``. The payload is the ``data``
+  of a ``publish``; subscribers get ``message`` objects, one per frame or batched in a JSON array.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+import msgspec
+
+CHAT_PREFIX: Final = "Client says: "
+V1_SUBPROTOCOL: Final = "broker.v1.json"
+WARMUP_SEQ: Final = -1
+
+
+class Protocol(enum.Enum):
+    """The client protocol a target speaks."""
+
+    CHAT = "chat"
+    V1 = "v1"
+
+
+class Payload(msgspec.Struct):
+    """The fields of a payload a receiver needs; ``pad`` is skipped without being decoded."""
+
+    seq: int
+    ts: int
+
+
+class Publication(msgspec.Struct, kw_only=True):
+    """Any server message of ``/v1/ws``, loosely: only the fields the benchmark reads."""
+
+    type: str
+    id: int | None = None
+    channel: str | None = None
+    offset: int | None = None
+    data: Payload | None = None
+    heartbeat: float | None = None
+    code: str | int | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
+_V1_FRAME = Publication | list[Publication]
+_payload_decoder: Final = msgspec.json.Decoder(Payload)
+_v1_decoder: Final = msgspec.json.Decoder(_V1_FRAME)
+
+
+class PayloadFactory:
+    """Builds payloads of one size quickly: the pad is made once."""
+
+    def __init__(self, message_bytes: int) -> None:
+        # {"seq":<=10 digits,"ts":19 digits,"pad":""} takes at most 50 bytes.
+        self._pad = "x" * max(0, message_bytes - 50)
+
+    def payload(self, seq: int, ts: int) -> str:
+        return f'{{"seq":{seq},"ts":{ts},"pad":"{self._pad}"}}'
+
+
+def publish_frame(protocol: Protocol, channel: str, payload: str) -> str:
+    """The text frame a publisher sends for one payload."""
+    if protocol is Protocol.CHAT:
+        return payload
+    return f'{{"type":"publish","channel":"{channel}","data":{payload}}}'
+
+
+def subscribe_frame(channel: str, request_id: int = 1) -> str:
+    """A ``/v1/ws`` subscribe command."""
+    return f'{{"type":"subscribe","id":{request_id},"channel":"{channel}"}}'
+
+
+def ping_frame(request_id: int) -> str:
+    """A ``/v1/ws`` application-level ping (keeps the heartbeat alive)."""
+    return f'{{"type":"ping","id":{request_id}}}'
+
+
+def decode_chat(text: str) -> Payload | None:
+    """The payload inside a chat broadcast, or None for any other chat text."""
+    if not text.startswith(CHAT_PREFIX):
+        return None
+    return _payload_decoder.decode(text[len(CHAT_PREFIX) :])
+
+
+def decode_v1(frame: str | bytes) -> list[Publication]:
+    """The messages of one ``/v1/ws`` server frame (a single message or a batch)."""
+    decoded = _v1_decoder.decode(frame)
+    if isinstance(decoded, list):
+        return decoded
+    return [decoded]

@@ -1,0 +1,87 @@
+"""The ``broker`` command: ``serve`` and ``check-config``.
+
+A config error stops the command before any port opens, with one line on stderr naming the key,
+the value and what was expected, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import msgspec
+
+from broker.config import ConfigError, load_settings
+from broker.settings import BackplaneKind, Settings
+
+EXIT_CONFIG_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="broker", description="A real-time WebSocket broker.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the broker")
+    serve.add_argument(
+        "--config",
+        default=os.environ.get("BROKER_CONFIG"),
+        help="TOML config file (default: $BROKER_CONFIG, else built-in defaults)",
+    )
+    serve.add_argument("--host", help="interface to listen on (overrides server.host)")
+    serve.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes on one port (needs the redis backplane)"
+    )
+
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file", help="TOML config file")
+    return parser
+
+
+def _load(path: str | None, host: str | None = None, port: int | None = None) -> Settings:
+    settings = load_settings(path, os.environ)
+    if host is not None or port is not None:
+        server = msgspec.structs.replace(
+            settings.server,
+            host=settings.server.host if host is None else host,
+            port=settings.server.port if port is None else port,
+        )
+        settings = msgspec.structs.replace(settings, server=server)
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            settings = _load(args.file)
+            print(f"{args.file}: ok")  # noqa: T201 - the command's answer
+            return 0
+        if args.port is not None and not 0 <= args.port <= 65535:
+            raise ConfigError(f"--port = {args.port}: expected a port number from 0 to 65535")
+        settings = _load(args.config, args.host, args.port)
+        if args.workers < 1:
+            raise ConfigError(f"--workers = {args.workers}: expected 1 or more")
+        if args.workers > 1 and settings.backplane.kind is BackplaneKind.MEMORY:
+            raise ConfigError(
+                f'--workers = {args.workers}: several processes need backplane.kind = "redis"; '
+                "with the in-memory backplane each process would be a separate broker"
+            )
+        if args.workers > 1:
+            raise ConfigError(f"--workers = {args.workers}: the redis backplane is not built yet")
+    except ConfigError as exc:
+        print(f"broker: config error: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_CONFIG_ERROR
+
+    from broker.logs import configure_logging
+    from broker.server import serve
+
+    configure_logging(settings.log)
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

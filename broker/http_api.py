@@ -1,0 +1,85 @@
+"""The HTTP API (PROTOCOL.md §2) for back-end services and operators.
+
+Built so far: ``POST /v1/publish``, ``GET /v1/channels``, ``POST /v1/clients/{client}/disconnect``,
+``GET /healthz``, ``GET /readyz`` and ``GET /metrics``. API-key auth is not built yet: bind the
+broker to a private interface or put it behind a proxy until it is.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from fastapi import APIRouter, HTTPException, Request, Response
+
+from broker.dependencies import BrokerDep, HubDep
+from broker.hub import ChannelsQuery, PublishCommand, Reply
+from broker.metrics import CONTENT_TYPE, render
+from protocol import JSON, Channel, CloseCode, Error, Published
+
+router = APIRouter()
+
+
+class PublishBody(msgspec.Struct, frozen=True):
+    channel: Channel
+    data: msgspec.Raw
+
+
+_body_decoder = msgspec.json.Decoder(PublishBody)
+_encoder = msgspec.json.Encoder()
+
+
+def _json(value: object, status: int = 200) -> Response:
+    return Response(_encoder.encode(value), status_code=status, media_type="application/json")
+
+
+@router.post("/v1/publish")
+async def publish(request: Request, hub: HubDep) -> Response:
+    try:
+        body = _body_decoder.decode(await request.body())
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from None
+    reply: Reply[Published | Error] = Reply()
+    await hub.submit(PublishCommand(channel=body.channel, data=body.data, codec=JSON, reply=reply))
+    result = await reply.wait()
+    if isinstance(result, Error):
+        return _json({"error": result.code, "message": result.message}, 500)
+    return _json({"channel": result.channel, "offset": result.offset, "epoch": result.epoch})
+
+
+@router.get("/v1/channels")
+async def channels(hub: HubDep) -> Response:
+    reply: Reply[list[tuple[str, int]]] = Reply()
+    await hub.submit(ChannelsQuery(reply))
+    listing = await reply.wait()
+    return _json(
+        {
+            "channels": [
+                {"channel": name, "subscribers": count}
+                for name, count in listing
+                if not name.startswith("#")
+            ]
+        }
+    )
+
+
+@router.post("/v1/clients/{client}/disconnect")
+async def disconnect(client: str, broker: BrokerDep) -> Response:
+    connection = broker.connections.get(client)
+    if connection is not None:
+        connection.request_close(CloseCode.DISCONNECTED_BY_OPERATOR)
+    return _json({"client": client, "disconnected": connection is not None})
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    return _json({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(broker: BrokerDep) -> Response:
+    ready = broker.hub.running
+    return _json({"ready": ready}, 200 if ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(render(request.app.state.metrics_registry), media_type=CONTENT_TYPE)

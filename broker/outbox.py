@@ -1,0 +1,204 @@
+"""The bounded outbox between the hub and one connection's writer.
+
+The hub (and the connection's own reader, for replies it makes itself) put frames in with
+``offer``, which never waits: a broadcast must never await a client. The writer takes them out with
+``wait_ready`` then ``drain``. The outbox is bounded both by message count and by bytes; what
+happens when it is full is the configured ``OverflowPolicy``:
+
+* ``DISCONNECT``: ``offer`` refuses the frame and marks the outbox overflowed; the writer then
+  drops the client with ``disconnect`` and close code 4008.
+* ``DROP_OLDEST``: the oldest queued publications are dropped to make room, and the writer sends
+  a ``gap`` message per channel naming the skipped offsets before what remains. Control frames
+  (replies, ``welcome``) are never dropped; if they alone overflow the outbox, the client is
+  disconnected as above.
+
+A closed outbox refuses everything, so a departed connection costs the hub one check, not memory.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import anyio
+
+from broker.settings import OverflowPolicy
+from protocol import Frame
+
+
+@dataclass(slots=True)
+class SkippedRange:
+    """Publications of ``channel`` from ``first`` to ``last`` (inclusive) that were dropped."""
+
+    channel: str
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStatistics:
+    queued_messages: int
+    queued_bytes: int
+    max_messages: int
+    max_bytes: int
+    dropped: int
+    overflowed: bool
+
+
+class Outbox:
+    """A bounded queue of frames for one connection. ``offer`` never blocks."""
+
+    __slots__ = (
+        "_bytes",
+        "_closed",
+        "_dropped",
+        "_frames",
+        "_interrupted",
+        "_overflowed",
+        "_skipped",
+        "_waiter",
+        "max_bytes",
+        "max_messages",
+        "policy",
+    )
+
+    def __init__(self, *, max_messages: int, max_bytes: int, policy: OverflowPolicy) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.policy = policy
+        self._frames: deque[Frame] = deque()
+        self._bytes = 0
+        self._dropped = 0
+        self._overflowed = False
+        self._closed = False
+        self._interrupted = False
+        self._skipped: dict[str, SkippedRange] = {}
+        self._waiter: anyio.Event | None = None
+
+    # --- producer side (hub, reader) ------------------------------------------------------------
+
+    def offer(self, frame: Frame) -> bool:
+        """Queue ``frame`` without waiting.
+
+        Returns False when the outbox is closed or has overflowed under the ``DISCONNECT`` policy:
+        the connection is being dropped, and the caller should stop feeding it.
+        """
+        if self._closed or self._overflowed:
+            return False
+        size = len(frame.data)
+        if len(self._frames) >= self.max_messages or self._bytes + size > self.max_bytes:
+            if self.policy is OverflowPolicy.DISCONNECT or not self._make_room(frame):
+                self._overflow()
+                return False
+        self._frames.append(frame)
+        self._bytes += size
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set()
+        return True
+
+    def _make_room(self, incoming: Frame) -> bool:
+        """Drop the oldest publications until ``incoming`` fits (policy ``DROP_OLDEST``)."""
+        size = len(incoming.data)
+        if size > self.max_bytes:
+            # It can never fit: drop the newcomer itself, so the client learns of it as a gap.
+            if incoming.channel is None:
+                return False
+            self._record_skip(incoming)
+            return True
+        kept: list[Frame] = []
+        frames = self._frames
+        while frames and (len(frames) >= self.max_messages or self._bytes + size > self.max_bytes):
+            oldest = frames.popleft()
+            self._bytes -= len(oldest.data)
+            if oldest.channel is None:
+                kept.append(oldest)
+            else:
+                self._record_skip(oldest)
+        # Control frames keep their place at the front, in their order.
+        frames.extendleft(reversed(kept))
+        self._bytes += sum(len(f.data) for f in kept)
+        return len(frames) < self.max_messages and self._bytes + size <= self.max_bytes
+
+    def _record_skip(self, frame: Frame) -> None:
+        assert frame.channel is not None
+        self._dropped += 1
+        skipped = self._skipped.get(frame.channel)
+        if skipped is None:
+            self._skipped[frame.channel] = SkippedRange(frame.channel, frame.offset, frame.offset)
+        else:
+            # Frames leave in queue order, which is offset order within a channel.
+            skipped.last = frame.offset
+        # A frame dropped when it was the newcomer never sat in the queue: nothing else to undo.
+
+    def _overflow(self) -> None:
+        self._overflowed = True
+        self._wake()
+
+    def close(self) -> None:
+        """Refuse every later frame and release what is queued. Idempotent."""
+        self._closed = True
+        self._frames.clear()
+        self._bytes = 0
+        self._skipped.clear()
+        self._wake()
+
+    def interrupt(self) -> None:
+        """Make ``wait_ready`` return now and from now on, so the writer looks at its state."""
+        self._interrupted = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set()
+
+    # --- consumer side (writer) -----------------------------------------------------------------
+
+    @property
+    def overflowed(self) -> bool:
+        """Whether a frame was refused under the ``DISCONNECT`` policy (or control frames alone
+        overflowed under ``DROP_OLDEST``): the client must be dropped."""
+        return self._overflowed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    async def wait_ready(self) -> None:
+        """Return once frames are queued, or the outbox overflowed, was closed or interrupted."""
+        while not (
+            self._frames or self._skipped or self._overflowed or self._closed or self._interrupted
+        ):
+            waiter = self._waiter = anyio.Event()
+            await waiter.wait()
+
+    def take_skipped(self) -> list[SkippedRange]:
+        """The publications dropped since the last call, one range per channel."""
+        if not self._skipped:
+            return []
+        skipped = list(self._skipped.values())
+        self._skipped.clear()
+        return skipped
+
+    def drain(self) -> list[Frame]:
+        """Everything queued, oldest first; the outbox is empty afterwards."""
+        frames = list(self._frames)
+        self._frames.clear()
+        self._bytes = 0
+        return frames
+
+    def statistics(self) -> OutboxStatistics:
+        return OutboxStatistics(
+            queued_messages=len(self._frames),
+            queued_bytes=self._bytes,
+            max_messages=self.max_messages,
+            max_bytes=self.max_bytes,
+            dropped=self._dropped,
+            overflowed=self._overflowed,
+        )

@@ -1,0 +1,112 @@
+"""``Broker``: one process's broker, the object every route reaches through ``Depends``.
+
+It owns the hub, knows every live connection (for ``max_connections``, the HTTP API's
+``disconnect`` and metrics) and admits or refuses new ones. ``serve`` runs the hub; nothing is
+accepted before the hub takes commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskStatus
+
+from broker.connection import Connection, ConnectionStatistics
+from broker.hub import Hub
+from broker.logs import get_logger
+from broker.settings import Settings
+
+log = get_logger("broker.runtime")
+
+
+@dataclass(slots=True)
+class Totals:
+    """Counters of connections that have closed, so totals survive them."""
+
+    connections_opened: int = 0
+    connections_refused: int = 0
+    messages_in: int = 0
+    bytes_in: int = 0
+    messages_out: int = 0
+    bytes_out: int = 0
+    protocol_errors: int = 0
+
+
+class Broker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.hub = Hub(settings)
+        self.connections: dict[str, Connection] = {}
+        self.totals = Totals()
+        self.close_codes: dict[int, int] = {}
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the hub until cancelled; ``task_status.started()`` once it takes commands."""
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(self.hub.run)
+            task_status.started()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Broker]:
+        """Run the broker for the duration of the block (for a host app's lifespan)."""
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(self.serve)
+            try:
+                yield self
+            finally:
+                tasks.cancel_scope.cancel()
+
+    def at_capacity(self) -> bool:
+        limit = self.settings.limits.max_connections
+        return limit > 0 and len(self.connections) >= limit
+
+    def refused(self) -> None:
+        self.totals.connections_refused += 1
+        log.warning(
+            "connection.refused",
+            reason="max_connections",
+            connections=len(self.connections),
+            refused_total=self.totals.connections_refused,
+        )
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        allowed = self.settings.server.allowed_origins
+        # Non-browser clients send no Origin; browsers always do (RFC 6455 §4.1, §10.2).
+        return not allowed or origin is None or origin in allowed
+
+    def add(self, connection: Connection) -> None:
+        self.connections[connection.id] = connection
+        self.totals.connections_opened += 1
+
+    def remove(self, connection: Connection) -> None:
+        self.connections.pop(connection.id, None)
+        totals, stats = self.totals, connection.stats
+        totals.messages_in += stats.messages_in
+        totals.bytes_in += stats.bytes_in
+        totals.messages_out += stats.messages_out
+        totals.bytes_out += stats.bytes_out
+        totals.protocol_errors += stats.protocol_errors
+        code = connection.close_code or 1005
+        self.close_codes[code] = self.close_codes.get(code, 0) + 1
+
+    def live_statistics(self) -> ConnectionStatistics:
+        """Totals of closed connections plus those of the live ones."""
+        totals = self.totals
+        live = ConnectionStatistics(
+            totals.messages_in,
+            totals.bytes_in,
+            totals.messages_out,
+            totals.bytes_out,
+            totals.protocol_errors,
+        )
+        for connection in self.connections.values():
+            stats = connection.stats
+            live.messages_in += stats.messages_in
+            live.bytes_in += stats.bytes_in
+            live.messages_out += stats.messages_out
+            live.bytes_out += stats.bytes_out
+            live.protocol_errors += stats.protocol_errors
+        return live

@@ -1,0 +1,241 @@
+"""Writing frames to a client's socket, with the fast path below ASGI where uvicorn allows it.
+
+The hub's design pays off only when a writer hands the socket every queued frame in one write (one
+syscall) and can cut a stuck client loose (../shared/FINDINGS.md). ASGI offers neither: ``send``
+takes one message at a time, and nothing in it can abort a transport. So
+``BrokerWebSocketProtocol``, a small subclass of uvicorn's websockets-sansio protocol, publishes a ``TransportLink`` in the ASGI
+scope's ``extensions`` under ``"broker.transport"``:
+
+* ``write_frames`` frames several messages with the same RFC 6455 framer uvicorn uses
+  (``websockets``' ``ServerProtocol``) and writes them with one ``transport.write``;
+* ``abort`` sets ``SO_LINGER`` (on, 0) and aborts the transport, so the kernel resets the socket
+  and frees its buffers at once instead of lingering in FIN-WAIT-1 with megabytes queued;
+* the transport's write buffer is capped at ``websocket.transport_buffer_bytes``, above which
+  writers wait (``wait_writable``), so what one client can hold stays bounded.
+
+Alternatives rejected: per-frame ASGI ``send`` (one trip through Starlette and uvicorn per
+message: measured 50 µs/delivery against the tutorial's 33 µs); writing raw bytes to the
+transport behind ``websockets``' back (it would break the protocol state machine's close
+handling). Without the extension (the app mounted under another server), ``AsgiFrameSink`` falls
+back to ASGI ``send``, and a stuck client is still dropped by the writer's deadline, just without
+the socket reset.
+
+Verified on uvicorn 0.54 with websockets 17.4 (pinned in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from starlette.types import Message as AsgiMessage
+from starlette.websockets import WebSocketDisconnect
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request
+
+TRANSPORT_EXTENSION = "broker.transport"
+
+#: Starlette's ``WebSocket.send``: an ASGI send that turns a lost socket into a disconnect.
+Send = Callable[[AsgiMessage], Awaitable[None]]
+
+# What Starlette raises from ``send`` once the socket is gone or closing.
+_SEND_ERRORS = (OSError, RuntimeError, WebSocketDisconnect)
+
+#: Defaults used when the protocol runs outside ``broker serve`` (see ``configure_protocol``).
+_settings: dict[str, float] = {"transport_buffer_bytes": 64 * 1024, "close_timeout": 5.0}
+
+
+def configure_protocol(*, transport_buffer_bytes: int, close_timeout: float) -> None:
+    """Set the per-process limits ``BrokerWebSocketProtocol`` applies to every connection.
+
+    uvicorn builds protocol instances itself from a class, so their settings come from here.
+    """
+    _settings["transport_buffer_bytes"] = transport_buffer_bytes
+    _settings["close_timeout"] = close_timeout
+
+
+class ClientGone(Exception):
+    """The client's connection is closed: nothing more can be written to it."""
+
+
+class TransportLink:
+    """What the app may do with a connection's transport, handed over in ``scope["extensions"]``."""
+
+    __slots__ = ("_protocol", "on_shutdown")
+
+    def __init__(self, protocol: BrokerWebSocketProtocol) -> None:
+        self._protocol = protocol
+        #: Called instead of uvicorn's abrupt 1012 close when the server shuts down; the app sets
+        #: it to drain the connection (``disconnect`` with ``reconnect`` true, then close 1001).
+        self.on_shutdown: Callable[[], None] | None = None
+
+    @property
+    def disconnected(self) -> bool:
+        return self._protocol.disconnected
+
+    def buffered_bytes(self) -> int:
+        """Bytes waiting in the transport's write buffer."""
+        transport = self._protocol.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+    async def wait_writable(self) -> None:
+        """Return once the transport's buffer is below its high-water mark (or it is gone)."""
+        await self._protocol.writable.wait()
+
+    def write_frames(self, frames: Sequence[bytes], *, text: bool) -> None:
+        """Frame ``frames`` and write them to the socket in one call. Never blocks.
+
+        Raises ``ClientGone`` when the connection is closing or closed.
+        """
+        protocol = self._protocol
+        if protocol.disconnected or protocol.close_sent or protocol.transport.is_closing():
+            raise ClientGone
+        conn = protocol.conn
+        try:
+            if text:
+                for frame in frames:
+                    conn.send_text(frame)
+            else:
+                for frame in frames:
+                    conn.send_binary(frame)
+        except InvalidState as exc:
+            raise ClientGone from exc
+        protocol.transport.write(b"".join(conn.data_to_send()))
+
+    def abort(self) -> None:
+        """Reset the connection now, dropping whatever is buffered for it."""
+        self._protocol.abort_connection()
+
+
+class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, plus the ``TransportLink`` extension."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.link = TransportLink(self)
+        self.close_timeout = _settings["close_timeout"]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        high = int(_settings["transport_buffer_bytes"])
+        self.transport.set_write_buffer_limits(high=high, low=high // 4)
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        # The ASGI task was created but has not run yet: the extension is in place before the
+        # app sees the scope.
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][TRANSPORT_EXTENSION] = self.link
+
+    def shutdown(self) -> None:
+        on_shutdown = self.link.on_shutdown
+        if self.handshake_complete and not self.close_sent and on_shutdown is not None:
+            # The app drains the connection itself; uvicorn waits for it up to its grace period.
+            self.stop_keepalive()
+            on_shutdown()
+            return
+        super().shutdown()
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.close" and self.close_timer is not None:
+            # uvicorn ends an unanswered close handshake with transport.close(), which waits for
+            # the write buffer to drain: a client that stopped reading would keep its socket and
+            # buffers forever. Reset it instead.
+            self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(self.close_timeout, self.abort_connection)
+
+    def keepalive_timeout(self) -> None:
+        # Same trap as above: after a ping timeout uvicorn closes gracefully, which never ends
+        # for a client whose buffers are full.
+        super().keepalive_timeout()
+        self.abort_connection()
+
+    def abort_connection(self) -> None:
+        transport = self.transport
+        if transport is None or self.disconnected:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass  # Already closed by the peer: abort() below is all that is left to do.
+        transport.abort()
+
+
+class FrameSink(Protocol):
+    """Where a connection's writer puts frames."""
+
+    async def write(self, frames: Sequence[bytes], *, text: bool) -> None:
+        """Write ``frames`` in order; raises ``ClientGone`` once the client is gone."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send a close frame (best effort)."""
+
+    def abort(self) -> None:
+        """Cut the connection at once."""
+
+
+class TransportFrameSink:
+    """The fast path: several frames per ``transport.write``, through ``TransportLink``."""
+
+    __slots__ = ("_link", "_send")
+
+    def __init__(self, link: TransportLink, send: Send) -> None:
+        self._link = link
+        self._send = send
+
+    async def write(self, frames: Sequence[bytes], *, text: bool) -> None:
+        link = self._link
+        await link.wait_writable()
+        link.write_frames(frames, text=text)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._link.wait_writable()
+        if self._link.disconnected:
+            raise ClientGone
+        # Through ASGI, so that uvicorn's close handshake and timers run as usual.
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except _SEND_ERRORS as exc:
+            raise ClientGone from exc
+
+    def abort(self) -> None:
+        self._link.abort()
+
+
+class AsgiFrameSink:
+    """The portable path: one ASGI ``websocket.send`` per frame."""
+
+    __slots__ = ("_send",)
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+
+    async def write(self, frames: Sequence[bytes], *, text: bool) -> None:
+        send = self._send
+        try:
+            for frame in frames:
+                if text:
+                    await send({"type": "websocket.send", "text": frame.decode()})
+                else:
+                    await send({"type": "websocket.send", "bytes": frame})
+        except _SEND_ERRORS as exc:
+            raise ClientGone from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except _SEND_ERRORS as exc:
+            raise ClientGone from exc
+
+    def abort(self) -> None:
+        # ASGI has no way to reset a transport; the caller stops writing and returns, and the
+        # server closes the connection when the app returns.
+        pass

@@ -1,0 +1,137 @@
+"""The reader of ``/v1/ws``: client frames in, hub commands (or direct replies) out.
+
+PROTOCOL.md §1. Answers it can give alone (``pong``, ``error`` for a bad frame or the rate limit)
+go straight to the connection's outbox; everything touching channels goes to the hub. A bad frame
+never ends the connection: it gets ``error`` ``bad_request``. Only the wrong frame kind for the
+negotiated encoding (1003) and an oversized message (1009) close it.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from broker.connection import Connection
+from broker.hub import (
+    HistoryCommand,
+    Hub,
+    PresenceCommand,
+    PublishCommand,
+    SubscribeCommand,
+    UnsubscribeCommand,
+)
+from broker.ratelimit import TokenBucket
+from protocol import (
+    JSON,
+    CloseCode,
+    Codec,
+    DecodeFailure,
+    Encoding,
+    Error,
+    ErrorCode,
+    History,
+    Ping,
+    Pong,
+    Presence,
+    Publish,
+    Subscribe,
+    Unsubscribe,
+    Welcome,
+    convert_payload,
+)
+
+
+class V1Reader:
+    """Reads one ``/v1/ws`` connection."""
+
+    def __init__(self, connection: Connection, hub: Hub, codec: Codec) -> None:
+        self.connection = connection
+        self.hub = hub
+        self.codec = codec
+        limits = connection.settings.limits
+        self.bucket = (
+            TokenBucket(limits.publish_rate, limits.publish_burst)
+            if limits.publish_rate > 0
+            else None
+        )
+        self.strikes = 0
+
+    async def run(self) -> None:
+        connection = self.connection
+        websocket_settings = connection.settings.websocket
+        welcome = Welcome(
+            client=connection.id,
+            heartbeat=websocket_settings.heartbeat,
+            max_message_bytes=websocket_settings.max_message_bytes,
+        )
+        connection.send_frame(self.codec.encode(welcome))
+        await connection.receive_loop(
+            self.on_text,
+            self.on_bytes,
+            heartbeat=websocket_settings.heartbeat + websocket_settings.heartbeat_grace,
+        )
+
+    async def on_text(self, text: str) -> None:
+        if not self.codec.text:
+            self.connection.protocol_error("protocol.wrong_frame_kind", received="text")
+            self.connection.request_close(CloseCode.UNSUPPORTED_DATA)
+            return
+        await self.handle(text.encode())
+
+    async def on_bytes(self, data: bytes) -> None:
+        if self.codec.text:
+            self.connection.protocol_error("protocol.wrong_frame_kind", received="binary")
+            self.connection.request_close(CloseCode.UNSUPPORTED_DATA)
+            return
+        await self.handle(data)
+
+    async def handle(self, frame: bytes) -> None:
+        message = self.codec.decode_client(frame)
+        match message:
+            case Publish():
+                await self.publish(message)
+            case Subscribe():
+                await self.hub.submit(SubscribeCommand(self.connection.subscriber, message))
+            case Unsubscribe():
+                await self.hub.submit(UnsubscribeCommand(self.connection.subscriber, message))
+            case Ping(id=request_id):
+                self.connection.send_frame(self.codec.encode(Pong(id=request_id)))
+            case History():
+                await self.hub.submit(HistoryCommand(self.connection.subscriber, message))
+            case Presence():
+                await self.hub.submit(PresenceCommand(self.connection.subscriber, message))
+            case DecodeFailure(id=request_id, message=text):
+                self.connection.protocol_error("protocol.bad_request", detail=text[:200])
+                self.error(request_id, ErrorCode.BAD_REQUEST, text)
+
+    async def publish(self, message: Publish) -> None:
+        if self.bucket is not None and not self.bucket.take():
+            self.strikes += 1
+            if self.strikes >= self.connection.settings.limits.rate_limit_strikes:
+                self.connection.protocol_error("protocol.rate_limit_abuse", strikes=self.strikes)
+                self.connection.request_close(CloseCode.RATE_LIMIT_ABUSE)
+                return
+            self.error(message.id, ErrorCode.RATE_LIMITED, "publish rate limit exceeded")
+            return
+        self.strikes = 0
+        converted = None
+        if self.codec.encoding is Encoding.MSGPACK:
+            # Checked here, once, so that every JSON subscriber can be served: MessagePack can
+            # carry what JSON cannot (non-string map keys, for one).
+            try:
+                converted = {Encoding.JSON: convert_payload(message.data, self.codec, JSON)}
+            except (msgspec.MsgspecError, TypeError, ValueError, RecursionError) as exc:
+                self.error(message.id, ErrorCode.BAD_REQUEST, f"data cannot be sent as JSON: {exc}")
+                return
+        await self.hub.submit(
+            PublishCommand(
+                channel=message.channel,
+                data=message.data,
+                codec=self.codec,
+                subscriber=self.connection.subscriber,
+                request_id=message.id,
+                converted=converted,
+            )
+        )
+
+    def error(self, request_id: int | None, code: ErrorCode, text: str) -> None:
+        self.connection.send_frame(self.codec.encode(Error(id=request_id, code=code, message=text)))

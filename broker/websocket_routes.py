@@ -1,0 +1,105 @@
+"""The WebSocket routes: ``/v1/ws`` (PROTOCOL.md §1) and the plain ``/ws``, ``/ws/data`` and
+``/ws/chat`` (§3). Each admits the client, runs a ``Connection`` with the endpoint's reader, and
+leaves nothing behind when it ends."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, WebSocket
+
+from broker.connection import Connection
+from broker.dependencies import BrokerDep, HubDep, SettingsDep
+from broker.plain import run_chat, run_data, run_echo
+from broker.runtime import Broker
+from broker.v1 import V1Reader
+from protocol import (
+    CLOSE_REASONS,
+    CloseCode,
+    Codec,
+    Disconnect,
+    codec_for_subprotocols,
+)
+
+router = APIRouter()
+
+
+async def _admit(websocket: WebSocket, broker: Broker, codec: Codec | None) -> bool:
+    """Accept the handshake, or refuse it; False when the connection must not go on."""
+    if not broker.origin_allowed(websocket.headers.get("origin")):
+        await websocket.close(code=1008)  # before accept: uvicorn answers HTTP 403
+        return False
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol=codec.encoding.subprotocol if codec and offered else None)
+    if broker.at_capacity():
+        broker.refused()
+        code = CloseCode.TRY_AGAIN_LATER
+        if codec is not None:
+            notice = Disconnect(
+                code=code,
+                reason=CLOSE_REASONS[code],
+                reconnect=True,
+                retry_after=broker.settings.limits.retry_after,
+            )
+            if codec.text:
+                await websocket.send_text(codec.encode(notice).decode())
+            else:
+                await websocket.send_bytes(codec.encode(notice))
+        await websocket.close(code=code, reason=CLOSE_REASONS[code])
+        return False
+    return True
+
+
+async def _run(
+    connection: Connection, broker: Broker, reader: Callable[[], Awaitable[None]]
+) -> None:
+    broker.add(connection)
+    try:
+        await connection.run(reader)
+    finally:
+        broker.remove(connection)
+
+
+@router.websocket("/v1/ws")
+async def v1_endpoint(
+    websocket: WebSocket, broker: BrokerDep, hub: HubDep, settings: SettingsDep
+) -> None:
+    codec = codec_for_subprotocols(websocket.scope.get("subprotocols") or [])
+    if codec is None:
+        # Only unknown subprotocols offered: refuse the handshake (PROTOCOL.md §1).
+        await websocket.close(code=1002)
+        return
+    if not await _admit(websocket, broker, codec):
+        return
+    connection = Connection(websocket, hub=hub, settings=settings, codec=codec, endpoint="/v1/ws")
+    await _run(connection, broker, V1Reader(connection, hub, codec).run)
+
+
+@router.websocket("/ws")
+async def echo_endpoint(
+    websocket: WebSocket, broker: BrokerDep, hub: HubDep, settings: SettingsDep
+) -> None:
+    if not await _admit(websocket, broker, None):
+        return
+    connection = Connection(websocket, hub=hub, settings=settings, codec=None, endpoint="/ws")
+    await _run(connection, broker, lambda: run_echo(connection))
+
+
+@router.websocket("/ws/data")
+async def data_endpoint(
+    websocket: WebSocket, broker: BrokerDep, hub: HubDep, settings: SettingsDep
+) -> None:
+    if not await _admit(websocket, broker, None):
+        return
+    connection = Connection(websocket, hub=hub, settings=settings, codec=None, endpoint="/ws/data")
+    await _run(connection, broker, lambda: run_data(connection))
+
+
+@router.websocket("/ws/chat")
+async def chat_endpoint(
+    websocket: WebSocket, broker: BrokerDep, hub: HubDep, settings: SettingsDep
+) -> None:
+    if not await _admit(websocket, broker, None):
+        return
+    connection = Connection(websocket, hub=hub, settings=settings, codec=None, endpoint="/ws/chat")
+    await _run(connection, broker, lambda: run_chat(connection, hub))
