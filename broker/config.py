@@ -60,7 +60,7 @@ _MAX_VALUE_CHARS: Final = 80
 _DEFAULTS: Final = "defaults"
 
 #: A key path inside the raw settings: table keys (str) and list indexes (int).
-Path = tuple[str | int, ...]
+KeyPath = tuple[str | int, ...]
 
 
 class ConfigError(Exception):
@@ -84,7 +84,7 @@ def load_settings(
     raw: dict[str, Any] = {}
     # Who set each part of ``raw``: the file for everything (``()``), or an environment variable
     # for the paths it set. An error is blamed on the source of the longest prefix of its path.
-    origins: dict[Path, str] = {}
+    origins: dict[KeyPath, str] = {}
     if path is not None:
         file = os.fspath(path)
         raw = _read_toml(file)
@@ -99,10 +99,11 @@ def load_settings(
             raise ConfigError(
                 f"{source}: {_dotted(key_path)}: invalid key {key_path[-1]!r}: {expected}"
             ) from None
-        if source.startswith("$") and "`array`" in expected:
+        if source.startswith("$") and expected.startswith("expected `array`"):
             expected += """ (write a TOML array, e.g. '["a", "b"]')"""
         raise ConfigError(_message(source, key_path, _lookup(raw, key_path), expected)) from None
-    for key_path, value, expected in _problems(settings):
+    if (problem := next(_problems(settings), None)) is not None:
+        key_path, value, expected = problem
         raise ConfigError(_message(_origin(origins, key_path), key_path, value, expected))
     return settings
 
@@ -113,7 +114,8 @@ def validate(settings: Settings) -> None:
     ``load_settings`` runs it; call it on settings built in code. The message's source is
     ``settings``.
     """
-    for key_path, value, expected in _problems(settings):
+    if (problem := next(_problems(settings), None)) is not None:
+        key_path, value, expected = problem
         raise ConfigError(_message("settings", key_path, value, expected))
 
 
@@ -140,9 +142,9 @@ def _read_toml(source: str) -> dict[str, Any]:
 
 
 def _apply_environment(
-    raw: dict[str, Any], origins: dict[Path, str], environ: Mapping[str, str]
+    raw: dict[str, Any], origins: dict[KeyPath, str], environ: Mapping[str, str]
 ) -> None:
-    set_by: dict[Path, str] = {}
+    set_by: dict[KeyPath, str] = {}
     # Sorted: deterministic, and a table (BROKER_NAMESPACES__CHAT) comes before its keys.
     for name in sorted(environ):
         upper = name.upper()
@@ -156,7 +158,8 @@ def _apply_environment(
                 f"already set by ${other}; set it once"
             )
         set_by[key_path] = name
-        _set(raw, origins, key_path, _parse_env_value(text, _type_at(Settings, key_path)), name)
+        value = _parse_env_value(text, _type_at(Settings, key_path))
+        _set(raw, origins, key_path, value, source=f"${name}")
 
 
 def _env_key_path(name: str, text: str) -> tuple[str, ...]:
@@ -164,7 +167,7 @@ def _env_key_path(name: str, text: str) -> tuple[str, ...]:
     parts = tuple(part.lower() for part in name[len(_ENV_PREFIX) :].split(_ENV_SEPARATOR))
     if any(not part for part in parts):
         raise ConfigError(
-            f"${name}: {text!r} is not a setting: expected BROKER_<SECTION>__<KEY>, "
+            f"${name}: {_show((), text)} is not a setting: expected BROKER_<SECTION>__<KEY>, "
             f"with one '{_ENV_SEPARATOR}' between levels"
         )
     if len(parts) == 1:
@@ -183,12 +186,13 @@ def _env_key_path(name: str, text: str) -> tuple[str, ...]:
         if not _is_table(tp):
             raise ConfigError(
                 f"${name}: {_dotted(parts)} = {_show(parts, text)}: "
-                f"{_dotted(parts[:depth])} is a single value, not a table"
+                f"{_dotted(parts[:depth])} is a single value, not a table (set it whole)"
             )
         keys = _known_keys(tp)
         if keys is not None and part not in keys:
             raise ConfigError(
-                f"${name}: {_dotted(parts)} = {_show(parts, text)}: {_unknown_key(part, keys)}"
+                f"${name}: {_dotted(parts)} = {_show(parts, text)}: "
+                f"{_unknown_key(part, keys, name_it=depth < len(parts) - 1)}"
             )
         tp = _child_type(tp, part)
     return parts
@@ -208,7 +212,12 @@ def _parse_env_value(text: str, tp: Any) -> Any:
 
 
 def _set(
-    raw: dict[str, Any], origins: dict[Path, str], key_path: tuple[str, ...], value: Any, name: str
+    raw: dict[str, Any],
+    origins: dict[KeyPath, str],
+    key_path: tuple[str, ...],
+    value: Any,
+    *,
+    source: str,
 ) -> None:
     node = raw
     for depth, part in enumerate(key_path[:-1]):
@@ -217,15 +226,15 @@ def _set(
             # Created, or replacing a value that was not a table: from now on this is the
             # variable's doing.
             child = node[part] = {}
-            origins[key_path[: depth + 1]] = name
+            origins[key_path[: depth + 1]] = source
         node = child
     node[key_path[-1]] = value
     for other in [p for p in origins if p[: len(key_path)] == key_path]:
         del origins[other]  # a table value replaces what was under it
-    origins[key_path] = name
+    origins[key_path] = source
 
 
-def _origin(origins: Mapping[Path, str], key_path: Path) -> str:
+def _origin(origins: Mapping[KeyPath, str], key_path: KeyPath) -> str:
     for end in range(len(key_path), -1, -1):
         if (source := origins.get(key_path[:end])) is not None:
             return source
@@ -267,7 +276,7 @@ def _child_type(tp: Any, part: str | int) -> Any | None:
     return None
 
 
-def _type_at(tp: Any, key_path: Path) -> Any | None:
+def _type_at(tp: Any, key_path: KeyPath) -> Any | None:
     for part in key_path:
         tp = _child_type(tp, part)
         if tp is None:
@@ -293,20 +302,22 @@ def _expects_text(tp: Any) -> bool:
 # --- Explaining msgspec's ValidationError
 
 # "Expected `int` >= 1 - at `$.queue.max_messages`", "... - at `key` in `$.namespaces`".
-_ERROR_RE: Final = re.compile(r"^(?P<what>.*?)(?: - at (?P<key>`key` in )?`\$(?P<where>[^`]*)`)?$")
+_ERROR_RE: Final = re.compile(
+    r"^(?P<what>.*?)(?: - at (?P<key>`key` in )?`\$(?P<where>[^`]*)`)?$", re.DOTALL
+)
 _PATH_PART_RE: Final = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 _UNKNOWN_FIELD_RE: Final = re.compile(r"^Object contains unknown field `(.*)`$")
 _BAD_ENUM_RE: Final = re.compile(r"^Invalid enum value ")
 
 
-def _locate(raw: Any, tp: Any, error: str) -> tuple[Path, str, bool]:
+def _locate(raw: Any, tp: Any, error: str) -> tuple[KeyPath, str, bool]:
     """Where in ``raw`` msgspec's ``error`` is, what was expected, and whether a key is at fault.
 
     msgspec writes ``[...]`` for the key of a dict entry and ``key in`` for the key itself,
     without naming it: convert the dict's entries one by one to find which.
     """
     match = _ERROR_RE.match(error)
-    assert match is not None  # the pattern matches any single line
+    assert match is not None  # the pattern matches any text
     what, at_key, where = match.group("what"), match.group("key"), match.group("where") or ""
     parts: list[str | int | None] = []
     for part in _PATH_PART_RE.finditer(where):
@@ -315,13 +326,13 @@ def _locate(raw: Any, tp: Any, error: str) -> tuple[Path, str, bool]:
     if at_key is not None:
         parts.append(None)
     if None in parts:
-        dict_path = typing.cast(Path, tuple(parts[: parts.index(None)]))
+        dict_path = typing.cast(KeyPath, tuple(parts[: parts.index(None)]))
         found = _locate_in_dict(_lookup(raw, dict_path), _type_at(tp, dict_path))
         if found is not None:
             sub_path, expected, bad_key = found
             return dict_path + sub_path, expected, bad_key
         parts = parts[: parts.index(None)]  # could not tell which entry: blame the dict
-    key_path = typing.cast(Path, tuple(parts))
+    key_path = typing.cast(KeyPath, tuple(parts))
     if unknown := _UNKNOWN_FIELD_RE.match(what):
         key = unknown.group(1)
         return (
@@ -339,7 +350,7 @@ def _locate(raw: Any, tp: Any, error: str) -> tuple[Path, str, bool]:
     return key_path, expected.replace("`object`", "`table`"), False
 
 
-def _locate_in_dict(entries: Any, dict_type: Any) -> tuple[Path, str, bool] | None:
+def _locate_in_dict(entries: Any, dict_type: Any) -> tuple[KeyPath, str, bool] | None:
     base = _strip(dict_type)
     if not isinstance(entries, dict) or typing.get_origin(base) is not dict:
         return None
@@ -359,10 +370,12 @@ def _locate_in_dict(entries: Any, dict_type: Any) -> tuple[Path, str, bool] | No
     return None
 
 
-def _unknown_key(key: str, known: list[str]) -> str:
+def _unknown_key(key: str, known: list[str], *, name_it: bool = False) -> str:
+    """What to say about ``key``; ``name_it`` when the key path shown goes on past it."""
     hint = difflib.get_close_matches(key, known, n=1)
     did_you_mean = f", did you mean {hint[0]!r}?" if hint else ""
-    return f"unknown key{did_you_mean} (known keys: {', '.join(known)})"
+    named = f" {key!r}" if name_it else ""
+    return f"unknown key{named}{did_you_mean} (known keys: {', '.join(known)})"
 
 
 # --- Cross-field rules
@@ -370,7 +383,7 @@ def _unknown_key(key: str, known: list[str]) -> str:
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 
 
-def _problems(settings: Settings) -> Iterator[tuple[Path, Any, str]]:
+def _problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:
     """(key path, value, expectation) for each rule ``settings`` breaks, in a stable order."""
     yield from _non_finite_floats(settings, ())
 
@@ -387,7 +400,7 @@ def _problems(settings: Settings) -> Iterator[tuple[Path, Any, str]]:
 
     backplane = settings.backplane
     if backplane.kind is BackplaneKind.REDIS:
-        urls: list[tuple[Path, str]] = (
+        urls: list[tuple[KeyPath, str]] = (
             [(("backplane", "redis_urls", i), url) for i, url in enumerate(backplane.redis_urls)]
             if backplane.redis_urls
             else [(("backplane", "redis_url"), backplane.redis_url)]
@@ -410,7 +423,7 @@ def _urlsplit(url: str) -> urllib.parse.SplitResult | None:
         return None
 
 
-def _non_finite_floats(value: Any, key_path: Path) -> Iterator[tuple[Path, Any, str]]:
+def _non_finite_floats(value: Any, key_path: KeyPath) -> Iterator[tuple[KeyPath, Any, str]]:
     # Every duration or rate has "0 means none/never" where that makes sense; inf would be a
     # second spelling of it, and JSON (retry_after is sent to clients) cannot encode it.
     if isinstance(value, float):
@@ -431,7 +444,7 @@ def _non_finite_floats(value: Any, key_path: Path) -> Iterator[tuple[Path, Any, 
 _BARE_KEY_RE: Final = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
-def _dotted(key_path: Path) -> str:
+def _dotted(key_path: KeyPath) -> str:
     """``key_path`` as TOML would spell it: ``namespaces."a.b".presence``, ``x.items[2]``."""
     text = ""
     for part in key_path:
@@ -443,7 +456,7 @@ def _dotted(key_path: Path) -> str:
     return text
 
 
-def _lookup(raw: Any, key_path: Path) -> Any:
+def _lookup(raw: Any, key_path: KeyPath) -> Any:
     for part in key_path:
         if isinstance(part, int) and isinstance(raw, list) and -len(raw) <= part < len(raw):
             raw = raw[part]
@@ -454,7 +467,7 @@ def _lookup(raw: Any, key_path: Path) -> Any:
     return raw
 
 
-def _redacted(key_path: Path, value: Any) -> Any:
+def _redacted(key_path: KeyPath, value: Any) -> Any:
     if any(isinstance(part, str) and is_secret_key(part) for part in key_path):
         return SECRET_MASK
     if isinstance(value, str):
@@ -466,7 +479,7 @@ def _redacted(key_path: Path, value: Any) -> Any:
     return value
 
 
-def _show(key_path: Path, value: Any) -> str:
+def _show(key_path: KeyPath, value: Any) -> str:
     """``repr`` of ``value`` with secrets masked, cut to about 80 characters."""
     text = repr(_redacted(key_path, value))
     if len(text) > _MAX_VALUE_CHARS:
@@ -474,6 +487,6 @@ def _show(key_path: Path, value: Any) -> str:
     return text
 
 
-def _message(source: str, key_path: Path, value: Any, expected: str) -> str:
+def _message(source: str, key_path: KeyPath, value: Any, expected: str) -> str:
     shown = "" if value is _MISSING else f" = {_show(key_path, value)}"
     return f"{source}: {_dotted(key_path)}{shown}: {expected}"

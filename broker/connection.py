@@ -94,11 +94,16 @@ class Connection:
         self.outbox = Outbox(
             max_messages=queue.max_messages, max_bytes=queue.max_bytes, policy=queue.overflow
         )
+        self.outbox.on_overflow = self._interrupt_write
+        #: The scope of the write in progress, cancelled when the client is to be dropped anyway.
+        self._write_scope: anyio.CancelScope | None = None
         encoding: Encoding | None = None if codec is None else codec.encoding
         self.subscriber = Subscriber(id=self.id, encoding=encoding, outbox=self.outbox)
         self.stats = ConnectionStatistics()
         self.started = time.monotonic()
         self.close_request: CloseRequest | None = None
+        #: Why the client was dropped as a slow consumer, if it was.
+        self.slow_consumer: str | None = None
         #: The close code and reason the connection ended with, for the canonical log line.
         self.close_code: int | None = None
         self.close_reason = ""
@@ -132,6 +137,12 @@ class Connection:
                 int(code), CLOSE_REASONS[code], reconnect, retry_after, flush
             )
             self.outbox.interrupt()
+            if not flush:
+                self._interrupt_write()
+
+    def _interrupt_write(self) -> None:
+        if self._write_scope is not None:
+            self._write_scope.cancel()
 
     def protocol_error(self, event: str, **fields: Any) -> None:
         """Log a bad frame, at most ``log.max_protocol_errors_logged`` times per connection."""
@@ -262,8 +273,11 @@ class Connection:
             if not frames:
                 continue
             try:
-                with anyio.fail_after(write_timeout):
+                with anyio.CancelScope() as self._write_scope, anyio.fail_after(write_timeout):
                     await self._write_frames(frames)
+                # When cancelled, the frames were not written (the only wait comes before the
+                # write itself): the loop goes on to the overflow or close that cancelled it.
+                self._write_scope = None
             except TimeoutError:
                 self._slow_consumer("write_timeout")
                 self._abort(CloseCode.SLOW_CONSUMER)
@@ -340,6 +354,7 @@ class Connection:
         self.sink.abort()
 
     def _slow_consumer(self, cause: str) -> None:
+        self.slow_consumer = cause
         statistics = self.outbox.statistics()
         log.warning(
             "connection.slow_consumer",

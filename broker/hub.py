@@ -257,7 +257,6 @@ class HubStatistics:
     mailbox_size: int
     publications: int
     deliveries: int
-    slow_consumers: int
 
 
 class Hub:
@@ -273,7 +272,6 @@ class Hub:
         self._channels: dict[str, ChannelState] = {}
         self._publications = 0
         self._deliveries = 0
-        self._slow_consumers = 0
         self._running = False
 
     # --- the mailbox ----------------------------------------------------------------------------
@@ -357,9 +355,9 @@ class Hub:
         self._reply(subscriber, Error(id=request_id, code=code, message=text))
 
     def _drop_slow(self, subscriber: Subscriber) -> None:
-        if not subscriber.detached:
-            self._slow_consumers += 1
-            self._detach(subscriber)
+        # The outbox refused a frame: the connection's writer drops the client (and counts it);
+        # the hub stops feeding it right away.
+        self._detach(subscriber)
 
     # --- channels -------------------------------------------------------------------------------
 
@@ -373,7 +371,9 @@ class Hub:
         return state
 
     def _forget_if_unused(self, state: ChannelState) -> None:
-        if not len(state) and not state.history:
+        # The identity check: a fan-out may already have forgotten this state (its last
+        # subscriber was dropped as slow) and a new one may stand under the same name.
+        if not len(state) and not state.history and self._channels.get(state.name) is state:
             del self._channels[state.name]
 
     def _subscribe(self, subscriber: Subscriber, request: Subscribe) -> None:
@@ -622,7 +622,6 @@ class Hub:
             mailbox_size=int(stream.max_buffer_size),
             publications=self._publications,
             deliveries=self._deliveries,
-            slow_consumers=self._slow_consumers,
         )
 
     def subscriber_count(self, channel: str) -> int:

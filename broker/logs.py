@@ -141,9 +141,11 @@ _JSON_ENCODER: Final = msgspec.json.Encoder(enc_hook=str)
 
 
 def _dumps(obj: Any, default: Any = None, **_kwargs: Any) -> str:
-    """Serializer for ``JSONRenderer``, which passes ``default=`` (FINDINGS.md): ignored, as
-    ``enc_hook`` does that job."""
-    # The stdlib handler writes text, so decode; the line is ASCII-safe UTF-8 either way.
+    """Serializer for ``JSONRenderer``; ignores the ``default=`` it passes (FINDINGS.md).
+
+    ``enc_hook`` does the job ``default`` would do. The result is ``str`` because the stdlib
+    handler writes text.
+    """
     return _JSON_ENCODER.encode(obj).decode()
 
 

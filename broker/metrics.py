@@ -59,7 +59,9 @@ class BrokerCollector(Collector):
             "broker_deliveries", "Messages queued for subscribers.", value=hub.deliveries
         )
         yield CounterMetricFamily(
-            "broker_slow_consumers", "Subscribers dropped as too slow.", value=hub.slow_consumers
+            "broker_slow_consumers",
+            "Clients dropped as too slow.",
+            value=broker.totals.slow_consumers,
         )
         yield CounterMetricFamily(
             "broker_messages_received", "Client messages received.", value=stats.messages_in

@@ -18,6 +18,7 @@ A closed outbox refuses everything, so a departed connection costs the hub one c
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -59,6 +60,7 @@ class Outbox:
         "_waiter",
         "max_bytes",
         "max_messages",
+        "on_overflow",
         "policy",
     )
 
@@ -74,6 +76,9 @@ class Outbox:
         self._interrupted = False
         self._skipped: dict[str, SkippedRange] = {}
         self._waiter: anyio.Event | None = None
+        #: Called once when the outbox overflows, so a writer stuck on the socket can stop
+        #: waiting for it: the client is being dropped anyway.
+        self.on_overflow: Callable[[], None] | None = None
 
     # --- producer side (hub, reader) ------------------------------------------------------------
 
@@ -135,6 +140,8 @@ class Outbox:
     def _overflow(self) -> None:
         self._overflowed = True
         self._wake()
+        if self.on_overflow is not None:
+            self.on_overflow()
 
     def close(self) -> None:
         """Refuse every later frame and release what is queued. Idempotent."""

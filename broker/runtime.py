@@ -33,6 +33,7 @@ class Totals:
     messages_out: int = 0
     bytes_out: int = 0
     protocol_errors: int = 0
+    slow_consumers: int = 0
 
 
 class Broker:
@@ -89,6 +90,8 @@ class Broker:
         totals.messages_out += stats.messages_out
         totals.bytes_out += stats.bytes_out
         totals.protocol_errors += stats.protocol_errors
+        if connection.slow_consumer is not None:
+            totals.slow_consumers += 1
         code = connection.close_code or 1005
         self.close_codes[code] = self.close_codes.get(code, 0) + 1
 

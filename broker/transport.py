@@ -3,8 +3,8 @@
 The hub's design pays off only when a writer hands the socket every queued frame in one write (one
 syscall) and can cut a stuck client loose (../shared/FINDINGS.md). ASGI offers neither: ``send``
 takes one message at a time, and nothing in it can abort a transport. So
-``BrokerWebSocketProtocol``, a small subclass of uvicorn's websockets-sansio protocol, publishes a ``TransportLink`` in the ASGI
-scope's ``extensions`` under ``"broker.transport"``:
+``BrokerWebSocketProtocol``, a small subclass of uvicorn's websockets-sansio protocol, publishes
+a ``TransportLink`` in the ASGI scope's ``extensions`` under ``"broker.transport"``:
 
 * ``write_frames`` frames several messages with the same RFC 6455 framer uvicorn uses
   (``websockets``' ``ServerProtocol``) and writes them with one ``transport.write``;
