@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
@@ -88,3 +88,14 @@ async def running() -> AsyncIterator[RunningBroker]:
     """A broker on its defaults."""
     async with serve_broker() as running_broker:
         yield running_broker
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:  # noqa: ASYNC109
+    """Poll ``condition()`` until it holds, for at most ``timeout`` seconds.
+
+    Only for state that offers no event to await: the kernel's sockets, another process, the
+    broker's internals seen from outside its loop turn.
+    """
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - nothing to await: see the docstring
+            await asyncio.sleep(0.02)
