@@ -10,6 +10,7 @@ parser, compression follows config, and SIGTERM/SIGINT drain connections within
 from __future__ import annotations
 
 import socket
+from types import FrameType
 
 import uvicorn
 
@@ -47,10 +48,23 @@ def uvicorn_config(settings: Settings, *, fd: int | None = None) -> uvicorn.Conf
     )
 
 
+class BrokerServer(uvicorn.Server):
+    """uvicorn's server, except that a drained shutdown exits 0.
+
+    uvicorn re-raises the signal it caught once it has shut down, so the process dies of SIGTERM
+    (exit -15). A broker that drained every client within its grace period has done exactly what
+    it was asked: it returns normally, logs ``broker.stopped`` and exits 0.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
 def serve(settings: Settings, *, sock: socket.socket | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
     config = uvicorn_config(settings)
-    server = uvicorn.Server(config)
+    server = BrokerServer(config)
     log.info(
         "broker.starting",
         host=settings.server.host,
