@@ -78,6 +78,8 @@ class Subscriber:
     #: Channels this connection is subscribed to; owned by the hub.
     channels: set[str] = field(default_factory=set)
     detached: bool = False
+    #: ``time.monotonic()`` since which it has had no subscription; None while it has one.
+    idle_since: float | None = field(default_factory=time.monotonic)
 
     def codec(self) -> Codec:
         assert self.encoding is not None
@@ -427,6 +429,7 @@ class Hub:
             )
         state.add(subscriber)
         subscriber.channels.add(channel)
+        subscriber.idle_since = None
 
     def _unsubscribe(self, subscriber: Subscriber, request: Unsubscribe) -> None:
         channel = request.channel
@@ -440,6 +443,8 @@ class Hub:
 
     def _leave(self, subscriber: Subscriber, channel: str) -> None:
         subscriber.channels.discard(channel)
+        if not subscriber.channels:
+            subscriber.idle_since = time.monotonic()
         state = self._channels.get(channel)
         if state is None:
             return

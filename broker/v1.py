@@ -8,6 +8,9 @@ negotiated encoding (1003) and an oversized message (1009) close it.
 
 from __future__ import annotations
 
+import time
+
+import anyio
 import msgspec
 
 from broker.connection import Connection
@@ -19,6 +22,7 @@ from broker.hub import (
     SubscribeCommand,
     UnsubscribeCommand,
 )
+from broker.logs import get_logger
 from broker.ratelimit import TokenBucket
 from protocol import (
     JSON,
@@ -38,6 +42,8 @@ from protocol import (
     Welcome,
     convert_payload,
 )
+
+log = get_logger("broker.v1")
 
 
 class V1Reader:
@@ -64,11 +70,31 @@ class V1Reader:
             max_message_bytes=websocket_settings.max_message_bytes,
         )
         connection.send_frame(self.codec.encode(welcome))
-        await connection.receive_loop(
-            self.on_text,
-            self.on_bytes,
-            heartbeat=websocket_settings.heartbeat + websocket_settings.heartbeat_grace,
-        )
+        async with anyio.create_task_group() as tasks:
+            idle_timeout = connection.settings.limits.idle_timeout
+            if idle_timeout > 0:
+                tasks.start_soon(self.close_when_idle, idle_timeout)
+            await connection.receive_loop(
+                self.on_text,
+                self.on_bytes,
+                heartbeat=websocket_settings.heartbeat + websocket_settings.heartbeat_grace,
+            )
+            tasks.cancel_scope.cancel()
+
+    async def close_when_idle(self, idle_timeout: float) -> None:
+        """Close the connection once it has had no subscription for ``idle_timeout`` seconds."""
+        subscriber = self.connection.subscriber
+        while True:
+            since = subscriber.idle_since
+            if since is None:
+                await anyio.sleep(idle_timeout)
+                continue
+            remaining = since + idle_timeout - time.monotonic()
+            if remaining <= 0:
+                log.info("connection.idle_timeout", idle_timeout=idle_timeout)
+                self.connection.request_close(CloseCode.POLICY_VIOLATION)
+                return
+            await anyio.sleep(remaining)
 
     async def on_text(self, text: str) -> None:
         if not self.codec.text:

@@ -28,6 +28,7 @@ class CloseCode(enum.IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     UNSUPPORTED_DATA = 1003
+    POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
@@ -43,6 +44,7 @@ CLOSE_REASONS: dict[CloseCode, str] = {
     CloseCode.NORMAL: "normal close",
     CloseCode.GOING_AWAY: "server shutting down",
     CloseCode.UNSUPPORTED_DATA: "wrong frame kind for the negotiated encoding",
+    CloseCode.POLICY_VIOLATION: "idle: no subscription",
     CloseCode.MESSAGE_TOO_BIG: "message too big",
     CloseCode.INTERNAL_ERROR: "internal error",
     CloseCode.TRY_AGAIN_LATER: "connection limit reached, try again later",
