@@ -10,10 +10,12 @@ from __future__ import annotations
 import msgspec
 from fastapi import APIRouter, HTTPException, Request, Response
 
+from broker.backplane import BackplaneUnavailable
+from broker.conversion import UnconvertibleData, convert_for_subscribers
 from broker.dependencies import BrokerDep, HubDep
-from broker.hub import ChannelsQuery, PublishCommand, Reply
+from broker.hub import ChannelsQuery, Reply
 from broker.metrics import CONTENT_TYPE, render
-from protocol import JSON, Channel, CloseCode, Error, Published
+from protocol import JSON, Channel, CloseCode
 
 router = APIRouter()
 
@@ -32,17 +34,22 @@ def _json(value: object, status: int = 200) -> Response:
 
 
 @router.post("/v1/publish")
-async def publish(request: Request, hub: HubDep) -> Response:
+async def publish(request: Request, broker: BrokerDep) -> Response:
     try:
         body = _body_decoder.decode(await request.body())
     except (msgspec.DecodeError, RecursionError) as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
-    reply: Reply[Published | Error] = Reply()
-    await hub.submit(PublishCommand(channel=body.channel, data=body.data, codec=JSON, reply=reply))
-    result = await reply.wait()
-    if isinstance(result, Error):
-        return _json({"error": result.code, "message": result.message}, 500)
-    return _json({"channel": result.channel, "offset": result.offset, "epoch": result.epoch})
+    try:
+        converted = convert_for_subscribers(body.data, JSON)
+    except UnconvertibleData as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from None
+    try:
+        head = await broker.publish(body.channel, body.data, JSON, None, converted)
+    except BackplaneUnavailable:
+        return _json(
+            {"error": "unavailable", "message": "the broker cannot publish right now"}, 503
+        )
+    return _json({"channel": body.channel, "offset": head.offset, "epoch": head.epoch})
 
 
 @router.get("/v1/channels")
@@ -76,7 +83,7 @@ async def healthz() -> Response:
 
 @router.get("/readyz")
 async def readyz(broker: BrokerDep) -> Response:
-    ready = broker.hub.running
+    ready = broker.ready
     return _json({"ready": ready}, 200 if ready else 503)
 
 

@@ -1,35 +1,53 @@
-"""The hub actor: one task per process owns every channel, subscriber, offset, epoch and history.
+"""The hub actor: one task per process owns every channel and subscriber of that process.
 
 Everything that changes subscription state arrives as a command through one bounded mailbox
-(``submit`` waits for room, which is how a flood of publishes pushes back on its reader) and is
-handled to completion before the next, so no lock is needed and "subscribe, then catch up from
-history, then go live" is one atomic step (PROTOCOL.md §1, recovery).
+(``submit`` waits for room, which is how a flood pushes back on its reader) and is handled to
+completion before the next, so no lock is needed. The hub never awaits a client: delivering is
+``outbox.offer(frame)``, and a subscriber whose outbox refuses a frame is detached at once (its
+writer then drops it with 4008). Each publication is encoded at most once per encoding
+(``PublicationFrames``), and subscribers are grouped by encoding, so the per-subscriber work of a
+fan-out is one ``offer``.
 
-The hub never awaits a client. Delivering is ``outbox.offer(frame)``; a subscriber whose outbox
-refuses a frame is detached at once (its writer then drops it with 4008), so a slow client costs
-the hub nothing after its first refusal. Each publication is encoded at most once per encoding
-(``PublicationFrames``), and subscribers are grouped by encoding so the per-subscriber work is
-one ``offer``.
+Offsets, epochs, history and presence belong to the backplane (``broker.backplane``); the hub
+watches the channels its subscribers want and sequences what the backplane delivers. Per channel
+it keeps the offset it delivered last, and:
 
-The chat room of ``/ws/chat`` (PROTOCOL.md §3) is a channel of the same machinery whose frames
-are plain text, kept apart from client channels by a name no client can use.
+* a publication at the next offset is fanned out; one at or below it is a duplicate, dropped;
+* one further ahead means some were missed (a Redis outage, a lost pub/sub message): the hub
+  holds it back, reads the missing range from the backplane's history, delivers it in order, and
+  tells subscribers of what could not be found with ``gap``;
+* a new epoch means the stream was lost and started again: the hub follows the new stream.
+
+Recovery (``subscribe`` with ``since``, PROTOCOL.md §1) reads the missed publications in a task
+while the subscriber's live publications are held in a buffer of its own; the reply carries the
+missed ones up to the offset where the buffer starts, so live messages follow with no gap and no
+duplicate. Reads run in tasks of the hub's task group and come back as commands.
+
+The chat room of ``/ws/chat`` (PROTOCOL.md §3) is local to the process: its frames are plain text,
+under a name no client can use.
 """
 
 from __future__ import annotations
 
-import math
-import secrets
 import time
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
-import msgspec
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from broker.backplane.base import (
+    Backplane,
+    BackplaneEvent,
+    BackplaneUnavailable,
+    ChannelHead,
+    Head,
+    LivePublication,
+    Page,
+    RemoteAnnouncement,
+)
 from broker.logs import get_logger
 from broker.outbox import Outbox
 from broker.settings import NamespaceSettings, Settings
@@ -41,6 +59,7 @@ from protocol import (
     Error,
     ErrorCode,
     Frame,
+    Gap,
     History,
     HistoryResult,
     Join,
@@ -49,7 +68,6 @@ from protocol import (
     Presence,
     PresenceResult,
     PublicationFrames,
-    Published,
     Subscribe,
     Subscribed,
     Unsubscribe,
@@ -75,7 +93,7 @@ class Subscriber:
     encoding: Encoding | None
     outbox: Outbox
     user: str | None = None
-    #: Channels this connection is subscribed to; owned by the hub.
+    #: Channels this connection is subscribed to (or subscribing); owned by the hub.
     channels: set[str] = field(default_factory=set)
     detached: bool = False
     #: ``time.monotonic()`` since which it has had no subscription; None while it has one.
@@ -84,6 +102,9 @@ class Subscriber:
     def codec(self) -> Codec:
         assert self.encoding is not None
         return CODECS[self.encoding]
+
+    def info(self) -> ClientInfo:
+        return ClientInfo(client=self.id, user=self.user)
 
 
 class Reply(Generic[T]):
@@ -121,20 +142,6 @@ class UnsubscribeCommand:
 
 
 @dataclass(slots=True)
-class PublishCommand:
-    """A publication from a client (``subscriber``) or from the HTTP API (``reply``)."""
-
-    channel: str
-    data: msgspec.Raw
-    codec: Codec
-    subscriber: Subscriber | None = None
-    request_id: int | None = None
-    #: Payloads already converted by the reader, by encoding.
-    converted: dict[Encoding, msgspec.Raw] | None = None
-    reply: Reply[Published | Error] | None = None
-
-
-@dataclass(slots=True)
 class HistoryCommand:
     subscriber: Subscriber
     request: History
@@ -169,86 +176,99 @@ class ChannelsQuery:
     reply: Reply[list[tuple[str, int]]]
 
 
+@dataclass(slots=True)
+class RecoveredCommand:
+    """The result of a recovery read (None when the backplane could not be read)."""
+
+    subscriber: Subscriber
+    request: Subscribe
+    upto: int
+    page: Page | None
+
+
+@dataclass(slots=True)
+class FilledCommand:
+    """The result of reading a missed range ``after < offset <= upto`` of a channel."""
+
+    channel: str
+    upto: int
+    page: Page | None
+
+
 Command = (
     SubscribeCommand
     | UnsubscribeCommand
-    | PublishCommand
     | HistoryCommand
     | PresenceCommand
     | DetachCommand
     | ChatJoinCommand
     | ChatSayCommand
     | ChannelsQuery
+    | RecoveredCommand
+    | FilledCommand
+    | BackplaneEvent
 )
 
 
 # --- state --------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Retained:
-    publication: PublicationFrames
-    #: ``time.monotonic()`` after which it is evicted; ``math.inf`` when there is no TTL.
-    expires: float
-
-
 class ChannelState:
-    """One channel: its subscribers grouped by encoding, its offset, epoch and history."""
+    """One channel as this process sees it: its subscribers and its delivery position."""
 
-    __slots__ = ("epoch", "history", "name", "offset", "options", "subscribers")
+    __slots__ = (
+        "epoch",
+        "filling",
+        "joining",
+        "live",
+        "name",
+        "offset",
+        "options",
+        "pending",
+        "recovering",
+        "watching",
+    )
 
     def __init__(self, name: str, options: NamespaceSettings) -> None:
         self.name = name
         self.options = options
-        # A fresh epoch whenever the channel's state is created: in memory, that is exactly when
-        # earlier history (if any) was lost, so old offsets mean nothing any more.
-        self.epoch = secrets.token_urlsafe(6)
+        self.epoch = ""
+        #: The offset of the last publication delivered (or the head when watching started).
         self.offset = 0
-        self.subscribers: dict[Encoding | None, dict[Subscriber, None]] = {}
-        self.history: deque[Retained] = deque()
+        #: Whether the backplane has told the head: until then, subscribers wait in ``joining``.
+        self.watching = False
+        #: Whether a missed range is being read: live publications wait in ``pending``.
+        self.filling = False
+        self.live: dict[Encoding | None, dict[Subscriber, None]] = {}
+        self.joining: list[tuple[Subscriber, Subscribe]] = []
+        #: Subscribers whose recovery read is in flight, with the publications held for them.
+        self.recovering: dict[Subscriber, list[PublicationFrames]] = {}
+        # Unbounded on purpose: it only fills while one backplane read is in flight (bounded by
+        # the backplane's own timeouts), and dropping from it would lose publications for good.
+        self.pending: list[PublicationFrames] = []
 
     def __len__(self) -> int:
-        return sum(len(group) for group in self.subscribers.values())
+        return (
+            sum(len(group) for group in self.live.values())
+            + len(self.recovering)
+            + len(self.joining)
+        )
 
     def members(self) -> Iterator[Subscriber]:
-        for group in self.subscribers.values():
+        for group in self.live.values():
             yield from group
 
     def add(self, subscriber: Subscriber) -> None:
-        self.subscribers.setdefault(subscriber.encoding, {})[subscriber] = None
+        self.live.setdefault(subscriber.encoding, {})[subscriber] = None
 
     def remove(self, subscriber: Subscriber) -> None:
-        group = self.subscribers.get(subscriber.encoding)
+        group = self.live.get(subscriber.encoding)
         if group is not None:
             group.pop(subscriber, None)
             if not group:
-                del self.subscribers[subscriber.encoding]
-
-    def retain(self, publication: PublicationFrames, now: float) -> None:
-        options = self.options
-        if options.history_size == 0:
-            return
-        expires = now + options.history_ttl if options.history_ttl > 0 else math.inf
-        self.history.append(Retained(publication, expires))
-        while len(self.history) > options.history_size:
-            self.history.popleft()
-
-    def evict_expired(self, now: float) -> None:
-        history = self.history
-        while history and history[0].expires <= now:
-            history.popleft()
-
-    def retained_after(self, offset: int) -> list[PublicationFrames] | None:
-        """Every publication after ``offset``, or None when some of them are no longer kept."""
-        if offset == self.offset:
-            return []
-        if offset > self.offset:
-            return None
-        history = self.history
-        if not history or history[0].publication.offset > offset + 1:
-            return None
-        first = offset + 1 - history[0].publication.offset
-        return [history[i].publication for i in range(first, len(history))]
+                del self.live[subscriber.encoding]
+        self.recovering.pop(subscriber, None)
+        self.joining = [(s, r) for s, r in self.joining if s is not subscriber]
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,21 +279,25 @@ class HubStatistics:
     mailbox_size: int
     publications: int
     deliveries: int
+    gaps: int
 
 
 class Hub:
     """The hub actor. Start it with ``await task_group.start(hub.run)``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, backplane: Backplane) -> None:
         self.settings = settings
+        self.backplane = backplane
         self._send: MemoryObjectSendStream[Command]
         self._receive: MemoryObjectReceiveStream[Command]
         self._send, self._receive = anyio.create_memory_object_stream[Command](
             settings.hub.mailbox_size
         )
         self._channels: dict[str, ChannelState] = {}
+        self._tasks: TaskGroup | None = None
         self._publications = 0
         self._deliveries = 0
+        self._gaps = 0
         self._running = False
 
     # --- the mailbox ----------------------------------------------------------------------------
@@ -292,10 +316,11 @@ class Hub:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Handle commands until cancelled. Signals ``task_status`` once it takes commands."""
-        self._running = True
-        task_status.started()
         try:
-            async with self._receive:
+            async with anyio.create_task_group() as tasks, self._receive:
+                self._tasks = tasks
+                self._running = True
+                task_status.started()
                 async for command in self._receive:
                     try:
                         self._handle(command)
@@ -305,17 +330,28 @@ class Hub:
                         self._answer_internal_error(command)
         finally:
             self._running = False
+            self._tasks = None
             # Whoever still submits learns at once that the hub is gone (ClosedResourceError).
             self._send.close()
 
     def _handle(self, command: Command) -> None:
         match command:
-            case PublishCommand():
-                self._publish(command)
+            case LivePublication(publication=publication):
+                self._live(publication)
             case SubscribeCommand(subscriber=subscriber, request=request):
                 self._subscribe(subscriber, request)
             case UnsubscribeCommand(subscriber=subscriber, request=request):
                 self._unsubscribe(subscriber, request)
+            case RecoveredCommand():
+                self._recovered(command)
+            case FilledCommand():
+                self._filled(command)
+            case ChannelHead(channel=channel, head=head):
+                self._head(channel, head)
+            case RemoteAnnouncement(channel=channel, message=message):
+                state = self._channels.get(channel)
+                if state is not None:
+                    self._broadcast_control(state, message)
             case HistoryCommand(subscriber=subscriber, request=request):
                 self._history(subscriber, request)
             case PresenceCommand(subscriber=subscriber, request=request):
@@ -334,49 +370,32 @@ class Hub:
     def _answer_internal_error(self, command: Command) -> None:
         subscriber = getattr(command, "subscriber", None)
         request = getattr(command, "request", None)
-        request_id = getattr(request, "id", getattr(command, "request_id", None))
+        request_id = getattr(request, "id", None)
         error = Error(id=request_id, code=ErrorCode.INTERNAL, message="internal error")
-        reply = getattr(command, "reply", None)
-        if isinstance(reply, Reply):
-            reply.set(error)
-        elif isinstance(subscriber, Subscriber) and subscriber.encoding is not None:
+        if isinstance(subscriber, Subscriber) and subscriber.encoding is not None:
             self._reply(subscriber, error)
+
+    def _spawn(self, task: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        assert self._tasks is not None, "the hub is not running"
+        self._tasks.start_soon(task, *args)
 
     # --- replies --------------------------------------------------------------------------------
 
     def _reply(self, subscriber: Subscriber, message: Message) -> None:
         if subscriber.detached or subscriber.encoding is None:
             return
-        frame = Frame(subscriber.codec().encode(message))
-        if not subscriber.outbox.offer(frame):
-            self._drop_slow(subscriber)
+        if not subscriber.outbox.offer(Frame(subscriber.codec().encode(message))):
+            self._detach(subscriber)
 
     def _error(
         self, subscriber: Subscriber, request_id: int | None, code: ErrorCode, text: str
     ) -> None:
         self._reply(subscriber, Error(id=request_id, code=code, message=text))
 
-    def _drop_slow(self, subscriber: Subscriber) -> None:
-        # The outbox refused a frame: the connection's writer drops the client (and counts it);
-        # the hub stops feeding it right away.
-        self._detach(subscriber)
-
-    # --- channels -------------------------------------------------------------------------------
-
     def _options(self, channel: str) -> NamespaceSettings:
         return self.settings.namespace(namespace_of(channel))
 
-    def _state(self, channel: str) -> ChannelState:
-        state = self._channels.get(channel)
-        if state is None:
-            state = self._channels[channel] = ChannelState(channel, self._options(channel))
-        return state
-
-    def _forget_if_unused(self, state: ChannelState) -> None:
-        # The identity check: a fan-out may already have forgotten this state (its last
-        # subscriber was dropped as slow) and a new one may stand under the same name.
-        if not len(state) and not state.history and self._channels.get(state.name) is state:
-            del self._channels[state.name]
+    # --- subscribing ----------------------------------------------------------------------------
 
     def _subscribe(self, subscriber: Subscriber, request: Subscribe) -> None:
         if subscriber.detached:
@@ -390,46 +409,116 @@ class Hub:
                 f"already subscribed to {channel!r}",
             )
             return
-        if len(subscriber.channels) >= self.settings.limits.max_subscriptions:
+        limit = self.settings.limits.max_subscriptions
+        if len(subscriber.channels) >= limit:
             self._error(
                 subscriber,
                 request.id,
                 ErrorCode.LIMIT_EXCEEDED,
-                f"at most {self.settings.limits.max_subscriptions} subscriptions per connection",
+                f"at most {limit} subscriptions per connection",
             )
             return
-        state = self._state(channel)
-        state.evict_expired(time.monotonic())
-        recovered = False
-        missed: list[PublicationFrames] = []
-        since = request.since
-        if since is not None and since.epoch == state.epoch:
-            retained = state.retained_after(since.offset)
-            if retained is not None:
-                recovered, missed = True, retained
-        assert subscriber.encoding is not None
-        encoding = subscriber.encoding
-        reply = Subscribed(
-            id=request.id,
-            channel=channel,
-            epoch=state.epoch,
-            offset=state.offset,
-            recovered=recovered,
-            publications=[publication.message(encoding) for publication in missed],
-        )
-        # The reply (with what was missed) is queued before the subscriber joins, and nothing
-        # else runs in between: live messages follow with no gap and no duplicate.
-        self._reply(subscriber, reply)
-        if subscriber.detached:
-            self._forget_if_unused(state)
-            return
-        if state.options.join_leave:
-            self._broadcast_control(
-                state, Join(channel=channel, client=subscriber.id, user=subscriber.user)
-            )
-        state.add(subscriber)
+        state = self._watch(channel)
         subscriber.channels.add(channel)
         subscriber.idle_since = None
+        if state.watching:
+            self._admit(state, subscriber, request)
+        else:
+            state.joining.append((subscriber, request))
+
+    def _watch(self, channel: str) -> ChannelState:
+        state = self._channels.get(channel)
+        if state is None:
+            state = self._channels[channel] = ChannelState(channel, self._options(channel))
+            head = self.backplane.watch(channel)
+            if head is not None:
+                self._start(state, head)
+        return state
+
+    def _start(self, state: ChannelState, head: Head) -> None:
+        state.watching = True
+        state.epoch, state.offset = head.epoch, head.offset
+
+    def _admit(self, state: ChannelState, subscriber: Subscriber, request: Subscribe) -> None:
+        """Answer ``request`` at the channel's current position, or start its recovery."""
+        since = request.since
+        if since is not None and since.epoch == state.epoch and since.offset < state.offset:
+            state.recovering[subscriber] = []
+            self._spawn(self._read_missed, subscriber, request, state.offset, state.options)
+            return
+        recovered = (
+            since is not None and since.epoch == state.epoch and since.offset == state.offset
+        )
+        self._reply(
+            subscriber,
+            Subscribed(
+                id=request.id,
+                channel=state.name,
+                epoch=state.epoch,
+                offset=state.offset,
+                recovered=recovered,
+            ),
+        )
+        self._go_live(state, subscriber)
+
+    async def _read_missed(
+        self, subscriber: Subscriber, request: Subscribe, upto: int, options: NamespaceSettings
+    ) -> None:
+        assert request.since is not None
+        try:
+            page: Page | None = await self.backplane.read(
+                request.channel, request.since.offset, upto - request.since.offset, options
+            )
+        except BackplaneUnavailable:
+            page = None
+        await self.submit(RecoveredCommand(subscriber, request, upto, page))
+
+    def _recovered(self, command: RecoveredCommand) -> None:
+        subscriber, request, upto = command.subscriber, command.request, command.upto
+        state = self._channels.get(request.channel)
+        if state is None or subscriber not in state.recovering:
+            return  # It left (or was dropped) while the read was in flight.
+        held = state.recovering.pop(subscriber)
+        since = request.since
+        assert since is not None and subscriber.encoding is not None
+        missed: list[PublicationFrames] = []
+        page = command.page
+        if page is not None and page.head.epoch == since.epoch:
+            missed = [p for p in page.publications if since.offset < p.offset <= upto]
+        # Recovered only when every publication from ``since`` to ``upto`` is there: a client
+        # must never be fed a partial set (PROTOCOL.md §1).
+        recovered = [p.offset for p in missed] == list(range(since.offset + 1, upto + 1))
+        encoding = subscriber.encoding
+        self._reply(
+            subscriber,
+            Subscribed(
+                id=request.id,
+                channel=state.name,
+                epoch=since.epoch if recovered else state.epoch,
+                offset=upto,
+                recovered=recovered,
+                publications=[p.message(encoding) for p in missed] if recovered else [],
+            ),
+        )
+        for publication in held:
+            if subscriber.detached:
+                return
+            if not subscriber.outbox.offer(publication.frame(encoding)):
+                self._detach(subscriber)
+                return
+        self._go_live(state, subscriber)
+
+    def _go_live(self, state: ChannelState, subscriber: Subscriber) -> None:
+        if subscriber.detached:
+            return
+        options = state.options
+        if options.join_leave:
+            join = Join(channel=state.name, client=subscriber.id, user=subscriber.user)
+            self._broadcast_control(state, join)
+            self.backplane.announce(state.name, join)
+        if options.presence:
+            self.backplane.presence_add(state.name, subscriber.info())
+        state.add(subscriber)
 
     def _unsubscribe(self, subscriber: Subscriber, request: Unsubscribe) -> None:
         channel = request.channel
@@ -448,12 +537,20 @@ class Hub:
         state = self._channels.get(channel)
         if state is None:
             return
+        was_live = subscriber in state.live.get(subscriber.encoding, {})
         state.remove(subscriber)
-        if state.options.join_leave and channel != CHAT_ROOM:
-            self._broadcast_control(
-                state, Leave(channel=channel, client=subscriber.id, user=subscriber.user)
-            )
-        self._forget_if_unused(state)
+        if was_live and channel != CHAT_ROOM:
+            options = state.options
+            if options.presence:
+                self.backplane.presence_remove(channel, subscriber.info())
+            if options.join_leave:
+                leave = Leave(channel=channel, client=subscriber.id, user=subscriber.user)
+                self._broadcast_control(state, leave)
+                self.backplane.announce(channel, leave)
+        if not len(state):
+            del self._channels[channel]
+            if channel != CHAT_ROOM:
+                self.backplane.unwatch(channel)
 
     def _detach(self, subscriber: Subscriber) -> None:
         if subscriber.detached:
@@ -466,62 +563,48 @@ class Hub:
                 self._chat_broadcast(Frame(CHAT_LEFT, CHAT_ROOM))
 
     def _broadcast_control(self, state: ChannelState, message: Message) -> None:
-        """Send a non-publication message (``join``, ``leave``) to a channel's subscribers."""
-        for encoding, group in list(state.subscribers.items()):
+        """Send a message that is not a publication (``join``, ``leave``, ``gap``) to a
+        channel's live subscribers, encoded once per encoding."""
+        for encoding, group in list(state.live.items()):
             if encoding is None or not group:
                 continue
             frame = Frame(CODECS[encoding].encode(message))
             for subscriber in list(group):
                 if not subscriber.outbox.offer(frame):
-                    self._drop_slow(subscriber)
+                    self._detach(subscriber)
 
-    # --- publications ---------------------------------------------------------------------------
+    # --- publications: sequencing and fan-out ---------------------------------------------------
 
-    def _publish(self, command: PublishCommand) -> None:
-        channel = command.channel
-        subscriber = command.subscriber
-        if subscriber is not None:
-            if subscriber.detached:
-                return
-            if not self._options(channel).allow_publish:
-                self._error(
-                    subscriber,
-                    command.request_id,
-                    ErrorCode.PERMISSION_DENIED,
-                    f"clients may not publish in namespace {namespace_of(channel)!r}",
-                )
-                return
-        state = self._state(channel)
-        state.offset += 1
-        publication = PublicationFrames(
-            channel=channel,
-            offset=state.offset,
-            epoch=state.epoch,
-            publisher=None if subscriber is None else subscriber.id,
-            data=command.data,
-            source=command.codec,
-        )
-        if command.converted:
-            for encoding, payload in command.converted.items():
-                publication.add_payload(encoding, payload)
-        now = time.monotonic()
-        state.evict_expired(now)
-        state.retain(publication, now)
-        self._publications += 1
+    def _live(self, publication: PublicationFrames) -> None:
+        state = self._channels.get(publication.channel)
+        if state is None:
+            return  # Nobody here wants it any more.
+        if not state.watching or state.filling:
+            state.pending.append(publication)
+            return
+        self._sequence(state, publication)
+
+    def _sequence(self, state: ChannelState, publication: PublicationFrames) -> None:
+        if publication.epoch != state.epoch:
+            # The stream was lost and started again: follow the new one. Subscribers see the new
+            # epoch on the message itself and know that old positions mean nothing now.
+            state.epoch, state.offset = publication.epoch, publication.offset - 1
+        offset = publication.offset
+        if offset <= state.offset:
+            return  # Already delivered.
+        if offset > state.offset + 1:
+            state.filling = True
+            state.pending.append(publication)
+            self._spawn(self._read_range, state.name, state.offset, offset - 1, state.options)
+            return
+        state.offset = offset
         self._fan_out(state, publication)
-        published = Published(
-            id=command.request_id or 0, channel=channel, offset=state.offset, epoch=state.epoch
-        )
-        if command.reply is not None:
-            command.reply.set(published)
-        elif subscriber is not None and command.request_id is not None:
-            self._reply(subscriber, published)
-        self._forget_if_unused(state)
 
     def _fan_out(self, state: ChannelState, publication: PublicationFrames) -> None:
+        self._publications += 1
         refused: list[Subscriber] = []
         delivered = 0
-        for encoding, group in state.subscribers.items():
+        for encoding, group in state.live.items():
             if encoding is None:
                 continue
             frame = publication.frame(encoding)
@@ -530,67 +613,142 @@ class Hub:
                     delivered += 1
                 else:
                     refused.append(subscriber)
+        if state.recovering:
+            cap = self.settings.queue.max_messages
+            for subscriber, held in state.recovering.items():
+                held.append(publication)
+                if len(held) > cap:
+                    refused.append(subscriber)
         self._deliveries += delivered
         for subscriber in refused:
-            self._drop_slow(subscriber)
+            # Its writer drops the client (4008); the hub stops feeding it right away.
+            subscriber.outbox.overflow()
+            self._detach(subscriber)
+
+    async def _read_range(
+        self, channel: str, after: int, upto: int, options: NamespaceSettings
+    ) -> None:
+        try:
+            page: Page | None = await self.backplane.read(channel, after, upto - after, options)
+        except BackplaneUnavailable:
+            page = None
+        await self.submit(FilledCommand(channel, upto, page))
+
+    def _filled(self, command: FilledCommand) -> None:
+        state = self._channels.get(command.channel)
+        if state is None:
+            return
+        page = command.page
+        found = []
+        if page is not None and page.head.epoch == state.epoch:
+            found = [p for p in page.publications if state.offset < p.offset <= command.upto]
+        for publication in found:
+            if publication.offset > state.offset + 1:
+                self._gap(state, state.offset + 1, publication.offset - 1)
+            state.offset = publication.offset
+            self._fan_out(state, publication)
+        if state.offset < command.upto:
+            self._gap(state, state.offset + 1, command.upto)
+            state.offset = command.upto
+        state.filling = False
+        pending, state.pending = state.pending, []
+        for publication in pending:
+            if state.filling:
+                state.pending.append(publication)
+            else:
+                self._sequence(state, publication)
+
+    def _gap(self, state: ChannelState, first: int, last: int) -> None:
+        """Publications ``first`` to ``last`` are lost to this process: say so."""
+        self._gaps += 1
+        log.warning("hub.gap", channel=state.name, from_offset=first, to_offset=last)
+        self._broadcast_control(state, Gap(channel=state.name, from_offset=first, to_offset=last))
+
+    def _head(self, channel: str, head: Head) -> None:
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        if not state.watching:
+            self._start(state, head)
+            joining, state.joining = state.joining, []
+            for subscriber, request in joining:
+                if not subscriber.detached and channel in subscriber.channels:
+                    self._admit(state, subscriber, request)
+            pending, state.pending = state.pending, []
+            for publication in pending:
+                self._live(publication)
+            return
+        # Live delivery was re-established (after an outage): catch up on what was missed.
+        if head.epoch != state.epoch:
+            state.epoch, state.offset = head.epoch, head.offset
+        elif head.offset > state.offset and not state.filling:
+            state.filling = True
+            self._spawn(self._read_range, channel, state.offset, head.offset, state.options)
 
     # --- history and presence -------------------------------------------------------------------
 
     def _history(self, subscriber: Subscriber, request: History) -> None:
-        channel = request.channel
-        options = self._options(channel)
+        options = self._options(request.channel)
         if options.history_size == 0:
             self._error(
                 subscriber,
                 request.id,
                 ErrorCode.BAD_REQUEST,
-                f"history is not enabled in namespace {namespace_of(channel)!r}",
+                f"history is not enabled in namespace {namespace_of(request.channel)!r}",
             )
             return
-        state = self._state(channel)
-        state.evict_expired(time.monotonic())
-        retained = [item.publication for item in state.history]
+        self._spawn(self._read_history, subscriber, request, options)
+
+    async def _read_history(
+        self, subscriber: Subscriber, request: History, options: NamespaceSettings
+    ) -> None:
         since = request.since
-        if since is not None and since.epoch == state.epoch:
-            retained = [p for p in retained if p.offset > since.offset]
-            if request.limit is not None:
-                retained = retained[: request.limit]
-        elif request.limit is not None:
-            # Without a position: the latest ``limit`` publications, oldest first.
-            retained = retained[len(retained) - request.limit :] if request.limit else []
+        channel, limit = request.channel, request.limit
+        try:
+            # With a position in the current stream: what came after it, oldest first.
+            # Otherwise (none, or one from a lost stream): the latest ``limit``.
+            page = None
+            if since is not None:
+                page = await self.backplane.read(channel, since.offset, limit, options)
+                if page.head.epoch != since.epoch:
+                    page = None
+            if page is None:
+                page = await self.backplane.latest(channel, limit, options)
+        except BackplaneUnavailable:
+            self._error(subscriber, request.id, ErrorCode.UNAVAILABLE, "history is unavailable")
+            return
         assert subscriber.encoding is not None
         encoding = subscriber.encoding
         self._reply(
             subscriber,
             HistoryResult(
                 id=request.id,
-                channel=channel,
-                epoch=state.epoch,
-                offset=state.offset,
-                publications=[publication.message(encoding) for publication in retained],
+                channel=request.channel,
+                epoch=page.head.epoch,
+                offset=page.head.offset,
+                publications=[p.message(encoding) for p in page.publications],
             ),
         )
-        self._forget_if_unused(state)
 
     def _presence(self, subscriber: Subscriber, request: Presence) -> None:
-        channel = request.channel
-        if not self._options(channel).presence:
+        if not self._options(request.channel).presence:
             self._error(
                 subscriber,
                 request.id,
                 ErrorCode.BAD_REQUEST,
-                f"presence is not enabled in namespace {namespace_of(channel)!r}",
+                f"presence is not enabled in namespace {namespace_of(request.channel)!r}",
             )
             return
-        state = self._channels.get(channel)
-        members = [] if state is None else list(state.members())
+        self._spawn(self._read_presence, subscriber, request)
+
+    async def _read_presence(self, subscriber: Subscriber, request: Presence) -> None:
+        try:
+            members = await self.backplane.presence(request.channel)
+        except BackplaneUnavailable:
+            self._error(subscriber, request.id, ErrorCode.UNAVAILABLE, "presence is unavailable")
+            return
         self._reply(
-            subscriber,
-            PresenceResult(
-                id=request.id,
-                channel=channel,
-                clients=[ClientInfo(client=m.id, user=m.user) for m in members],
-            ),
+            subscriber, PresenceResult(id=request.id, channel=request.channel, clients=members)
         )
 
     # --- the chat room of /ws/chat --------------------------------------------------------------
@@ -598,7 +756,12 @@ class Hub:
     def _chat_join(self, subscriber: Subscriber) -> None:
         if subscriber.detached:
             return
-        self._state(CHAT_ROOM).add(subscriber)
+        state = self._channels.get(CHAT_ROOM)
+        if state is None:
+            state = ChannelState(CHAT_ROOM, self.settings.default_namespace)
+            state.watching = True
+            self._channels[CHAT_ROOM] = state
+        state.add(subscriber)
         subscriber.channels.add(CHAT_ROOM)
 
     def _chat_say(self, subscriber: Subscriber, text: str) -> None:
@@ -610,11 +773,11 @@ class Hub:
         state = self._channels.get(CHAT_ROOM)
         if state is None:
             return
-        group = state.subscribers.get(None, {})
+        group = state.live.get(None, {})
         refused = [subscriber for subscriber in group if not subscriber.outbox.offer(frame)]
         self._deliveries += len(group) - len(refused)
         for subscriber in refused:
-            self._drop_slow(subscriber)
+            self._detach(subscriber)
 
     # --- observation ----------------------------------------------------------------------------
 
@@ -627,6 +790,7 @@ class Hub:
             mailbox_size=int(stream.max_buffer_size),
             publications=self._publications,
             deliveries=self._deliveries,
+            gaps=self._gaps,
         )
 
     def subscriber_count(self, channel: str) -> int:

@@ -92,39 +92,55 @@ class Outbox:
             return False
         size = len(frame.data)
         if len(self._frames) >= self.max_messages or self._bytes + size > self.max_bytes:
-            if self.policy is OverflowPolicy.DISCONNECT or not self._make_room(frame):
-                self._overflow()
+            if self.policy is OverflowPolicy.DISCONNECT:
+                self.overflow()
+                return False
+            if size > self.max_bytes and frame.channel is not None:
+                # It can never fit: it is skipped itself, and with it whatever of its channel is
+                # still queued, so that the ``gap`` (sent first) comes after nothing of its
+                # channel and names one contiguous range.
+                self._skip_channel(frame)
+                self._wake()
+                return True
+            if not self._make_room(size):
+                self.overflow()
                 return False
         self._frames.append(frame)
         self._bytes += size
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            waiter.set()
+        self._wake()
         return True
 
-    def _make_room(self, incoming: Frame) -> bool:
-        """Drop the oldest publications until ``incoming`` fits (policy ``DROP_OLDEST``)."""
-        size = len(incoming.data)
-        if size > self.max_bytes:
-            # It can never fit: drop the newcomer itself, so the client learns of it as a gap.
-            if incoming.channel is None:
-                return False
-            self._record_skip(incoming)
-            return True
-        kept: list[Frame] = []
+    def _make_room(self, size: int) -> bool:
+        """Drop the oldest publications until ``size`` more bytes fit (policy ``DROP_OLDEST``).
+
+        Control frames (``channel`` None) are never dropped and keep their place and order.
+        Returns whether there is room now.
+        """
         frames = self._frames
-        while frames and (len(frames) >= self.max_messages or self._bytes + size > self.max_bytes):
+        kept: list[Frame] = []
+        while frames and (
+            len(frames) + len(kept) >= self.max_messages or self._bytes + size > self.max_bytes
+        ):
             oldest = frames.popleft()
-            self._bytes -= len(oldest.data)
             if oldest.channel is None:
                 kept.append(oldest)
-            else:
-                self._record_skip(oldest)
-        # Control frames keep their place at the front, in their order.
+                continue
+            self._bytes -= len(oldest.data)
+            self._record_skip(oldest)
         frames.extendleft(reversed(kept))
-        self._bytes += sum(len(f.data) for f in kept)
         return len(frames) < self.max_messages and self._bytes + size <= self.max_bytes
+
+    def _skip_channel(self, incoming: Frame) -> None:
+        channel = incoming.channel
+        remaining: deque[Frame] = deque()
+        for frame in self._frames:
+            if frame.channel == channel:
+                self._bytes -= len(frame.data)
+                self._record_skip(frame)
+            else:
+                remaining.append(frame)
+        self._frames = remaining
+        self._record_skip(incoming)
 
     def _record_skip(self, frame: Frame) -> None:
         assert frame.channel is not None
@@ -137,7 +153,10 @@ class Outbox:
             skipped.last = frame.offset
         # A frame dropped when it was the newcomer never sat in the queue: nothing else to undo.
 
-    def _overflow(self) -> None:
+    def overflow(self) -> None:
+        """Mark the client as too slow: refuse every later frame; the writer drops it (4008)."""
+        if self._overflowed:
+            return
         self._overflowed = True
         self._wake()
         if self.on_overflow is not None:

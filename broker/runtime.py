@@ -12,12 +12,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
+import msgspec
 from anyio.abc import TaskStatus
 
+from broker.backplane import Backplane, Head, create_backplane
 from broker.connection import Connection, ConnectionStatistics
 from broker.hub import Hub
 from broker.logs import get_logger
 from broker.settings import Settings
+from protocol import Codec, Encoding, namespace_of
 
 log = get_logger("broker.runtime")
 
@@ -37,18 +40,39 @@ class Totals:
 
 
 class Broker:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, backplane: Backplane | None = None) -> None:
         self.settings = settings
-        self.hub = Hub(settings)
+        self.backplane = backplane or create_backplane(settings)
+        self.hub = Hub(settings, self.backplane)
         self.connections: dict[str, Connection] = {}
         self.totals = Totals()
         self.close_codes: dict[int, int] = {}
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run the hub until cancelled; ``task_status.started()`` once it takes commands."""
+        """Run the hub and the backplane until cancelled; ``task_status.started()`` once both
+        take requests."""
         async with anyio.create_task_group() as tasks:
             await tasks.start(self.hub.run)
+            await tasks.start(self.backplane.run, self.hub.submit)
             task_status.started()
+
+    @property
+    def ready(self) -> bool:
+        """Ready to take traffic: the hub runs and the backplane is connected (``/readyz``)."""
+        return self.hub.running and self.backplane.ready
+
+    async def publish(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        converted: dict[Encoding, msgspec.Raw] | None = None,
+    ) -> Head:
+        """Publish into ``channel``: its offset and epoch once the backplane has it. Raises
+        ``BackplaneUnavailable``."""
+        options = self.settings.namespace(namespace_of(channel))
+        return await self.backplane.publish(channel, data, codec, publisher, options, converted)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Broker]:

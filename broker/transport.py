@@ -65,13 +65,18 @@ class ClientGone(Exception):
 class TransportLink:
     """What the app may do with a connection's transport, handed over in ``scope["extensions"]``."""
 
-    __slots__ = ("_protocol", "on_shutdown")
+    __slots__ = ("_protocol", "close_notice", "on_shutdown")
 
     def __init__(self, protocol: BrokerWebSocketProtocol) -> None:
         self._protocol = protocol
         #: Called instead of uvicorn's abrupt 1012 close when the server shuts down; the app sets
         #: it to drain the connection (``disconnect`` with ``reconnect`` true, then close 1001).
         self.on_shutdown: Callable[[], None] | None = None
+        #: When the frame parser itself closes the connection (a message over the size limit:
+        #: 1009, a protocol error: 1002, invalid UTF-8: 1007), the app may give the message to
+        #: send just before the close frame: ``close_notice(code, reason)`` returns its payload
+        #: and whether it is text, or None.
+        self.close_notice: Callable[[int, str], tuple[bytes, bool] | None] | None = None
 
     @property
     def disconnected(self) -> bool:
@@ -156,6 +161,18 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         super().keepalive_timeout()
         self.abort_connection()
 
+    def handle_parser_exception(self) -> None:
+        close = self.conn.close_sent
+        notice = self.link.close_notice
+        if close is not None and notice is not None and not self.transport.is_closing():
+            # The close frame is already queued in the protocol's output; what is written now
+            # goes out before it.
+            message = notice(close.code, close.reason)
+            if message is not None:
+                payload, text = message
+                self.transport.write(_server_frame(payload, text=text))
+        super().handle_parser_exception()
+
     def abort_connection(self) -> None:
         transport = self.transport
         if transport is None or self.disconnected:
@@ -167,6 +184,19 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
             except OSError:
                 pass  # Already closed by the peer: abort() below is all that is left to do.
         transport.abort()
+
+
+def _server_frame(payload: bytes, *, text: bool) -> bytes:
+    """One final, unmasked frame (RFC 6455 §5.2), for the rare write outside the framer."""
+    first = 0x81 if text else 0x82
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", first, length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", first, 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 127, length)
+    return header + payload
 
 
 class FrameSink(Protocol):

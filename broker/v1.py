@@ -11,25 +11,23 @@ from __future__ import annotations
 import time
 
 import anyio
-import msgspec
 
+from broker.backplane import BackplaneUnavailable
 from broker.connection import Connection
+from broker.conversion import UnconvertibleData, convert_for_subscribers
 from broker.hub import (
     HistoryCommand,
-    Hub,
     PresenceCommand,
-    PublishCommand,
     SubscribeCommand,
     UnsubscribeCommand,
 )
 from broker.logs import get_logger
 from broker.ratelimit import TokenBucket
+from broker.runtime import Broker
 from protocol import (
-    JSON,
     CloseCode,
     Codec,
     DecodeFailure,
-    Encoding,
     Error,
     ErrorCode,
     History,
@@ -37,10 +35,11 @@ from protocol import (
     Pong,
     Presence,
     Publish,
+    Published,
     Subscribe,
     Unsubscribe,
     Welcome,
-    convert_payload,
+    namespace_of,
 )
 
 log = get_logger("broker.v1")
@@ -49,9 +48,10 @@ log = get_logger("broker.v1")
 class V1Reader:
     """Reads one ``/v1/ws`` connection."""
 
-    def __init__(self, connection: Connection, hub: Hub, codec: Codec) -> None:
+    def __init__(self, connection: Connection, broker: Broker, codec: Codec) -> None:
         self.connection = connection
-        self.hub = hub
+        self.broker = broker
+        self.hub = broker.hub
         self.codec = codec
         limits = connection.settings.limits
         self.bucket = (
@@ -139,25 +139,31 @@ class V1Reader:
             self.error(message.id, ErrorCode.RATE_LIMITED, "publish rate limit exceeded")
             return
         self.strikes = 0
-        converted = None
-        if self.codec.encoding is Encoding.MSGPACK:
-            # Checked here, once, so that every JSON subscriber can be served: MessagePack can
-            # carry what JSON cannot (non-string map keys, for one).
-            try:
-                converted = {Encoding.JSON: convert_payload(message.data, self.codec, JSON)}
-            except (msgspec.MsgspecError, TypeError, ValueError, RecursionError) as exc:
-                self.error(message.id, ErrorCode.BAD_REQUEST, f"data cannot be sent as JSON: {exc}")
-                return
-        await self.hub.submit(
-            PublishCommand(
-                channel=message.channel,
-                data=message.data,
-                codec=self.codec,
-                subscriber=self.connection.subscriber,
-                request_id=message.id,
-                converted=converted,
+        channel = message.channel
+        if not self.broker.settings.namespace(namespace_of(channel)).allow_publish:
+            self.error(
+                message.id,
+                ErrorCode.PERMISSION_DENIED,
+                f"clients may not publish in namespace {namespace_of(channel)!r}",
             )
-        )
+            return
+        try:
+            converted = convert_for_subscribers(message.data, self.codec)
+        except UnconvertibleData as exc:
+            self.error(message.id, ErrorCode.BAD_REQUEST, str(exc))
+            return
+        try:
+            head = await self.broker.publish(
+                channel, message.data, self.codec, self.connection.id, converted
+            )
+        except BackplaneUnavailable:
+            self.error(message.id, ErrorCode.UNAVAILABLE, "the broker cannot publish right now")
+            return
+        if message.id is not None:
+            published = Published(
+                id=message.id, channel=channel, offset=head.offset, epoch=head.epoch
+            )
+            self.connection.send_frame(self.codec.encode(published))
 
     def error(self, request_id: int | None, code: ErrorCode, text: str) -> None:
         self.connection.send_frame(self.codec.encode(Error(id=request_id, code=code, message=text)))

@@ -72,7 +72,7 @@ async def v1_endpoint(
     if not await _admit(websocket, broker, codec):
         return
     connection = Connection(websocket, hub=hub, settings=settings, codec=codec, endpoint="/v1/ws")
-    await _run(connection, broker, V1Reader(connection, hub, codec).run)
+    await _run(connection, broker, V1Reader(connection, broker, codec).run)
 
 
 @router.websocket("/ws")

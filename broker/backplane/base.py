@@ -1,0 +1,136 @@
+"""The backplane interface: where offsets, epochs, history and presence live.
+
+The hub fans publications out to the connections of its own process; a backplane is what makes
+every process that serves a channel see the same publications in the same order. It owns the
+channel's stream: it assigns each publication its offset atomically with storing it, keeps the
+history the namespace asks for, and tells the hub of publications as they happen.
+
+Two implementations, one behaviour (the same test suite runs over both):
+
+* ``memory``: one process is the whole broker; the stream is a deque in this process.
+* ``redis``: Redis assigns offsets (one Lua script: increment, append to the channel's stream,
+  publish), pub/sub carries live publications, Redis Streams hold history, sorted sets presence.
+
+The hub never awaits the backplane: the calls it makes are non-blocking requests (``watch``,
+``unwatch``, ``presence_add``, ``presence_remove``, ``announce``), and what comes back arrives as
+events through the hub's mailbox (``deliver``). Reads (history, recovery, presence lists) run in
+tasks of their own.
+
+Exceptions: ``BackplaneUnavailable`` is the only one a backplane raises on purpose; the client
+sees it as ``error`` code ``unavailable``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+from anyio.abc import TaskStatus
+
+from broker.settings import NamespaceSettings
+from protocol import ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames
+
+
+class BackplaneUnavailable(Exception):
+    """The backplane cannot serve the request now (Redis down, say). Nothing was published."""
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A channel's stream position: its epoch and the offset of its latest publication."""
+
+    epoch: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Publications read from a channel's history, oldest first, with the head at read time."""
+
+    head: Head
+    publications: list[PublicationFrames]
+
+
+# --- events from the backplane to the hub -------------------------------------------------------
+
+
+@dataclass(slots=True)
+class LivePublication:
+    """A publication, as it happens, on a channel the hub watches."""
+
+    publication: PublicationFrames
+
+
+@dataclass(slots=True)
+class ChannelHead:
+    """Live delivery of ``channel`` is (again) in place, and this was its head at that moment:
+    every later publication will arrive as a ``LivePublication``."""
+
+    channel: str
+    head: Head
+
+
+@dataclass(slots=True)
+class RemoteAnnouncement:
+    """A ``join`` or ``leave`` made on another process."""
+
+    channel: str
+    message: Join | Leave
+
+
+BackplaneEvent = LivePublication | ChannelHead | RemoteAnnouncement
+Deliver = Callable[[BackplaneEvent], Awaitable[None]]
+
+
+class Backplane(Protocol):
+    """What the broker needs from a backplane. See the module docstring."""
+
+    kind: str
+
+    @property
+    def ready(self) -> bool:
+        """Whether publishing and live delivery work right now (``/readyz``)."""
+
+    async def run(self, deliver: Deliver, *, task_status: TaskStatus[None]) -> None:
+        """Run until cancelled, handing events to ``deliver``; ``task_status.started()`` once
+        the backplane takes requests."""
+
+    async def publish(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        options: NamespaceSettings,
+        converted: dict[Encoding, msgspec.Raw] | None = None,
+    ) -> Head:
+        """Append a publication to ``channel``; returns its offset and epoch once it is in the
+        stream (and on its way to every process). Raises ``BackplaneUnavailable``."""
+
+    def watch(self, channel: str) -> Head | None:
+        """Start live delivery of ``channel`` to this process. Returns its head when the
+        backplane knows it at once; otherwise a ``ChannelHead`` event follows."""
+
+    def unwatch(self, channel: str) -> None:
+        """Stop live delivery of ``channel``: nobody on this process wants it any more."""
+
+    async def read(
+        self, channel: str, after: int, limit: int | None, options: NamespaceSettings
+    ) -> Page:
+        """Retained publications with offsets above ``after``, oldest first, at most ``limit``.
+        Raises ``BackplaneUnavailable``."""
+
+    async def latest(self, channel: str, limit: int | None, options: NamespaceSettings) -> Page:
+        """The latest ``limit`` retained publications (all when None), oldest first."""
+
+    def presence_add(self, channel: str, member: ClientInfo) -> None: ...
+
+    def presence_remove(self, channel: str, member: ClientInfo) -> None: ...
+
+    async def presence(self, channel: str) -> list[ClientInfo]:
+        """Every member of ``channel`` on every process. Raises ``BackplaneUnavailable``."""
+
+    def announce(self, channel: str, message: Join | Leave) -> None:
+        """Tell the other processes of a ``join`` or ``leave`` made here."""

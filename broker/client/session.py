@@ -1,0 +1,843 @@
+"""The client session: one WebSocket connection at a time, reconnected for as long as it may be.
+
+``Client`` is an async context manager. Entering it opens the first connection (and raises
+``ConnectFailed`` if it cannot: a wrong URL fails fast); from then on a supervisor task owns the
+connection. Per connection, a task group runs
+
+* the reader: frames in, decoded (single messages or batches), replies matched to their request
+  by ``id``, publications routed to their subscription by channel. It never waits on a consumer
+  (see ``subscription.py`` for why and for what a full queue does instead);
+* the heartbeat: a ``ping`` every ``welcome.heartbeat / 2`` seconds, so the server never closes
+  an idle client with 4009, and a ``pong`` overdue by ``heartbeat`` seconds means the server is
+  gone: the connection is cut and replaced.
+
+When the connection ends, the close decides what happens next (PROTOCOL.md §1): a ``disconnect``
+with ``reconnect: false``, or a close code a retry cannot fix (1002, 1003, 1007, 1008, 1009, 1010,
+4001), closes the client with ``Disconnected``; anything else (1001 drain, 1006 reset, 1011, 1013,
+4008, 4009, ...) reconnects after ``max(retry_after, backoff)``, with capped exponential backoff
+and full jitter (``backoff.py``). Each subscription is then sent again with ``since`` = the last
+``{offset, epoch}`` it queued; ``recovered: true`` delivers the missed publications before the
+live ones, ``recovered: false`` makes the subscription raise ``ResyncNeeded`` once.
+
+Requests in flight when the connection drops fail with ``ConnectionLost`` (they may or may not
+have been done, so they are not replayed: a replayed ``publish`` would publish twice). Requests
+made while disconnected wait for the next connection, within their timeout.
+
+The transport is the ``websockets`` asyncio client, so the client runs on asyncio (anyio's
+asyncio backend included), not on trio.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from types import TracebackType
+from typing import Any, Final, Literal, overload
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.typing import Subprotocol
+
+from broker.client.backoff import Backoff
+from broker.client.errors import (
+    ClientClosed,
+    ClientError,
+    ConnectFailed,
+    ConnectionLost,
+    Disconnected,
+    RequestError,
+    RequestTimeout,
+)
+from broker.client.messages import HistoryPage, Message, PresenceChange
+from broker.client.subscription import AnySubscription, Subscription
+from protocol import (
+    ClientInfo,
+    ClientMessage,
+    Codec,
+    Disconnect,
+    Encoding,
+    Error,
+    ErrorCode,
+    Gap,
+    History,
+    HistoryResult,
+    Join,
+    Leave,
+    Ping,
+    Pong,
+    Presence,
+    PresenceResult,
+    Publication,
+    Publish,
+    Published,
+    ServerMessage,
+    StreamPosition,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    Welcome,
+)
+
+log = logging.getLogger("broker.client")
+
+DEFAULT_URL: Final = "ws://127.0.0.1:8000/v1/ws"
+
+# The client's own codecs, not ``protocol.CODECS``: those count what the broker encodes, and a
+# client running in the broker's process (as in the tests) must not add to the count.
+_CODECS: Final = {encoding: Codec(encoding) for encoding in Encoding}
+
+#: Close codes after which the same client would be refused again: do not reconnect.
+FINAL_CLOSE_CODES: Final = frozenset({1002, 1003, 1007, 1008, 1009, 1010, 4001})
+
+#: What opening a connection can fail with, short of a bug.
+_OPEN_ERRORS = (
+    OSError,
+    TimeoutError,
+    WebSocketException,
+    msgspec.MsgspecError,
+    RecursionError,
+    UnicodeDecodeError,
+    ValueError,
+)
+
+
+class _Refused(Exception):
+    """The server answered the handshake with ``disconnect`` instead of ``welcome`` (1013)."""
+
+    def __init__(self, notice: Disconnect) -> None:
+        super().__init__(f"refused: {notice.code} {notice.reason}")
+        self.notice = notice
+
+
+@dataclass(eq=False, slots=True)
+class _Link:
+    """One WebSocket connection, from ``welcome`` to its close."""
+
+    ws: ClientConnection
+    welcome: Welcome
+    number: int
+    #: Messages that came in the same frame as ``welcome``.
+    backlog: list[ServerMessage]
+    #: Every subscription has been sent on it: user requests may go.
+    ready: bool = False
+    #: The ``disconnect`` notice the server sent before closing, if any.
+    notice: Disconnect | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    """A request waiting for its reply. ``on_reply`` runs in the reader, in stream order."""
+
+    link: _Link
+    on_reply: Callable[[ServerMessage], None] | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    reply: ServerMessage | None = None
+    error: BaseException | None = None
+
+    def resolve(self, reply: ServerMessage) -> None:
+        if self.on_reply is not None:
+            self.on_reply(reply)
+        self.reply = reply
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+def connect(
+    url: str = DEFAULT_URL,
+    *,
+    encoding: Encoding = Encoding.JSON,
+    token: str | None = None,
+    request_timeout: float = 10.0,
+    open_timeout: float = 10.0,
+    queue_size: int = 1000,
+    backoff: Backoff | None = None,
+    max_attempts: int | None = None,
+    max_frame_bytes: int | None = 64 * 1024 * 1024,
+) -> Client:
+    """A client for the broker at ``url`` (a ``/v1/ws`` endpoint); use it as
+    ``async with connect(url) as client:``.
+
+    ``encoding`` picks JSON or MessagePack; ``token`` is sent as ``Authorization: Bearer``.
+    ``request_timeout`` bounds each request, waiting for a connection included. ``queue_size``
+    is each subscription's default queue bound. ``backoff`` spaces reconnection attempts;
+    ``max_attempts`` failed attempts in a row close the client with ``ConnectFailed`` (None: try
+    for ever; 0: never reconnect).
+    """
+    return Client(
+        url,
+        encoding=encoding,
+        token=token,
+        request_timeout=request_timeout,
+        open_timeout=open_timeout,
+        queue_size=queue_size,
+        backoff=backoff or Backoff(),
+        max_attempts=max_attempts,
+        max_frame_bytes=max_frame_bytes,
+    )
+
+
+class Client:
+    """A connection to the broker that survives disconnections. See the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        encoding: Encoding,
+        token: str | None,
+        request_timeout: float,
+        open_timeout: float,
+        queue_size: int,
+        backoff: Backoff,
+        max_attempts: int | None,
+        max_frame_bytes: int | None,
+    ) -> None:
+        self.url = url
+        self.encoding = encoding
+        self.request_timeout = request_timeout
+        self.open_timeout = open_timeout
+        self.queue_size = queue_size
+        self.backoff = backoff
+        self.max_attempts = max_attempts
+        self._max_frame_bytes = max_frame_bytes
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._codec = _CODECS[encoding]
+        self._subs: dict[str, AnySubscription] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._link: _Link | None = None
+        self._links = 0
+        self._failure: ClientClosed | None = None
+        self._changed = anyio.Event()
+        self._tasks: TaskGroup | None = None
+
+    # --- state ----------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None and self._link.ready
+
+    @property
+    def connections(self) -> int:
+        """How many connections this client has opened so far (1 + reconnections)."""
+        return self._links
+
+    @property
+    def welcome(self) -> Welcome | None:
+        """The current connection's ``welcome`` (None while disconnected)."""
+        return None if self._link is None else self._link.welcome
+
+    @property
+    def client_id(self) -> str | None:
+        """The broker's id for the current connection; each connection gets a new one."""
+        return None if self._link is None else self._link.welcome.client
+
+    @property
+    def subscriptions(self) -> dict[str, AnySubscription]:
+        return dict(self._subs)
+
+    async def wait_connected(self, *, after: int = 0) -> str:
+        """Wait for a ready connection numbered above ``after``; its client id.
+
+        ``await client.wait_connected(after=client.connections)`` waits for the next one.
+        """
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            link = self._link
+            if link is not None and link.ready and link.number > after:
+                return link.welcome.client
+            await self._changed.wait()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        if self._tasks is not None or self._failure is not None:
+            raise RuntimeError("a Client can be entered only once")
+        link = await self._open_first()
+        tasks = anyio.create_task_group()
+        await tasks.__aenter__()
+        self._tasks = tasks
+        tasks.start_soon(self._supervise, link)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        assert self._tasks is not None
+        if exc is None or isinstance(exc, Exception):
+            # The background tasks catch their own errors and were just cancelled: hand the
+            # task group nothing, so the body's exception propagates as it is rather than
+            # wrapped in an ExceptionGroup. Cancellation and the like go through it as usual.
+            await self._tasks.__aexit__(None, None, None)
+            return None
+        return await self._tasks.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """Close the connection (1000) and end every subscription. Idempotent."""
+        if self._failure is None:
+            self._fail(ClientClosed("the client is closed"), clean=True)
+        link = self._link
+        if link is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await link.ws.close()
+        if self._tasks is not None:
+            self._tasks.cancel_scope.cancel()
+
+    def _fail(self, error: ClientClosed, *, clean: bool = False) -> None:
+        """Close the client for good: everything waiting learns it now, and later calls too."""
+        if self._failure is None:
+            self._failure = error
+            if not clean:
+                log.warning("client.closed: %s", error)
+        for sub in self._subs.values():
+            if not sub.confirmed.is_set():
+                sub.subscribe_error = error
+                sub.confirmed.set()
+            sub.close(None if clean else error)
+        self._subs.clear()
+        for pending in self._pending.values():
+            pending.fail(error)
+        self._pending.clear()
+        self._notify()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    # --- connections ----------------------------------------------------------------------------
+
+    async def _open_first(self) -> _Link:
+        try:
+            return await self._open()
+        except _Refused as refused:
+            notice = refused.notice
+            raise ConnectFailed(
+                f"{self.url} refused the connection: {notice.code} {notice.reason}"
+                + (f" (retry after {notice.retry_after} s)" if notice.reconnect else "")
+            ) from None
+        except _OPEN_ERRORS as exc:
+            raise ConnectFailed(f"cannot connect to {self.url}: {exc}") from exc
+
+    async def _open(self) -> _Link:
+        """A new connection that has read its ``welcome``."""
+        ws = await ws_connect(
+            self.url,
+            subprotocols=[Subprotocol(self.encoding.subprotocol)],
+            additional_headers=self._headers,
+            compression=None,
+            open_timeout=self.open_timeout,
+            # Liveness is the protocol's ``ping``/``pong`` (the heartbeat task); websockets'
+            # own keepalive would only duplicate it.
+            ping_interval=None,
+            max_size=self._max_frame_bytes,
+            close_timeout=2,
+        )
+        try:
+            if ws.subprotocol != self.encoding.subprotocol:
+                raise ValueError(
+                    f"the server chose subprotocol {ws.subprotocol!r}, "
+                    f"not {self.encoding.subprotocol!r}"
+                )
+            with anyio.fail_after(self.open_timeout):
+                frame = await ws.recv(decode=False)
+            messages = self._codec.decode_server(frame)
+            first = messages[0] if messages else None
+            if isinstance(first, Disconnect):
+                raise _Refused(first)
+            if not isinstance(first, Welcome):
+                raise ValueError(f"expected welcome, got {first!r}")
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await ws.close()
+            raise
+        self._links += 1
+        return _Link(ws, first, self._links, messages[1:])
+
+    async def _supervise(self, link: _Link | None) -> None:
+        """Serve connections one after another until the client closes or gives up."""
+        try:
+            while link is not None:
+                retry_after = await self._serve(link)
+                if retry_after is None:
+                    return
+                link = await self._reconnect(retry_after)
+        except Exception as exc:  # a bug: fail loudly rather than leave callers waiting
+            log.exception("client.failed")
+            self._fail(ClientClosed(f"the client failed: {exc!r}"))
+
+    async def _serve(self, link: _Link) -> float | None:
+        """Run one connection until it ends; the ``retry_after`` to reconnect after, or None
+        when the client must not reconnect."""
+        self._link = link
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._heartbeat, link)
+                tasks.start_soon(self._resubscribe, link)
+                await self._read(link)
+                tasks.cancel_scope.cancel()
+        finally:
+            self._link = None
+            self._lose(link)
+            self._notify()
+        if self._failure is not None:
+            return None
+        notice = link.notice
+        code = link.ws.close_code or 1006
+        if notice is not None and not notice.reconnect:
+            self._fail(Disconnected(notice.code, notice.reason))
+            return None
+        if notice is None and code in FINAL_CLOSE_CODES:
+            self._fail(Disconnected(code, link.ws.close_reason or ""))
+            return None
+        log.info("client.connection_lost: code %s", code)
+        return 0.0 if notice is None else notice.retry_after
+
+    async def _reconnect(self, retry_after: float) -> _Link | None:
+        """A new connection, after honouring ``retry_after`` and the backoff; None on giving up."""
+        attempt = 0
+        last: BaseException | None = None
+        while self.max_attempts is None or attempt < self.max_attempts:
+            delay = max(retry_after, self.backoff.delay(attempt))
+            attempt += 1
+            log.info("client.reconnecting: attempt %d in %.3f s", attempt, delay)
+            await anyio.sleep(delay)
+            try:
+                return await self._open()
+            except _Refused as refused:
+                notice = refused.notice
+                if not notice.reconnect:
+                    self._fail(Disconnected(notice.code, notice.reason))
+                    return None
+                retry_after, last = notice.retry_after, refused
+            except _OPEN_ERRORS as exc:
+                retry_after, last = 0.0, exc
+        failure = ConnectFailed(
+            f"cannot reconnect to {self.url} after {attempt} attempts"
+            + (f": {last}" if last is not None else "")
+        )
+        failure.__cause__ = last
+        self._fail(failure)
+        return None
+
+    async def _resubscribe(self, link: _Link) -> None:
+        """Send every subscription on a new connection, then let user requests through."""
+        try:
+            while unsent := [s for s in self._subs.values() if s.sent_on != link.number]:
+                for sub in unsent:
+                    await self._send_subscribe(sub, link)
+        except ConnectionLost:
+            return
+        # No await between the last check and this: a subscription added from now on is sent
+        # by ``subscribe`` itself.
+        link.ready = True
+        self._notify()
+
+    async def _heartbeat(self, link: _Link) -> None:
+        heartbeat = link.welcome.heartbeat
+        while True:
+            await anyio.sleep(heartbeat / 2)
+            try:
+                await self._request(lambda rid: Ping(id=rid), link=link, within=heartbeat)
+            except RequestTimeout:
+                log.warning("client.heartbeat_timeout: no pong within %s s", heartbeat)
+                self._abort(link)
+                return
+            except ClientError:
+                return
+
+    def _abort(self, link: _Link) -> None:
+        """Cut ``link`` at once; its reader ends and the supervisor reconnects."""
+        link.ws.transport.abort()
+
+    def _lose(self, link: _Link) -> None:
+        """``link`` is gone: fail the requests waiting for its replies."""
+        for request_id, pending in list(self._pending.items()):
+            if pending.link is link:
+                del self._pending[request_id]
+                pending.fail(ConnectionLost("the connection was lost before the reply came"))
+
+    # --- the reader -----------------------------------------------------------------------------
+
+    async def _read(self, link: _Link) -> None:
+        for message in link.backlog:
+            self._dispatch(link, message)
+        decode = self._codec.decode_server
+        try:
+            while True:
+                frame = await link.ws.recv(decode=False)
+                for message in decode(frame):
+                    self._dispatch(link, message)
+        except ConnectionClosed:
+            return
+        except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError, ValueError) as exc:
+            # Skipping the frame could skip a publication: start over on a new connection,
+            # whose recovery fetches whatever this one lost.
+            log.warning("client.bad_frame: %s", exc)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await link.ws.close(1002, "undecodable frame")
+
+    def _dispatch(self, link: _Link, message: ServerMessage) -> None:
+        match message:
+            case Publication(channel=channel):
+                sub = self._subs.get(channel)
+                if sub is not None and sub.accept(message):
+                    self._start_catch_up(sub)
+            case Join(channel=channel) | Leave(channel=channel):
+                sub = self._subs.get(channel)
+                if sub is not None:
+                    sub.presence_change(message)
+            case Gap(channel=channel):
+                sub = self._subs.get(channel)
+                if sub is not None and sub.gap(message):
+                    self._start_catch_up(sub)
+            case Disconnect():
+                link.notice = message
+            case Error(id=None, code=code, message=text):
+                # A request sent without id: a fire-and-forget publish.
+                log.warning("client.error_without_id: %s: %s", code, text)
+            case (
+                Subscribed()
+                | Unsubscribed()
+                | Published()
+                | HistoryResult()
+                | PresenceResult()
+                | Pong()
+                | Error()
+            ):
+                pending = None if message.id is None else self._pending.pop(message.id, None)
+                if pending is not None:
+                    pending.resolve(message)
+            case Welcome():
+                pass
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._tasks is None:
+            raise RuntimeError("use the client as `async with connect(url) as client:`")
+
+    async def _wait_link(self) -> _Link:
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            link = self._link
+            if link is not None and link.ready:
+                return link
+            await self._changed.wait()
+
+    async def _send(self, link: _Link, message: ClientMessage) -> None:
+        try:
+            await link.ws.send(self._codec.encode_client(message), text=self._codec.text)
+        except ConnectionClosed as exc:
+            raise ConnectionLost("the connection was lost") from exc
+
+    async def _request(
+        self,
+        build: Callable[[int], ClientMessage],
+        *,
+        link: _Link | None = None,
+        on_reply: Callable[[ServerMessage], None] | None = None,
+        within: float | None = None,
+    ) -> ServerMessage:
+        """Send ``build(id)`` and return its reply; ``error`` replies raise ``RequestError``.
+
+        Without ``link``, waits for the current connection to be ready (within the timeout).
+        """
+        self._check_open()
+        timeout = self.request_timeout if within is None else within
+        request_id = next(self._ids)
+        pending: _Pending | None = None
+        try:
+            with anyio.fail_after(timeout):
+                if link is None:
+                    link = await self._wait_link()
+                elif link is not self._link:
+                    raise ConnectionLost("the connection was lost")
+                pending = self._pending[request_id] = _Pending(link, on_reply)
+                await self._send(link, build(request_id))
+                await pending.done.wait()
+        except TimeoutError:
+            raise RequestTimeout(f"no reply within {timeout} s") from None
+        finally:
+            self._pending.pop(request_id, None)
+        assert pending is not None
+        if pending.error is not None:
+            raise pending.error
+        reply = pending.reply
+        if isinstance(reply, Error):
+            raise RequestError(reply.code, reply.message)
+        assert reply is not None
+        return reply
+
+    # --- subscriptions --------------------------------------------------------------------------
+
+    @overload
+    async def subscribe(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        queue_size: int | None = None,
+        joins_and_leaves: Literal[False] = False,
+    ) -> Subscription[Message]: ...
+
+    @overload
+    async def subscribe(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        queue_size: int | None = None,
+        joins_and_leaves: Literal[True],
+    ) -> Subscription[Message | PresenceChange]: ...
+
+    async def subscribe(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        queue_size: int | None = None,
+        joins_and_leaves: bool = False,
+    ) -> AnySubscription:
+        """Subscribe to ``channel``; once this returns, every later publication is delivered.
+
+        With ``since``, what came after that position is delivered first, or the iterator raises
+        ``ResyncNeeded`` first when it cannot be. ``joins_and_leaves`` also yields
+        ``PresenceChange`` items. Raises ``RequestError`` (e.g. ``already_subscribed``,
+        ``limit_exceeded``), ``RequestTimeout`` or the client's ``ClientClosed``.
+        """
+        self._check_open()
+        if channel in self._subs:
+            raise RequestError(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {channel!r}")
+        sub: AnySubscription = Subscription(
+            self,
+            channel,
+            since=since,
+            queue_size=self.queue_size if queue_size is None else queue_size,
+            joins_and_leaves=joins_and_leaves,
+            decode=self._decode,
+        )
+        self._subs[channel] = sub
+        try:
+            with anyio.fail_after(self.request_timeout):
+                link = self._link
+                if link is not None and link.ready:
+                    try:
+                        await self._send_subscribe(sub, link)
+                    except ConnectionLost:
+                        pass  # the next connection sends it again (``_resubscribe``)
+                # Otherwise the next connection sends it.
+                await sub.confirmed.wait()
+        except BaseException as exc:
+            if not sub.confirmed.is_set():
+                with anyio.CancelScope(shield=True):
+                    await self._abandon(sub)
+            if isinstance(exc, TimeoutError):
+                raise RequestTimeout(
+                    f"no reply to subscribe within {self.request_timeout} s"
+                ) from None
+            raise
+        if sub.subscribe_error is not None:
+            raise sub.subscribe_error
+        return sub
+
+    async def _send_subscribe(self, sub: AnySubscription, link: _Link) -> None:
+        if sub.sent_on == link.number:
+            return
+        sub.sent_on = link.number
+        since = sub.position
+        request_id = next(self._ids)
+        self._pending[request_id] = _Pending(link, partial(self._on_subscribed, sub, since))
+        await self._send(link, Subscribe(id=request_id, channel=sub.channel, since=since))
+
+    def _on_subscribed(
+        self, sub: AnySubscription, since: StreamPosition | None, reply: ServerMessage
+    ) -> None:
+        if self._subs.get(sub.channel) is not sub:
+            return
+        if isinstance(reply, Error):
+            del self._subs[sub.channel]
+            error = RequestError(reply.code, reply.message)
+            if sub.confirmed.is_set():
+                sub.close(error)  # a resubscription was refused: say so where the user looks
+            else:
+                sub.subscribe_error = error
+                sub.close()
+                sub.confirmed.set()
+            return
+        if isinstance(reply, Subscribed):
+            if sub.subscribed(reply, since):
+                self._start_catch_up(sub)
+            sub.confirmed.set()
+
+    async def _abandon(self, sub: AnySubscription) -> None:
+        """``subscribe`` gave up on ``sub``: forget it here and, if it reached the server, there."""
+        if self._subs.get(sub.channel) is sub:
+            del self._subs[sub.channel]
+        sub.close()
+        link = self._link
+        if link is not None and sub.sent_on == link.number:
+            request_id = next(self._ids)
+            self._pending[request_id] = _Pending(link)  # its reply is read and dropped
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                try:
+                    await self._send(link, Unsubscribe(id=request_id, channel=sub.channel))
+                except ConnectionLost:
+                    pass
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop the subscription to ``channel`` (see ``Subscription.unsubscribe``)."""
+        sub = self._subs.get(channel)
+        if sub is None:
+            raise RequestError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {channel!r}")
+        await self._unsubscribe(sub)
+
+    async def _unsubscribe(self, sub: AnySubscription) -> None:
+        if self._subs.get(sub.channel) is not sub:
+            sub.close()
+            return
+        del self._subs[sub.channel]
+        sub.close()
+        link = self._link
+        if link is None or sub.sent_on != link.number or self._failure is not None:
+            return  # the server has already forgotten it, or never knew it
+        try:
+            await self._request(lambda rid: Unsubscribe(id=rid, channel=sub.channel), link=link)
+        except (RequestError, ConnectionLost, RequestTimeout):
+            pass  # not subscribed any more, or the connection (and the subscription) is gone
+
+    def _decode(self, publication: Publication) -> Message:
+        return Message(
+            channel=publication.channel,
+            offset=publication.offset,
+            epoch=publication.epoch,
+            data=self._codec.decode_payload(publication.data),
+            publisher=publication.from_,
+        )
+
+    # --- catching up after a gap or a full queue ------------------------------------------------
+
+    def _start_catch_up(self, sub: AnySubscription) -> None:
+        if sub.catching_up or self._tasks is None or self._failure is not None:
+            return
+        sub.catching_up = True
+        self._tasks.start_soon(self._catch_up, sub)
+
+    async def _catch_up(self, sub: AnySubscription) -> None:
+        """Fetch what ``sub`` dropped with ``history``, as its consumer makes room."""
+        try:
+            while sub.lagging and self._subs.get(sub.channel) is sub:
+                room = await sub.wait_room()
+                since = sub.position
+                if not sub.lagging or sub.closed or since is None:
+                    break
+                try:
+                    await self._request(
+                        _history_request(sub.channel, since, room),
+                        on_reply=partial(self._on_caught_up, sub, since),
+                    )
+                except (RequestError, ConnectionLost):
+                    pass  # an error was applied by _on_caught_up; a new connection recovers
+                except RequestTimeout:
+                    link = self._link
+                    if link is not None:
+                        self._abort(link)  # the resubscription will recover instead
+                except ClientClosed:
+                    return
+        finally:
+            sub.catching_up = False
+
+    def _on_caught_up(
+        self, sub: AnySubscription, since: StreamPosition, reply: ServerMessage
+    ) -> None:
+        # Stale when a resubscription moved the position meanwhile.
+        if self._subs.get(sub.channel) is not sub or not sub.lagging or sub.position != since:
+            return
+        if isinstance(reply, Error):
+            sub.history_unavailable()
+        elif isinstance(reply, HistoryResult):
+            sub.caught_up(reply)
+
+    # --- other requests -------------------------------------------------------------------------
+
+    @overload
+    async def publish(
+        self, channel: str, data: Any, *, wait: Literal[True] = True
+    ) -> Published: ...
+
+    @overload
+    async def publish(self, channel: str, data: Any, *, wait: Literal[False]) -> None: ...
+
+    async def publish(self, channel: str, data: Any, *, wait: bool = True) -> Published | None:
+        """Publish ``data`` (any value the encoding can carry) to ``channel``.
+
+        With ``wait``, returns the ``published`` reply (the publication's offset and epoch) and
+        raises ``RequestError`` if it was refused. Without, returns once the frame is sent: a
+        refusal is only logged, and a publish sent just before the connection drops may be lost.
+        """
+        payload = self._codec.encode_payload(data)
+        if wait:
+            reply = await self._request(lambda rid: Publish(id=rid, channel=channel, data=payload))
+            assert isinstance(reply, Published), reply
+            return reply
+        self._check_open()
+        try:
+            with anyio.fail_after(self.request_timeout):
+                link = await self._wait_link()
+        except TimeoutError:
+            raise RequestTimeout(f"no connection within {self.request_timeout} s") from None
+        await self._send(link, Publish(channel=channel, data=payload))
+        return None
+
+    async def history(
+        self, channel: str, *, since: StreamPosition | None = None, limit: int | None = None
+    ) -> HistoryPage:
+        """The publications ``channel`` retains: after ``since`` (when its epoch is current),
+        at most ``limit`` of them (the oldest after ``since``, else the latest)."""
+        reply = await self._request(
+            lambda rid: History(id=rid, channel=channel, since=since, limit=limit)
+        )
+        assert isinstance(reply, HistoryResult), reply
+        return HistoryPage(
+            channel=reply.channel,
+            epoch=reply.epoch,
+            offset=reply.offset,
+            publications=[self._decode(p) for p in reply.publications],
+        )
+
+    async def presence(self, channel: str) -> list[ClientInfo]:
+        """The clients subscribed to ``channel`` (where its namespace enables presence)."""
+        reply = await self._request(lambda rid: Presence(id=rid, channel=channel))
+        assert isinstance(reply, PresenceResult), reply
+        return list(reply.clients)
+
+    async def ping(self) -> float:
+        """Round-trip time of a ``ping``, in seconds."""
+        started = anyio.current_time()
+        await self._request(lambda rid: Ping(id=rid))
+        return anyio.current_time() - started
+
+
+def _history_request(channel: str, since: StreamPosition, limit: int) -> Callable[[int], History]:
+    def build(request_id: int) -> History:
+        return History(id=request_id, channel=channel, since=since, limit=limit)
+
+    return build

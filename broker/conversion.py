@@ -1,0 +1,60 @@
+"""Publication payloads in every encoding, checked when they are published.
+
+Subscribers of one channel may use different encodings, so a payload must be representable in
+both. Each encoding can carry something the other cannot: MessagePack has binary map keys and
+nil keys, JSON has integers beyond 64 bits. Converting once, when the publisher sends it, turns
+that into a clear ``bad_request`` for the publisher, instead of a publication that some
+subscribers would never receive. It costs one conversion per publication, never one per
+subscriber, and the converted payload is kept (``PublicationFrames.add_payload``).
+
+MessagePack data published must therefore use string map keys only (``{1: "a"}`` and
+``{1: "a", "1": "b"}`` would reach JSON subscribers changed or ambiguous); binary values become
+base64 strings for JSON subscribers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from protocol import CODECS, MSGPACK, Codec, Encoding
+
+
+class UnconvertibleData(ValueError):
+    """A payload that one of the encodings cannot carry; its message is for the client."""
+
+
+def convert_for_subscribers(data: msgspec.Raw, source: Codec) -> dict[Encoding, msgspec.Raw]:
+    """``data`` in every encoding other than ``source``'s. Raises ``UnconvertibleData``."""
+    try:
+        value = source.decode_payload(data)
+    except (msgspec.MsgspecError, ValueError, RecursionError) as exc:
+        raise UnconvertibleData(f"data cannot be decoded: {exc}") from None
+    if source is MSGPACK and not _string_keys_only(value):
+        raise UnconvertibleData("data cannot be carried in JSON: map keys must be strings")
+    converted: dict[Encoding, msgspec.Raw] = {}
+    for encoding, target in CODECS.items():
+        if target is source:
+            continue
+        try:
+            converted[encoding] = target.encode_payload(value)
+        except (msgspec.MsgspecError, TypeError, ValueError, OverflowError) as exc:
+            name = "JSON" if encoding is Encoding.JSON else "MessagePack"
+            raise UnconvertibleData(f"data cannot be carried in {name}: {exc}") from None
+    return converted
+
+
+def _string_keys_only(value: Any) -> bool:
+    # Iterative, so that hostile nesting cannot exhaust the stack (the decoder bounds depth).
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return False
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
