@@ -67,6 +67,7 @@ from protocol import (
     Message,
     Presence,
     PresenceResult,
+    Publication,
     PublicationFrames,
     Subscribe,
     Subscribed,
@@ -213,6 +214,14 @@ Command = (
 # --- state --------------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class Recovery:
+    """A subscribe whose missed publications are being read, and what arrived meanwhile."""
+
+    request: Subscribe
+    held: list[PublicationFrames] = field(default_factory=list)
+
+
 class ChannelState:
     """One channel as this process sees it: its subscribers and its delivery position."""
 
@@ -242,7 +251,7 @@ class ChannelState:
         self.live: dict[Encoding | None, dict[Subscriber, None]] = {}
         self.joining: list[tuple[Subscriber, Subscribe]] = []
         #: Subscribers whose recovery read is in flight, with the publications held for them.
-        self.recovering: dict[Subscriber, list[PublicationFrames]] = {}
+        self.recovering: dict[Subscriber, Recovery] = {}
         # Unbounded on purpose: it only fills while one backplane read is in flight (bounded by
         # the backplane's own timeouts), and dropping from it would lose publications for good.
         self.pending: list[PublicationFrames] = []
@@ -377,7 +386,16 @@ class Hub:
 
     def _spawn(self, task: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         assert self._tasks is not None, "the hub is not running"
-        self._tasks.start_soon(task, *args)
+        self._tasks.start_soon(self._guarded, task, args)
+
+    async def _guarded(
+        self, task: Callable[..., Coroutine[Any, Any, None]], args: tuple[Any, ...]
+    ) -> None:
+        """Run a read task; a failure is logged and must not end the hub's task group."""
+        try:
+            await task(*args)
+        except Exception:
+            log.exception("hub.task_failed", task=task.__name__)
 
     # --- replies --------------------------------------------------------------------------------
 
@@ -443,7 +461,7 @@ class Hub:
         """Answer ``request`` at the channel's current position, or start its recovery."""
         since = request.since
         if since is not None and since.epoch == state.epoch and since.offset < state.offset:
-            state.recovering[subscriber] = []
+            state.recovering[subscriber] = Recovery(request)
             self._spawn(self._read_missed, subscriber, request, state.offset, state.options)
             return
         recovered = (
@@ -465,12 +483,16 @@ class Hub:
         self, subscriber: Subscriber, request: Subscribe, upto: int, options: NamespaceSettings
     ) -> None:
         assert request.since is not None
+        page: Page | None = None
         try:
-            page: Page | None = await self.backplane.read(
+            page = await self.backplane.read(
                 request.channel, request.since.offset, upto - request.since.offset, options
             )
         except BackplaneUnavailable:
-            page = None
+            pass
+        except Exception:
+            log.exception("hub.recovery_read_failed", channel=request.channel)
+        # Always answered: without a page, the reply says ``recovered: false``.
         await self.submit(RecoveredCommand(subscriber, request, upto, page))
 
     def _recovered(self, command: RecoveredCommand) -> None:
@@ -478,7 +500,7 @@ class Hub:
         state = self._channels.get(request.channel)
         if state is None or subscriber not in state.recovering:
             return  # It left (or was dropped) while the read was in flight.
-        held = state.recovering.pop(subscriber)
+        held = state.recovering.pop(subscriber).held
         since = request.since
         assert since is not None and subscriber.encoding is not None
         missed: list[PublicationFrames] = []
@@ -489,6 +511,14 @@ class Hub:
         # must never be fed a partial set (PROTOCOL.md §1).
         recovered = [p.offset for p in missed] == list(range(since.offset + 1, upto + 1))
         encoding = subscriber.encoding
+        publications: list[Publication] = []
+        if recovered:
+            try:
+                publications = [p.message(encoding) for p in missed]
+            except (ValueError, TypeError, OverflowError):
+                # A payload this encoding cannot carry (stored by another broker version):
+                # the set would be partial, so nothing is recovered.
+                recovered = False
         self._reply(
             subscriber,
             Subscribed(
@@ -497,7 +527,7 @@ class Hub:
                 epoch=since.epoch if recovered else state.epoch,
                 offset=upto,
                 recovered=recovered,
-                publications=[p.message(encoding) for p in missed] if recovered else [],
+                publications=publications,
             ),
         )
         for publication in held:
@@ -538,6 +568,16 @@ class Hub:
         if state is None:
             return
         was_live = subscriber in state.live.get(subscriber.encoding, {})
+        pending = [r for s, r in state.joining if s is subscriber]
+        recovery = state.recovering.get(subscriber)
+        if recovery is not None:
+            pending.append(recovery.request)
+        for request in pending:
+            # Every subscribe is answered (PROTOCOL.md §1), even one overtaken by its undoing.
+            self._reply(
+                subscriber,
+                Subscribed(id=request.id, channel=channel, epoch=state.epoch, offset=state.offset),
+            )
         state.remove(subscriber)
         if was_live and channel != CHAT_ROOM:
             options = state.options
@@ -607,7 +647,13 @@ class Hub:
         for encoding, group in state.live.items():
             if encoding is None:
                 continue
-            frame = publication.frame(encoding)
+            try:
+                frame = publication.frame(encoding)
+            except (ValueError, TypeError, OverflowError):
+                # A payload this encoding cannot carry (published through another broker
+                # version): these subscribers are told they skip it, not left guessing.
+                self._gap_to(group, encoding, state.name, publication.offset, publication.offset)
+                continue
             for subscriber in group:
                 if subscriber.outbox.offer(frame):
                     delivered += 1
@@ -615,9 +661,9 @@ class Hub:
                     refused.append(subscriber)
         if state.recovering:
             cap = self.settings.queue.max_messages
-            for subscriber, held in state.recovering.items():
-                held.append(publication)
-                if len(held) > cap:
+            for subscriber, recovery in state.recovering.items():
+                recovery.held.append(publication)
+                if len(recovery.held) > cap:
                     refused.append(subscriber)
         self._deliveries += delivered
         for subscriber in refused:
@@ -628,10 +674,14 @@ class Hub:
     async def _read_range(
         self, channel: str, after: int, upto: int, options: NamespaceSettings
     ) -> None:
+        page: Page | None = None
         try:
-            page: Page | None = await self.backplane.read(channel, after, upto - after, options)
+            page = await self.backplane.read(channel, after, upto - after, options)
         except BackplaneUnavailable:
-            page = None
+            pass
+        except Exception:
+            log.exception("hub.fill_read_failed", channel=channel)
+        # Always answered: what could not be read is reported to subscribers as a ``gap``.
         await self.submit(FilledCommand(channel, upto, page))
 
     def _filled(self, command: FilledCommand) -> None:
@@ -657,6 +707,22 @@ class Hub:
                 state.pending.append(publication)
             else:
                 self._sequence(state, publication)
+
+    def _gap_to(
+        self,
+        group: dict[Subscriber, None],
+        encoding: Encoding,
+        channel: str,
+        first: int,
+        last: int,
+    ) -> None:
+        self._gaps += 1
+        frame = Frame(
+            CODECS[encoding].encode(Gap(channel=channel, from_offset=first, to_offset=last))
+        )
+        for subscriber in list(group):
+            if not subscriber.outbox.offer(frame):
+                subscriber.outbox.overflow()
 
     def _gap(self, state: ChannelState, first: int, last: int) -> None:
         """Publications ``first`` to ``last`` are lost to this process: say so."""
@@ -719,6 +785,16 @@ class Hub:
             return
         assert subscriber.encoding is not None
         encoding = subscriber.encoding
+        try:
+            publications = [p.message(encoding) for p in page.publications]
+        except (ValueError, TypeError, OverflowError):
+            self._error(
+                subscriber,
+                request.id,
+                ErrorCode.INTERNAL,
+                "a retained publication cannot be sent in this connection's encoding",
+            )
+            return
         self._reply(
             subscriber,
             HistoryResult(
@@ -726,7 +802,7 @@ class Hub:
                 channel=request.channel,
                 epoch=page.head.epoch,
                 offset=page.head.offset,
-                publications=[p.message(encoding) for p in page.publications],
+                publications=publications,
             ),
         )
 

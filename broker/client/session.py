@@ -266,6 +266,9 @@ class Client:
         if self._tasks is not None or self._failure is not None:
             raise RuntimeError("a Client can be entered only once")
         link = await self._open_first()
+        # Usable at once: there is nothing to resubscribe, and replies wait in the socket until
+        # the reader (started just below) reads them.
+        self._link, link.ready = link, True
         tasks = anyio.create_task_group()
         await tasks.__aenter__()
         self._tasks = tasks
