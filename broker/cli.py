@@ -1,4 +1,5 @@
-"""The ``broker`` command: ``serve`` and ``check-config``.
+"""The ``broker`` command: ``serve`` and ``check-config``; ``subscribe`` and ``publish``, the
+Python client's commands, are in broker/client/cli.py.
 
 A config error stops the command before any port opens, with one line on stderr naming the key,
 the value and what was expected, and exit code 2.
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from broker.client.cli import CLIENT_COMMANDS, add_client_commands, run_client_command
 from broker.config import ConfigError, load_settings
 from broker.settings import BackplaneKind, Settings
 
@@ -37,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", help="TOML config file")
+
+    add_client_commands(commands)
     return parser
 
 
@@ -54,6 +58,9 @@ def _load(path: str | None, host: str | None = None, port: int | None = None) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        # Clients of a broker: they read no config and no BROKER_* variable.
+        return run_client_command(args)
     try:
         if args.command == "check-config":
             settings = _load(args.file)

@@ -134,6 +134,13 @@ class BackplaneSettings(_Section, frozen=True):
     redis_urls: list[str] = msgspec.field(default_factory=list)
     #: Prefix of every Redis key and pub/sub channel, so several brokers can share one Redis.
     key_prefix: str = "broker"
+    #: Seconds a Redis command may take before the backplane counts Redis as down.
+    timeout: Seconds = 2.0
+    #: Seconds a presence entry lives unless its process renews it (a dead process's members
+    #: vanish after this).
+    presence_ttl: Seconds = 30.0
+    #: Seconds between the round trips that check the pub/sub link is alive (``/readyz``).
+    health_interval: Seconds = 1.0
 
 
 class LogSettings(_Section, frozen=True):

@@ -7,6 +7,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 import uvicorn
@@ -15,6 +16,9 @@ from fastapi import FastAPI
 from broker.runtime import Broker
 from broker.server import uvicorn_config
 from broker.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer
 
 #: The one timeout every wait in the suite is scaled from.
 TIMEOUT = 10.0
@@ -99,3 +103,16 @@ async def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT) ->
     async with asyncio.timeout(timeout):
         while not condition():  # noqa: ASYNC110 - nothing to await: see the docstring
             await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    """A private redis-server on a free port, killed at the end of the test."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()

@@ -97,6 +97,11 @@ _CODECS: Final = {encoding: Codec(encoding) for encoding in Encoding}
 #: Close codes after which the same client would be refused again: do not reconnect.
 FINAL_CLOSE_CODES: Final = frozenset({1002, 1003, 1007, 1008, 1009, 1010, 4001})
 
+#: Most publications asked for per catch-up ``history`` request. The broker queues a reply whole,
+#: and one larger than its outbox's byte bound (``queue.max_bytes``, 1 MiB by default) gets the
+#: connection dropped as a slow consumer: small pages keep each reply well below it.
+CATCH_UP_BATCH: Final = 100
+
 #: What opening a connection can fail with, short of a bug.
 _OPEN_ERRORS = (
     OSError,
@@ -748,7 +753,7 @@ class Client:
         """Fetch what ``sub`` dropped with ``history``, as its consumer makes room."""
         try:
             while sub.lagging and self._subs.get(sub.channel) is sub:
-                room = await sub.wait_room()
+                room = min(await sub.wait_room(), CATCH_UP_BATCH)
                 since = sub.position
                 if not sub.lagging or sub.closed or since is None:
                     break

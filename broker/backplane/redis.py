@@ -1,0 +1,449 @@
+"""The Redis backplane: any number of broker processes, on one machine or many, as one broker.
+
+Per shard (one Redis server; channels are spread over ``backplane.redis_urls`` by a stable hash
+of their name, so every process puts a channel on the same server):
+
+* one command connection pool runs the Lua scripts (``redis_scripts``) and the reads;
+* one pub/sub connection carries live publications of the channels this process watches, and
+  only those: it subscribes when the hub watches a channel and unsubscribes when nobody here
+  wants it any more;
+* a health loop publishes a token on a channel of this process's own every ``health_interval``
+  and expects it back on the pub/sub connection: a pub/sub link can die silently while commands
+  still work, and ``/readyz`` must see it.
+
+When the pub/sub link fails, the shard is not ready (publishes answer ``unavailable``, never a
+false success), reconnects with backoff, subscribes again to every watched channel, and for each
+reports the channel's head (``ChannelHead``); the hub then reads what it missed from the stream
+by offset, and reports what Redis no longer retains as a ``gap``.
+
+Presence members are kept in a sorted set scored by expiry; each process renews its own members
+every third of ``presence_ttl``, so the members of a process that died vanish within that time.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import secrets
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import msgspec
+import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from broker.backplane.base import (
+    BackplaneUnavailable,
+    ChannelHead,
+    Deliver,
+    Head,
+    LivePublication,
+    Page,
+    RemoteAnnouncement,
+)
+from broker.backplane.redis_scripts import HEAD_SCRIPT, PUBLISH_SCRIPT, RedisKeys
+from broker.logs import get_logger, redact_text
+from broker.settings import BackplaneSettings, NamespaceSettings
+from protocol import CODECS, ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames
+
+log = get_logger("broker.backplane.redis")
+
+_ENCODING_TAGS = {Encoding.JSON: b"j", Encoding.MSGPACK: b"m"}
+_TAG_CODECS = {tag: CODECS[encoding] for encoding, tag in _ENCODING_TAGS.items()}
+#: How long the head of a channel without history outlives its last publication.
+_HEAD_KEEP_MS = 24 * 3600 * 1000
+_announcement = msgspec.json.Decoder(Join | Leave)
+_member_encoder = msgspec.json.Encoder()
+_member_decoder = msgspec.json.Decoder(ClientInfo)
+# What a broken connection, a timeout or a Redis that went away raise in redis-py.
+_FAILURES = (RedisError, OSError, TimeoutError)
+
+
+def _head_keep_ms(options: NamespaceSettings) -> int:
+    if options.history_size and options.history_ttl <= 0:
+        return 0  # Retained until evicted by size: the head lives as long as the history.
+    return max(_HEAD_KEEP_MS, int(options.history_ttl * 1000))
+
+
+class RedisShard:
+    """One Redis server's share of the channels."""
+
+    def __init__(self, url: str, settings: BackplaneSettings, process: str) -> None:
+        self.url = url
+        self.settings = settings
+        self.process = process
+        self.keys = RedisKeys(settings.key_prefix)
+        self.redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=settings.timeout,
+            socket_connect_timeout=settings.timeout,
+            health_check_interval=0,
+        )
+        self._publish = self.redis.register_script(PUBLISH_SCRIPT)
+        self._head = self.redis.register_script(HEAD_SCRIPT)
+        self.watched: set[str] = set()
+        self._subscribed: set[str] = set()
+        self._changed = anyio.Event()
+        self._pubsub: PubSub | None = None
+        self._last_echo = -math.inf
+        self._connected = False
+        self._failures = 0
+        self._presence: dict[str, dict[str, ClientInfo]] = {}
+        self._deliver: Deliver | None = None
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    @property
+    def ready(self) -> bool:
+        fresh = time.monotonic() - self._last_echo < 3 * self.settings.health_interval + 1
+        return self._connected and fresh
+
+    # --- life -----------------------------------------------------------------------------------
+
+    async def run(self, deliver: Deliver, *, task_status: TaskStatus[None]) -> None:
+        self._deliver = deliver
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                tasks.start_soon(self._link)
+                tasks.start_soon(self._renew_presence)
+                task_status.started()
+        finally:
+            self._tasks = None
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await self.redis.aclose()
+
+    async def _link(self) -> None:
+        """Keep the pub/sub link up: connect, subscribe, listen; on failure, back off and redo."""
+        while True:
+            try:
+                await self._serve_link()
+            except* _FAILURES as failures:
+                if self._connected or self._failures == 0:
+                    error = str(failures.exceptions[0])
+                    log.warning("backplane.link_lost", url=redact_text(self.url), error=error)
+                self._connected = False
+            finally:
+                self._connected = False
+                self._subscribed.clear()
+                pubsub, self._pubsub = self._pubsub, None
+                if pubsub is not None:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                        try:
+                            await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        except _FAILURES:
+                            pass
+            self._failures += 1
+            # Full jitter, capped: many processes must not all hammer a Redis that comes back.
+            await anyio.sleep(random.uniform(0, min(5.0, 0.1 * 2**self._failures)))
+
+    async def _serve_link(self) -> None:
+        pubsub = self.redis.pubsub()
+        self._pubsub = pubsub
+        await pubsub.subscribe(self.keys.health(self.process))
+        self._connected = True
+        self._failures = 0
+        log.info("backplane.link_up", url=redact_text(self.url))
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._reconcile, pubsub)
+            tasks.start_soon(self._check_health)
+            while True:
+                message = await pubsub.get_message(timeout=self.settings.health_interval)
+                if message is not None:
+                    await self._on_message(message)
+
+    async def _reconcile(self, pubsub: PubSub) -> None:
+        """Make the pub/sub subscriptions follow ``watched``."""
+        while True:
+            wanted = set(self.watched)
+            new = wanted - self._subscribed
+            gone = self._subscribed - wanted
+            if new:
+                await pubsub.subscribe(*(self.keys.live(c) for c in new))
+                self._subscribed |= new
+            if gone:
+                await pubsub.unsubscribe(*(self.keys.live(c) for c in gone))
+                self._subscribed -= gone
+            if wanted == self.watched:
+                self._changed = anyio.Event()
+                await self._changed.wait()
+
+    async def _check_health(self) -> None:
+        channel = self.keys.health(self.process)
+        while True:
+            with anyio.fail_after(self.settings.timeout):
+                await self.redis.publish(channel, str(time.monotonic()))
+            await anyio.sleep(self.settings.health_interval)
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        deliver = self._deliver
+        assert deliver is not None
+        kind = message["type"]
+        channel_key = message["channel"].decode()
+        if kind == "subscribe":
+            if channel_key.startswith(self.keys.live("")):
+                channel = self.keys.channel_of(channel_key)
+                # Subscribed: every later publication arrives live. The head read now tells the
+                # hub where live delivery starts (and, after an outage, what it missed).
+                assert self._tasks is not None
+                self._tasks.start_soon(self._report_head, channel)
+            return
+        if kind != "message":
+            return
+        data: bytes = message["data"]
+        if channel_key == self.keys.health(self.process):
+            self._last_echo = time.monotonic()
+            return
+        channel = self.keys.channel_of(channel_key)
+        if data.startswith(b"p|"):
+            _, offset, epoch, tag, publisher, payload = data.split(b"|", 5)
+            await deliver(
+                LivePublication(
+                    PublicationFrames(
+                        channel=channel,
+                        offset=int(offset),
+                        epoch=epoch.decode(),
+                        publisher=publisher.decode() or None,
+                        data=msgspec.Raw(payload),
+                        source=_TAG_CODECS[tag],
+                    )
+                )
+            )
+        elif data.startswith(b"a|"):
+            _, process, body = data.split(b"|", 2)
+            if process.decode() != self.process:
+                await deliver(RemoteAnnouncement(channel, _announcement.decode(body)))
+
+    async def _report_head(self, channel: str) -> None:
+        try:
+            head = await self.head(channel)
+        except BackplaneUnavailable:
+            return  # The link will fail too, and report every head again once it is back.
+        if channel in self.watched and self._deliver is not None:
+            await self._deliver(ChannelHead(channel, head))
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def watch(self, channel: str) -> None:
+        self.watched.add(channel)
+        self._changed.set()
+
+    def unwatch(self, channel: str) -> None:
+        self.watched.discard(channel)
+        self._changed.set()
+
+    async def head(self, channel: str, options: NamespaceSettings | None = None) -> Head:
+        keep = _HEAD_KEEP_MS if options is None else _head_keep_ms(options)
+        keys = [self.keys.meta(channel), self.keys.stream(channel)]
+        try:
+            offset, epoch = await self._head(keys=keys, args=[secrets.token_urlsafe(6), keep])
+        except _FAILURES as exc:
+            raise BackplaneUnavailable(str(exc)) from None
+        return Head(epoch.decode(), int(offset))
+
+    async def publish(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        options: NamespaceSettings,
+    ) -> Head:
+        if not self.ready:
+            raise BackplaneUnavailable("redis is not reachable")
+        keys = [self.keys.meta(channel), self.keys.stream(channel), self.keys.live(channel)]
+        args: list[str | int | bytes] = [
+            secrets.token_urlsafe(6),
+            options.history_size,
+            int(options.history_ttl * 1000),
+            _head_keep_ms(options),
+            int(time.time() * 1000),
+            _ENCODING_TAGS[codec.encoding],
+            publisher or "",
+            bytes(data),
+        ]
+        try:
+            offset, epoch = await self._publish(keys=keys, args=args)
+        except _FAILURES as exc:
+            raise BackplaneUnavailable(str(exc)) from None
+        return Head(epoch.decode(), int(offset))
+
+    async def read(
+        self, channel: str, after: int, limit: int | None, options: NamespaceSettings
+    ) -> Page:
+        head = await self.head(channel, options)
+        try:
+            entries: Any = await self.redis.xrange(
+                self.keys.stream(channel), min=f"({after}-0", max="+", count=limit
+            )
+        except _FAILURES as exc:
+            raise BackplaneUnavailable(str(exc)) from None
+        return Page(head, self._publications(channel, head, entries or [], options))
+
+    async def latest(self, channel: str, limit: int | None, options: NamespaceSettings) -> Page:
+        head = await self.head(channel, options)
+        if limit == 0:
+            return Page(head, [])
+        try:
+            entries: Any = await self.redis.xrevrange(
+                self.keys.stream(channel), max="+", min="-", count=limit
+            )
+        except _FAILURES as exc:
+            raise BackplaneUnavailable(str(exc)) from None
+        return Page(head, self._publications(channel, head, list(reversed(entries or [])), options))
+
+    def _publications(
+        self,
+        channel: str,
+        head: Head,
+        entries: Sequence[tuple[bytes, dict[bytes, bytes]]],
+        options: NamespaceSettings,
+    ) -> list[PublicationFrames]:
+        oldest = time.time() * 1000 - options.history_ttl * 1000 if options.history_ttl > 0 else 0
+        publications = []
+        for entry_id, fields in entries:
+            if int(fields[b"t"]) < oldest:
+                continue  # Past its TTL: no longer retained, though Redis has not trimmed it.
+            publications.append(
+                PublicationFrames(
+                    channel=channel,
+                    offset=int(entry_id.split(b"-", 1)[0]),
+                    epoch=head.epoch,
+                    publisher=fields[b"f"].decode() or None,
+                    data=msgspec.Raw(fields[b"d"]),
+                    source=_TAG_CODECS[fields[b"c"]],
+                )
+            )
+        return publications
+
+    # --- presence and announcements -------------------------------------------------------------
+
+    def presence_add(self, channel: str, member: ClientInfo) -> None:
+        self._presence.setdefault(channel, {})[member.client] = member
+        self._spawn(self._presence_write, channel, [member], [])
+
+    def presence_remove(self, channel: str, member: ClientInfo) -> None:
+        members = self._presence.get(channel)
+        if members is not None:
+            members.pop(member.client, None)
+            if not members:
+                del self._presence[channel]
+        self._spawn(self._presence_write, channel, [], [member])
+
+    async def _presence_write(
+        self, channel: str, added: list[ClientInfo], removed: list[ClientInfo]
+    ) -> None:
+        key = self.keys.presence(channel)
+        expires = (time.time() + self.settings.presence_ttl) * 1000
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if added:
+                    pipe.zadd(key, {_member_encoder.encode(m): expires for m in added})
+                if removed:
+                    pipe.zrem(key, *(_member_encoder.encode(m) for m in removed))
+                pipe.pexpire(key, int(self.settings.presence_ttl * 1000))
+                await pipe.execute()
+        except _FAILURES as exc:
+            # Renewal writes it again within a third of the TTL.
+            log.info("backplane.presence_write_failed", channel=channel, error=str(exc))
+
+    async def _renew_presence(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.presence_ttl / 3)
+            for channel, members in list(self._presence.items()):
+                await self._presence_write(channel, list(members.values()), [])
+
+    async def presence(self, channel: str) -> list[ClientInfo]:
+        key = self.keys.presence(channel)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(key, "-inf", time.time() * 1000)
+                pipe.zrange(key, 0, -1)
+                _, members = await pipe.execute()
+        except _FAILURES as exc:
+            raise BackplaneUnavailable(str(exc)) from None
+        return [_member_decoder.decode(member) for member in members]
+
+    def announce(self, channel: str, message: Join | Leave) -> None:
+        body = b"a|" + self.process.encode() + b"|" + _member_encoder.encode(message)
+        self._spawn(self._publish_raw, self.keys.live(channel), body)
+
+    async def _publish_raw(self, key: str, body: bytes) -> None:
+        try:
+            await self.redis.publish(key, body)
+        except _FAILURES as exc:
+            log.info("backplane.announce_failed", error=str(exc))
+
+    def _spawn(self, task: Any, *args: Any) -> None:
+        if self._tasks is not None:
+            self._tasks.start_soon(task, *args)
+
+
+class RedisBackplane:
+    """Channels spread over one or more Redis servers (``redis_urls``) by a stable hash."""
+
+    kind = "redis"
+
+    def __init__(self, settings: BackplaneSettings) -> None:
+        self.settings = settings
+        #: This process's id in announcements and health checks.
+        self.process = secrets.token_urlsafe(9)
+        urls = settings.redis_urls or [settings.redis_url]
+        self.shards = [RedisShard(url, settings, self.process) for url in urls]
+
+    def shard(self, channel: str) -> RedisShard:
+        # crc32, not hash(): the same on every process and every run.
+        return self.shards[zlib.crc32(channel.encode()) % len(self.shards)]
+
+    @property
+    def ready(self) -> bool:
+        return all(shard.ready for shard in self.shards)
+
+    async def run(self, deliver: Deliver, *, task_status: TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as tasks:
+            for shard in self.shards:
+                await tasks.start(shard.run, deliver)
+            task_status.started()
+
+    async def publish(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        options: NamespaceSettings,
+        converted: dict[Encoding, msgspec.Raw] | None = None,
+    ) -> Head:
+        # ``converted`` is not sent: each process converts once, for its own subscribers.
+        return await self.shard(channel).publish(channel, data, codec, publisher, options)
+
+    def watch(self, channel: str) -> Head | None:
+        self.shard(channel).watch(channel)
+        return None  # A ChannelHead event follows once the subscription is in place.
+
+    def unwatch(self, channel: str) -> None:
+        self.shard(channel).unwatch(channel)
+
+    async def read(
+        self, channel: str, after: int, limit: int | None, options: NamespaceSettings
+    ) -> Page:
+        return await self.shard(channel).read(channel, after, limit, options)
+
+    async def latest(self, channel: str, limit: int | None, options: NamespaceSettings) -> Page:
+        return await self.shard(channel).latest(channel, limit, options)
+
+    def presence_add(self, channel: str, member: ClientInfo) -> None:
+        self.shard(channel).presence_add(channel, member)
+
+    def presence_remove(self, channel: str, member: ClientInfo) -> None:
+        self.shard(channel).presence_remove(channel, member)
+
+    async def presence(self, channel: str) -> list[ClientInfo]:
+        return await self.shard(channel).presence(channel)
+
+    def announce(self, channel: str, message: Join | Leave) -> None:
+        self.shard(channel).announce(channel, message)

@@ -1,0 +1,86 @@
+"""The Lua scripts the Redis backplane runs, and the wire format of its pub/sub messages.
+
+Keys of channel ``C`` under prefix ``P`` (see ``RedisKeys``):
+
+* ``P:m:C``  a hash: ``e`` the epoch, ``o`` the latest offset;
+* ``P:s:C``  the stream of retained publications, entry ID ``<offset>-0``, fields ``d`` (data),
+  ``c`` (its encoding: ``j`` JSON or ``m`` MessagePack), ``f`` (publisher, empty for the HTTP
+  API) and ``t`` (milliseconds since the epoch, for the TTL);
+* ``P:p:C``  a sorted set of presence members, scored by expiry time in milliseconds;
+* ``P:c:C``  the pub/sub channel of live publications and announcements.
+
+``PUBLISH_SCRIPT`` is the whole publication, atomically: it creates the stream's epoch when there
+is none (a new channel, or one whose keys Redis lost), takes the next offset, appends to the
+stream with its retention, and publishes. Every process therefore sees one order per channel, with
+no gap and no duplicate, however many processes publish into it.
+
+A live message is ``p|<offset>|<epoch>|<encoding>|<publisher>|<data>``: the fields before the data
+never contain ``|`` (digits, URL-safe ids, one letter), so the data is everything after the fifth.
+An announcement is ``a|<process>|<JSON join or leave>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+PUBLISH_SCRIPT: Final = """
+local meta, stream, channel = KEYS[1], KEYS[2], KEYS[3]
+local new_epoch, now_ms = ARGV[1], ARGV[5]
+local size, ttl_ms, keep_ms = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local encoding, publisher, data = ARGV[6], ARGV[7], ARGV[8]
+local epoch = redis.call('HGET', meta, 'e')
+if not epoch then
+  epoch = new_epoch
+  redis.call('HSET', meta, 'e', epoch)
+  redis.call('DEL', stream)
+end
+local offset = redis.call('HINCRBY', meta, 'o', 1)
+if size > 0 then
+  redis.call('XADD', stream, 'MAXLEN', size, offset .. '-0',
+             'd', data, 'c', encoding, 'f', publisher, 't', now_ms)
+  if ttl_ms > 0 then redis.call('PEXPIRE', stream, ttl_ms) else redis.call('PERSIST', stream) end
+end
+if keep_ms > 0 then redis.call('PEXPIRE', meta, keep_ms) else redis.call('PERSIST', meta) end
+local live = 'p|' .. offset .. '|' .. epoch .. '|' .. encoding .. '|' .. publisher .. '|'
+redis.call('PUBLISH', channel, live .. data)
+return {offset, epoch}
+"""
+
+#: The head of a channel, creating its epoch if it has none, so that every process agrees on it.
+HEAD_SCRIPT: Final = """
+local meta = KEYS[1]
+local new_epoch, keep_ms = ARGV[1], tonumber(ARGV[2])
+local epoch = redis.call('HGET', meta, 'e')
+if not epoch then
+  epoch = new_epoch
+  redis.call('HSET', meta, 'e', epoch, 'o', 0)
+  redis.call('DEL', KEYS[2])
+  if keep_ms > 0 then redis.call('PEXPIRE', meta, keep_ms) end
+end
+local offset = redis.call('HGET', meta, 'o') or '0'
+return {tonumber(offset), epoch}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    prefix: str
+
+    def meta(self, channel: str) -> str:
+        return f"{self.prefix}:m:{channel}"
+
+    def stream(self, channel: str) -> str:
+        return f"{self.prefix}:s:{channel}"
+
+    def presence(self, channel: str) -> str:
+        return f"{self.prefix}:p:{channel}"
+
+    def live(self, channel: str) -> str:
+        return f"{self.prefix}:c:{channel}"
+
+    def channel_of(self, live_key: str) -> str:
+        return live_key[len(self.prefix) + 3 :]
+
+    def health(self, process: str) -> str:
+        return f"{self.prefix}:health:{process}"

@@ -1,0 +1,81 @@
+"""A private ``redis-server`` on a free port, which a test may stop and start again."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.conftest import TIMEOUT
+
+
+class RedisServer:
+    """One redis-server process, with no persistence, owned by the test that started it."""
+
+    def __init__(self, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            # CI must fail, not skip, when Redis tests cannot run (.ci/run installs it).
+            raise RuntimeError("redis-server is not installed: apt-get install redis-server")
+        self.binary = binary
+        self.port = port or _free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="broker-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                except OSError:
+                    if self.process.poll() is not None:
+                        raise RuntimeError("redis-server exited at start") from None
+                    await asyncio.sleep(0.02)
+                    continue
+                writer.close()
+                await writer.wait_closed()
+                return
+
+    async def stop(self) -> None:
+        """Kill it (SIGKILL): nothing is saved, as with a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            await asyncio.to_thread(self.process.wait)
+        self.process = None
+
+    async def close(self) -> None:
+        await self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
