@@ -76,17 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f'--workers = {args.workers}: several processes need backplane.kind = "redis"; '
                 "with the in-memory backplane each process would be a separate broker"
             )
-        if args.workers > 1:
-            raise ConfigError(f"--workers = {args.workers}: the redis backplane is not built yet")
     except ConfigError as exc:
         print(f"broker: config error: {exc}", file=sys.stderr)  # noqa: T201
         return EXIT_CONFIG_ERROR
 
     from broker.logs import configure_logging
-    from broker.server import serve
+    from broker.server import serve, serve_workers
 
     configure_logging(settings.log)
-    serve(settings)
+    if args.workers > 1:
+        serve_workers(settings, args.workers, args.config)
+    else:
+        serve(settings)
     return 0
 
 

@@ -9,43 +9,88 @@ parser, compression follows config, and SIGTERM/SIGINT drain connections within
 
 from __future__ import annotations
 
+import os
 import socket
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
 
 from broker.app import create_app
-from broker.logs import get_logger
+from broker.config import CONFIG_PATH_ENV, load_settings
+from broker.logs import configure_logging, get_logger
 from broker.settings import Settings
 from broker.transport import BrokerWebSocketProtocol, configure_protocol
 
 log = get_logger("broker.server")
 
 
-def uvicorn_config(settings: Settings, *, fd: int | None = None) -> uvicorn.Config:
+def uvicorn_config(
+    settings: Settings, *, app: FastAPI | str | None = None, workers: int = 1
+) -> uvicorn.Config:
+    """The uvicorn config that serves ``app`` (the broker for ``settings`` when None) with the
+    settings' limits applied."""
     websocket = settings.websocket
     configure_protocol(
         transport_buffer_bytes=websocket.transport_buffer_bytes,
         close_timeout=websocket.close_timeout,
     )
     return uvicorn.Config(
-        create_app(settings),
+        create_app(settings) if app is None else app,
+        factory=isinstance(app, str),
+        workers=workers,
         host=settings.server.host,
         port=settings.server.port,
-        fd=fd,
         ws=BrokerWebSocketProtocol,
         ws_max_size=websocket.max_message_bytes,
         ws_per_message_deflate=websocket.per_message_deflate,
         # Server pings find vanished peers; the client heartbeat finds silent ones (4009).
         ws_ping_interval=websocket.heartbeat,
         ws_ping_timeout=websocket.heartbeat + websocket.heartbeat_grace,
-        timeout_graceful_shutdown=int(settings.server.shutdown_grace) or 1,
+        timeout_graceful_shutdown=max(1, round(settings.server.shutdown_grace)),
         lifespan="on",
         # Logging is configured by broker.logs; uvicorn's loggers go through the same renderer.
         log_config=None,
         access_log=False,
         server_header=False,
     )
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process (``broker serve --workers N``).
+
+    Each worker loads the settings itself, from ``BROKER_CONFIG`` and the ``BROKER_*`` variables
+    it inherits, exactly as the parent checked them before starting it.
+    """
+    settings = load_settings(os.environ.get(CONFIG_PATH_ENV), os.environ)
+    configure_logging(settings.log)
+    websocket = settings.websocket
+    configure_protocol(
+        transport_buffer_bytes=websocket.transport_buffer_bytes,
+        close_timeout=websocket.close_timeout,
+    )
+    return create_app(settings)
+
+
+def serve_workers(settings: Settings, workers: int, config_path: str | None) -> None:
+    """Run ``workers`` processes on one port, each a whole broker on the shared backplane."""
+    if config_path is not None:
+        os.environ[CONFIG_PATH_ENV] = config_path
+    # The command line's --host and --port reach the workers as overrides.
+    os.environ["BROKER_SERVER__HOST"] = settings.server.host
+    os.environ["BROKER_SERVER__PORT"] = str(settings.server.port)
+    config = uvicorn_config(settings, app="broker.server:app_from_environment", workers=workers)
+    log.info(
+        "broker.starting",
+        host=settings.server.host,
+        port=settings.server.port,
+        workers=workers,
+        backplane=settings.backplane.kind.value,
+    )
+    sock = config.bind_socket()
+    Multiprocess(config, sockets=[sock]).run()
+    log.info("broker.stopped")
 
 
 class BrokerServer(uvicorn.Server):

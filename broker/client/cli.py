@@ -112,7 +112,15 @@ def _run(command: Callable[[], Awaitable[int]]) -> int:
 
             async def run_command() -> None:
                 nonlocal code
-                code = await command()
+                try:
+                    code = await command()
+                except ClientError as exc:
+                    _error(str(exc))
+                    code = EXIT_FAILED
+                except BrokenPipeError:
+                    # The reader went away (``| head``): stop quietly, and keep the interpreter
+                    # from complaining when it flushes stdout at exit.
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 tasks.cancel_scope.cancel()
 
             tasks.start_soon(_stop_on_signal, tasks.cancel_scope)
@@ -122,14 +130,6 @@ def _run(command: Callable[[], Awaitable[int]]) -> int:
     try:
         return anyio.run(main, backend="asyncio")
     except KeyboardInterrupt:  # Ctrl-C before the signal handler was in place
-        return EXIT_OK
-    except ClientError as exc:
-        _error(str(exc))
-        return EXIT_FAILED
-    except BrokenPipeError:
-        # The reader went away (``| head``): stop quietly, and keep the interpreter from
-        # complaining when it flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
 
 
