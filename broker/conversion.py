@@ -9,11 +9,13 @@ subscriber, and the converted payload is kept (``PublicationFrames.add_payload``
 
 MessagePack data published must therefore use string map keys only (``{1: "a"}`` and
 ``{1: "a", "1": "b"}`` would reach JSON subscribers changed or ambiguous); binary values become
-base64 strings for JSON subscribers.
+base64 strings and MessagePack timestamps ISO 8601 strings for JSON subscribers; NaN and
+infinity, which JSON cannot express (msgspec would write ``null``), are refused.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
@@ -31,8 +33,10 @@ def convert_for_subscribers(data: msgspec.Raw, source: Codec) -> dict[Encoding, 
         value = source.decode_payload(data)
     except (msgspec.MsgspecError, ValueError, RecursionError) as exc:
         raise UnconvertibleData(f"data cannot be decoded: {exc}") from None
-    if source is MSGPACK and not _string_keys_only(value):
-        raise UnconvertibleData("data cannot be carried in JSON: map keys must be strings")
+    if source is MSGPACK:
+        problem = _json_problem(value)
+        if problem is not None:
+            raise UnconvertibleData(f"data cannot be carried in JSON: {problem}")
     converted: dict[Encoding, msgspec.Raw] = {}
     for encoding, target in CODECS.items():
         if target is source:
@@ -45,16 +49,19 @@ def convert_for_subscribers(data: msgspec.Raw, source: Codec) -> dict[Encoding, 
     return converted
 
 
-def _string_keys_only(value: Any) -> bool:
-    # Iterative, so that hostile nesting cannot exhaust the stack (the decoder bounds depth).
+def _json_problem(value: Any) -> str | None:
+    """What in ``value`` JSON cannot carry unchanged, or None (RFC 8259)."""
+    # Iterative, so that hostile nesting cannot exhaust the stack.
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             for key, child in item.items():
                 if not isinstance(key, str):
-                    return False
+                    return "map keys must be strings"
                 stack.append(child)
         elif isinstance(item, list):
             stack.extend(item)
-    return True
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "NaN and infinity have no JSON form"
+    return None

@@ -312,8 +312,14 @@ class Hub:
     # --- the mailbox ----------------------------------------------------------------------------
 
     async def submit(self, command: Command) -> None:
-        """Queue ``command`` for the hub, waiting while the mailbox is full."""
-        await self._send.send(command)
+        """Queue ``command`` for the hub, waiting only while the mailbox is full."""
+        # Without the yield of a plain send(): a reader handling a burst queues it all, and the
+        # hub then handles it in one turn, so the writers wake once for the lot (batch frames).
+        # Order is kept: while senders wait, the buffer stays full, so a newcomer waits too.
+        try:
+            self._send.send_nowait(command)
+        except anyio.WouldBlock:
+            await self._send.send(command)
 
     def submit_nowait(self, command: Command) -> None:
         """Queue ``command`` now; raises ``anyio.WouldBlock`` when the mailbox is full."""
@@ -330,18 +336,31 @@ class Hub:
                 self._tasks = tasks
                 self._running = True
                 task_status.started()
-                async for command in self._receive:
-                    try:
-                        self._handle(command)
-                    except Exception:
-                        # One bad command must not take every channel down with it.
-                        log.exception("hub.command_failed", command=type(command).__name__)
-                        self._answer_internal_error(command)
+                receive = self._receive
+                while True:
+                    command = await receive.receive()
+                    # Then everything else already queued, in the same turn of the loop.
+                    while True:
+                        self._handle_safely(command)
+                        try:
+                            command = receive.receive_nowait()
+                        except anyio.WouldBlock:
+                            break
+        except anyio.EndOfStream:
+            pass
         finally:
             self._running = False
             self._tasks = None
             # Whoever still submits learns at once that the hub is gone (ClosedResourceError).
             self._send.close()
+
+    def _handle_safely(self, command: Command) -> None:
+        try:
+            self._handle(command)
+        except Exception:
+            # One bad command must not take every channel down with it.
+            log.exception("hub.command_failed", command=type(command).__name__)
+            self._answer_internal_error(command)
 
     def _handle(self, command: Command) -> None:
         match command:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, WebSocket
 
 from broker.connection import Connection
-from broker.dependencies import BrokerDep, HubDep, SettingsDep
+from broker.dependencies import BrokerDep, SettingsDep
 from broker.plain import run_chat, run_data, run_echo
 from broker.runtime import Broker
 from broker.v1 import V1Reader
@@ -61,9 +61,7 @@ async def _run(
 
 
 @router.websocket("/v1/ws")
-async def v1_endpoint(
-    websocket: WebSocket, broker: BrokerDep, hub: HubDep, settings: SettingsDep
-) -> None:
+async def v1_endpoint(websocket: WebSocket, broker: BrokerDep, settings: SettingsDep) -> None:
     codec = codec_for_subprotocols(websocket.scope.get("subprotocols") or [])
     if codec is None:
         # Only unknown subprotocols offered: refuse the handshake (PROTOCOL.md §1).
@@ -71,35 +69,37 @@ async def v1_endpoint(
         return
     if not await _admit(websocket, broker, codec):
         return
-    connection = Connection(websocket, hub=hub, settings=settings, codec=codec, endpoint="/v1/ws")
+    connection = Connection(
+        websocket, hub=broker.hub, settings=settings, codec=codec, endpoint="/v1/ws"
+    )
     await _run(connection, broker, V1Reader(connection, broker, codec).run)
 
 
 @router.websocket("/ws")
-async def echo_endpoint(
-    websocket: WebSocket, broker: BrokerDep, hub: HubDep, settings: SettingsDep
-) -> None:
+async def echo_endpoint(websocket: WebSocket, broker: BrokerDep, settings: SettingsDep) -> None:
     if not await _admit(websocket, broker, None):
         return
-    connection = Connection(websocket, hub=hub, settings=settings, codec=None, endpoint="/ws")
+    connection = Connection(
+        websocket, hub=broker.hub, settings=settings, codec=None, endpoint="/ws"
+    )
     await _run(connection, broker, lambda: run_echo(connection))
 
 
 @router.websocket("/ws/data")
-async def data_endpoint(
-    websocket: WebSocket, broker: BrokerDep, hub: HubDep, settings: SettingsDep
-) -> None:
+async def data_endpoint(websocket: WebSocket, broker: BrokerDep, settings: SettingsDep) -> None:
     if not await _admit(websocket, broker, None):
         return
-    connection = Connection(websocket, hub=hub, settings=settings, codec=None, endpoint="/ws/data")
+    connection = Connection(
+        websocket, hub=broker.hub, settings=settings, codec=None, endpoint="/ws/data"
+    )
     await _run(connection, broker, lambda: run_data(connection))
 
 
 @router.websocket("/ws/chat")
-async def chat_endpoint(
-    websocket: WebSocket, broker: BrokerDep, hub: HubDep, settings: SettingsDep
-) -> None:
+async def chat_endpoint(websocket: WebSocket, broker: BrokerDep, settings: SettingsDep) -> None:
     if not await _admit(websocket, broker, None):
         return
-    connection = Connection(websocket, hub=hub, settings=settings, codec=None, endpoint="/ws/chat")
-    await _run(connection, broker, lambda: run_chat(connection, hub))
+    connection = Connection(
+        websocket, hub=broker.hub, settings=settings, codec=None, endpoint="/ws/chat"
+    )
+    await _run(connection, broker, lambda: run_chat(connection, broker.hub))

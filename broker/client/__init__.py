@@ -27,7 +27,7 @@ from broker.client.errors import (
 )
 from broker.client.messages import HistoryPage, Message, PresenceChange
 from broker.client.session import DEFAULT_URL, Client, connect
-from broker.client.subscription import Subscription
+from broker.client.subscription import Subscription, SubscriptionStatistics
 from protocol import ClientInfo, Encoding, Published, StreamPosition
 
 __all__ = [
@@ -50,5 +50,6 @@ __all__ = [
     "ResyncNeeded",
     "StreamPosition",
     "Subscription",
+    "SubscriptionStatistics",
     "connect",
 ]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -45,6 +46,25 @@ if TYPE_CHECKING:
 ItemT = TypeVar("ItemT", bound=Message | PresenceChange)
 
 _Item = Message | PresenceChange | ResyncNeeded
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStatistics:
+    """Counters of one subscription since it was made."""
+
+    #: Items waiting for the consumer.
+    queued: int
+    #: Publications queued from live messages.
+    live: int
+    #: Publications queued from ``subscribed`` replies that recovered them after a reconnection.
+    recovered: int
+    #: Publications queued from ``history`` after a gap or a full queue.
+    fetched: int
+    #: Live publications not queued because the subscription lagged (fetched later, or lost
+    #: with a resync).
+    skipped: int
+    #: ``ResyncNeeded`` markers queued.
+    resyncs: int
 
 
 class Subscription(Generic[ItemT]):
@@ -91,6 +111,7 @@ class Subscription(Generic[ItemT]):
         self._error: BaseException | None = None
         self._changed: anyio.Event | None = None
         self._room: anyio.Event | None = None
+        self._counts = {"live": 0, "recovered": 0, "fetched": 0, "skipped": 0, "resyncs": 0}
 
     # --- for the user ---------------------------------------------------------------------------
 
@@ -106,6 +127,9 @@ class Subscription(Generic[ItemT]):
     def __len__(self) -> int:
         """Items queued and not yet taken."""
         return len(self._items)
+
+    def statistics(self) -> SubscriptionStatistics:
+        return SubscriptionStatistics(queued=len(self._items), **self._counts)
 
     def __aiter__(self) -> Subscription[ItemT]:
         return self
@@ -160,14 +184,14 @@ class Subscription(Generic[ItemT]):
         elif reply.recovered:
             # Exactly the missed publications, in order; live ones follow them (PROTOCOL.md §1).
             for publication in reply.publications:
-                needs_fetch |= self.accept(publication)
+                needs_fetch |= self.accept(publication, source="recovered")
             self.epoch = reply.epoch
         else:
             self.resync(reply.epoch, reply.offset)
         self._seen = max(self._seen, self.offset)
         return needs_fetch
 
-    def accept(self, publication: Publication) -> bool:
+    def accept(self, publication: Publication, source: str = "live") -> bool:
         """Queue a publication unless it is a duplicate or the subscription lags.
 
         Returns True when it starts lagging: the session must then ``catch_up``.
@@ -181,13 +205,16 @@ class Subscription(Generic[ItemT]):
         if offset > self._seen:
             self._seen = offset
         if self.lagging:
+            self._counts["skipped"] += 1
             return False
         if offset != self.offset + 1 or len(self._items) >= self._size:
             # A hole the server did not announce, or no room: fetch from ``offset`` on later.
             self.lagging = True
+            self._counts["skipped"] += 1
             return True
         self._push(self._decode(publication))
         self.offset = offset
+        self._counts[source] += 1
         return False
 
     def gap(self, gap: Gap) -> bool:
@@ -217,6 +244,7 @@ class Subscription(Generic[ItemT]):
                 break
             self._push(self._decode(publication))
             self.offset = publication.offset
+            self._counts["fetched"] += 1
         if self.offset >= reply.offset:
             self.lagging = False
 
@@ -241,6 +269,7 @@ class Subscription(Generic[ItemT]):
         self._seen = offset
         self.lagging = False
         marker = ResyncNeeded(self.channel, epoch, offset)
+        self._counts["resyncs"] += 1
         # It does not count against the queue's bound, and two in a row say no more than the
         # later one: raise once.
         if self._items and isinstance(self._items[-1], ResyncNeeded):
