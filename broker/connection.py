@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import structlog
 from starlette.websockets import WebSocket
 
@@ -39,7 +38,16 @@ from broker.transport import (
     TransportFrameSink,
     TransportLink,
 )
-from protocol import CLOSE_REASONS, CloseCode, Codec, Disconnect, Encoding, Frame, Gap
+from protocol import (
+    CLOSE_REASONS,
+    RECONNECT_CODES,
+    CloseCode,
+    Codec,
+    Disconnect,
+    Encoding,
+    Frame,
+    Gap,
+)
 
 log = get_logger("broker.connection")
 
@@ -128,11 +136,16 @@ class Connection:
         self,
         code: CloseCode,
         *,
-        reconnect: bool = False,
+        reconnect: bool | None = None,
         retry_after: float = 0.0,
         flush: bool = False,
     ) -> None:
-        """Ask the writer to close the connection with ``code``; the first request wins."""
+        """Ask the writer to close the connection with ``code``; the first request wins.
+
+        ``reconnect`` defaults to what PROTOCOL.md advises for ``code`` (``RECONNECT_CODES``).
+        """
+        if reconnect is None:
+            reconnect = code in RECONNECT_CODES
         if self.close_request is None:
             self.close_request = CloseRequest(
                 int(code), CLOSE_REASONS[code], reconnect, retry_after, flush
@@ -267,7 +280,7 @@ class Connection:
 
     async def _write(self) -> None:
         outbox = self.outbox
-        write_timeout = self.settings.websocket.write_timeout
+        link = self.link
         while True:
             await outbox.wait_ready()
             if outbox.overflowed:
@@ -279,69 +292,98 @@ class Connection:
                 return
             if outbox.closed:
                 return
-            # Let every task that is ready run first (the hub finishing a burst of commands):
-            # what they queue goes out in the same write, one syscall for all of it.
-            await anyio.lowlevel.checkpoint()
-            frames = self._take_frames()
-            if not frames:
-                continue
+            runs = self._encode(self._take_frames())
             try:
-                with anyio.CancelScope() as self._write_scope, anyio.fail_after(write_timeout):
-                    await self._write_frames(frames)
-                # When cancelled, the frames were not written (the only wait comes before the
-                # write itself): the loop goes on to the overflow or close that cancelled it.
-                self._write_scope = None
-            except TimeoutError:
-                self._slow_consumer("write_timeout")
-                self._abort(CloseCode.SLOW_CONSUMER)
-                return
+                if link is not None and link.writable_now():
+                    # The fast path: the socket takes it now, so no wait, no deadline, no
+                    # cancel scope: one framing pass and one transport.write for everything.
+                    for frames, text in runs:
+                        link.write_frames(frames, text=text)
+                    continue
+                if not await self._write_with_deadline(runs):
+                    return
             except ClientGone:
                 self.client_closed(1006, "connection lost")
                 return
 
+    async def _write_with_deadline(self, runs: list[tuple[list[bytes], bool]]) -> bool:
+        """Write once the socket takes it, within ``write_timeout``. False: the client is gone."""
+        try:
+            with (
+                anyio.CancelScope() as self._write_scope,
+                anyio.fail_after(self.settings.websocket.write_timeout),
+            ):
+                for frames, text in runs:
+                    await self.sink.write(frames, text=text)
+            # When cancelled (overflow, close request), the frames were not written: the only
+            # wait comes before the write itself. The loop goes on to what cancelled it.
+            self._write_scope = None
+            return True
+        except TimeoutError:
+            self._slow_consumer("write_timeout")
+            self._abort(CloseCode.SLOW_CONSUMER)
+            return False
+
     def _take_frames(self) -> list[Frame]:
         outbox = self.outbox
-        frames: list[Frame] = []
-        codec = self.codec
         skipped = outbox.take_skipped()
+        frames = outbox.drain()
+        codec = self.codec
         if skipped and codec is not None:
             # The gaps come first: they stand where the dropped publications stood.
-            frames.extend(
+            gaps = [
                 Frame(codec.encode(Gap(channel=s.channel, from_offset=s.first, to_offset=s.last)))
                 for s in skipped
-            )
-        frames.extend(outbox.drain())
+            ]
+            frames = gaps + frames
         return frames
 
-    async def _write_frames(self, frames: list[Frame]) -> None:
+    def _encode(self, frames: list[Frame]) -> list[tuple[list[bytes], bool]]:
+        """WebSocket message payloads for ``frames``, as runs of one kind (text or binary).
+
+        On ``/v1/ws`` messages are packed into batch frames of at most ``queue.max_batch``
+        messages and about ``queue.max_batch_bytes`` bytes (a lone larger message goes alone).
+        On the plain endpoints each message is a frame of its own.
+        """
         stats = self.stats
         stats.messages_out += len(frames)
         codec = self.codec
         if codec is None:
-            await self._write_plain(frames)
-            return
-        # ``/v1/ws``: up to ``max_batch`` messages per frame, every frame in one write.
-        batch_size = self.settings.queue.max_batch
-        batches = [
-            codec.batch([frame.data for frame in frames[i : i + batch_size]])
-            for i in range(0, len(frames), batch_size)
-        ]
+            runs: list[tuple[list[bytes], bool]] = []
+            for frame in frames:
+                if runs and runs[-1][1] == (not frame.binary):
+                    runs[-1][0].append(frame.data)
+                else:
+                    runs.append(([frame.data], not frame.binary))
+                stats.bytes_out += len(frame.data)
+            return runs
+        queue = self.settings.queue
+        batches: list[bytes] = []
+        batch: list[bytes] = []
+        size = 0
+        for frame in frames:
+            data = frame.data
+            if batch and (
+                len(batch) >= queue.max_batch or size + len(data) > queue.max_batch_bytes
+            ):
+                batches.append(codec.batch(batch))
+                batch, size = [], 0
+            batch.append(data)
+            size += len(data)
+        if batch:
+            batches.append(codec.batch(batch))
         stats.bytes_out += sum(map(len, batches))
-        await self.sink.write(batches, text=codec.text)
-
-    async def _write_plain(self, frames: list[Frame]) -> None:
-        """Plain endpoints: one WebSocket frame per message, a run of one kind per write."""
-        start = 0
-        for end in range(1, len(frames) + 1):
-            if end == len(frames) or frames[end].binary != frames[start].binary:
-                run = [frame.data for frame in frames[start:end]]
-                self.stats.bytes_out += sum(map(len, run))
-                await self.sink.write(run, text=not frames[start].binary)
-                start = end
+        return [(batches, codec.text)]
 
     async def _close(self, request: CloseRequest) -> None:
         """Carry out ``request`` within ``close_timeout``; reset the socket if that fails."""
         self.close_code, self.close_reason = request.code, request.reason
+        link = self.link
+        if request.code == CloseCode.SLOW_CONSUMER and link is not None and not link.writable_now():
+            # The socket takes nothing more: no ``disconnect`` could reach the client. Reset it
+            # now rather than hold its buffers for another close_timeout.
+            self.sink.abort()
+            return
         with anyio.move_on_after(self.settings.websocket.close_timeout) as scope:
             try:
                 frames = self._take_frames() if request.flush else []
@@ -353,8 +395,8 @@ class Connection:
                         retry_after=request.retry_after,
                     )
                     frames.append(Frame(self.codec.encode(notice)))
-                if frames:
-                    await self._write_frames(frames)
+                for payloads, text in self._encode(frames) if frames else []:
+                    await self.sink.write(payloads, text=text)
                 await self.sink.close(request.code, request.reason)
             except ClientGone:
                 return
@@ -372,8 +414,9 @@ class Connection:
         log.warning(
             "connection.slow_consumer",
             cause=cause,
-            queued_messages=statistics.queued_messages,
-            queued_bytes=statistics.queued_bytes,
+            # What was waiting when it was dropped (the hub may have released it already).
+            queued_messages=max(statistics.queued_messages, statistics.released_messages),
+            queued_bytes=max(statistics.queued_bytes, statistics.released_bytes),
             transport_buffered=0 if self.link is None else self.link.buffered_bytes(),
         )
 

@@ -17,11 +17,10 @@ A closed outbox refuses everything, so a departed connection costs the hub one c
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import anyio
 
 from broker.settings import OverflowPolicy
 from protocol import Frame
@@ -44,6 +43,9 @@ class OutboxStatistics:
     max_bytes: int
     dropped: int
     overflowed: bool
+    #: What ``close`` released: still queued when the connection was let go.
+    released_messages: int = 0
+    released_bytes: int = 0
 
 
 class Outbox:
@@ -56,6 +58,7 @@ class Outbox:
         "_frames",
         "_interrupted",
         "_overflowed",
+        "_released",
         "_skipped",
         "_waiter",
         "max_bytes",
@@ -74,8 +77,9 @@ class Outbox:
         self._overflowed = False
         self._closed = False
         self._interrupted = False
+        self._released = (0, 0)
         self._skipped: dict[str, SkippedRange] = {}
-        self._waiter: anyio.Event | None = None
+        self._waiter: asyncio.Future[None] | None = None
         #: Called once when the outbox overflows, so a writer stuck on the socket can stop
         #: waiting for it: the client is being dropped anyway.
         self.on_overflow: Callable[[], None] | None = None
@@ -91,7 +95,11 @@ class Outbox:
         if self._closed or self._overflowed:
             return False
         size = len(frame.data)
-        if len(self._frames) >= self.max_messages or self._bytes + size > self.max_bytes:
+        # A reply (no channel) is let past the byte bound while the outbox is not already over
+        # it: a recovery or history reply may be larger than the whole outbox, and refusing it
+        # would drop a client that reads fine and could never recover.
+        limit = self.max_bytes if frame.channel is not None else self.max_bytes + size - 1
+        if len(self._frames) >= self.max_messages or self._bytes + size > limit:
             if self.policy is OverflowPolicy.DISCONNECT:
                 self.overflow()
                 return False
@@ -164,6 +172,8 @@ class Outbox:
 
     def close(self) -> None:
         """Refuse every later frame and release what is queued. Idempotent."""
+        if not self._closed:
+            self._released = (len(self._frames), self._bytes)
         self._closed = True
         self._frames.clear()
         self._bytes = 0
@@ -179,7 +189,8 @@ class Outbox:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
-            waiter.set()
+            if not waiter.done():
+                waiter.set_result(None)
 
     # --- consumer side (writer) -----------------------------------------------------------------
 
@@ -201,8 +212,11 @@ class Outbox:
         while not (
             self._frames or self._skipped or self._overflowed or self._closed or self._interrupted
         ):
-            waiter = self._waiter = anyio.Event()
-            await waiter.wait()
+            # A bare future, not an anyio Event: this runs once per delivery burst per
+            # connection, and anyio's Event costs a backend lookup and two objects more. The
+            # broker runs on asyncio (uvicorn) only.
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            await waiter
 
     def take_skipped(self) -> list[SkippedRange]:
         """The publications dropped since the last call, one range per channel."""
@@ -227,4 +241,6 @@ class Outbox:
             max_bytes=self.max_bytes,
             dropped=self._dropped,
             overflowed=self._overflowed,
+            released_messages=self._released[0],
+            released_bytes=self._released[1],
         )

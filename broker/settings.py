@@ -89,6 +89,9 @@ class QueueSettings(_Section, frozen=True):
     overflow: OverflowPolicy = OverflowPolicy.DISCONNECT
     #: Most messages sent together in one batch frame on ``/v1/ws``.
     max_batch: PositiveInt = 64
+    #: Bytes above which a batch frame is closed (a single larger message still goes alone), so
+    #: that batches stay within what clients accept (the Python ``websockets`` default: 1 MiB).
+    max_batch_bytes: PositiveInt = 256 * 1024
 
 
 class HubSettings(_Section, frozen=True):

@@ -82,6 +82,16 @@ class TransportLink:
     def disconnected(self) -> bool:
         return self._protocol.disconnected
 
+    def writable_now(self) -> bool:
+        """Whether a write would go out at once: connected, not closing, buffer below its mark."""
+        protocol = self._protocol
+        return (
+            protocol.writable.is_set()
+            and not protocol.disconnected
+            and not protocol.close_sent
+            and not protocol.transport.is_closing()
+        )
+
     def buffered_bytes(self) -> int:
         """Bytes waiting in the transport's write buffer."""
         transport = self._protocol.transport

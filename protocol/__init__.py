@@ -11,7 +11,7 @@ from protocol.codec import (
     codec_for_subprotocols,
     convert_payload,
 )
-from protocol.errors import CLOSE_REASONS, CloseCode, ErrorCode
+from protocol.errors import CLOSE_REASONS, RECONNECT_CODES, CloseCode, ErrorCode
 from protocol.frames import Frame, PublicationFrames
 from protocol.messages import (
     PROTOCOL_VERSION,
@@ -47,6 +47,7 @@ __all__ = [
     "JSON",
     "MSGPACK",
     "PROTOCOL_VERSION",
+    "RECONNECT_CODES",
     "Channel",
     "ClientInfo",
     "ClientMessage",

@@ -54,3 +54,15 @@ CLOSE_REASONS: dict[CloseCode, str] = {
     CloseCode.DISCONNECTED_BY_OPERATOR: "disconnected by operator",
     CloseCode.RATE_LIMIT_ABUSE: "rate limit abuse",
 }
+
+
+#: Close codes after which a client should reconnect (after ``retry_after``) and recover: the
+#: server went away, was full, or dropped the client for falling behind or going silent.
+RECONNECT_CODES: frozenset[CloseCode] = frozenset(
+    {
+        CloseCode.GOING_AWAY,
+        CloseCode.TRY_AGAIN_LATER,
+        CloseCode.SLOW_CONSUMER,
+        CloseCode.HEARTBEAT_TIMEOUT,
+    }
+)

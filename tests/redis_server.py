@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -23,38 +22,36 @@ class RedisServer:
         self.binary = binary
         self.port = port or _free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="broker-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     async def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.process = await asyncio.create_subprocess_exec(
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--loglevel",
+            "warning",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         async with asyncio.timeout(TIMEOUT):
             while True:
                 try:
                     _, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 except OSError:
-                    if self.process.poll() is not None:
+                    if self.process.returncode is not None:
                         raise RuntimeError("redis-server exited at start") from None
                     await asyncio.sleep(0.02)
                     continue
@@ -64,9 +61,9 @@ class RedisServer:
 
     async def stop(self) -> None:
         """Kill it (SIGKILL): nothing is saved, as with a crash."""
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None and self.process.returncode is None:
             self.process.kill()
-            await asyncio.to_thread(self.process.wait)
+            await self.process.wait()
         self.process = None
 
     async def close(self) -> None:

@@ -231,6 +231,12 @@ class RedisShard:
     def watch(self, channel: str) -> None:
         self.watched.add(channel)
         self._changed.set()
+        if channel in self._subscribed:
+            # Unwatched and watched again before ``_reconcile`` caught up: the subscription is
+            # still in place, so no confirmation will come to report the head. Report it now.
+            # (Should ``_reconcile`` be unsubscribing it right now, it subscribes again and that
+            # confirmation reports the head once more: the hub then fills what went by.)
+            self._spawn(self._report_head, channel)
 
     def unwatch(self, channel: str) -> None:
         self.watched.discard(channel)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
 from typing import Any, Final, Literal, overload
@@ -40,10 +39,7 @@ from typing import Any, Final, Literal, overload
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
-from websockets.typing import Subprotocol
+from websockets.exceptions import ConnectionClosed
 
 from broker.client.backoff import Backoff
 from broker.client.errors import (
@@ -55,6 +51,7 @@ from broker.client.errors import (
     RequestError,
     RequestTimeout,
 )
+from broker.client.link import FINAL_CLOSE_CODES, OPEN_ERRORS, Link, Pending, Refused, open_link
 from broker.client.messages import HistoryPage, Message, PresenceChange
 from broker.client.subscription import AnySubscription, Subscription
 from protocol import (
@@ -94,68 +91,10 @@ DEFAULT_URL: Final = "ws://127.0.0.1:8000/v1/ws"
 # client running in the broker's process (as in the tests) must not add to the count.
 _CODECS: Final = {encoding: Codec(encoding) for encoding in Encoding}
 
-#: Close codes after which the same client would be refused again: do not reconnect.
-FINAL_CLOSE_CODES: Final = frozenset({1002, 1003, 1007, 1008, 1009, 1010, 4001})
-
 #: Most publications asked for per catch-up ``history`` request. The broker queues a reply whole,
 #: and one larger than its outbox's byte bound (``queue.max_bytes``, 1 MiB by default) gets the
 #: connection dropped as a slow consumer: small pages keep each reply well below it.
 CATCH_UP_BATCH: Final = 100
-
-#: What opening a connection can fail with, short of a bug.
-_OPEN_ERRORS = (
-    OSError,
-    TimeoutError,
-    WebSocketException,
-    msgspec.MsgspecError,
-    RecursionError,
-    UnicodeDecodeError,
-    ValueError,
-)
-
-
-class _Refused(Exception):
-    """The server answered the handshake with ``disconnect`` instead of ``welcome`` (1013)."""
-
-    def __init__(self, notice: Disconnect) -> None:
-        super().__init__(f"refused: {notice.code} {notice.reason}")
-        self.notice = notice
-
-
-@dataclass(eq=False, slots=True)
-class _Link:
-    """One WebSocket connection, from ``welcome`` to its close."""
-
-    ws: ClientConnection
-    welcome: Welcome
-    number: int
-    #: Messages that came in the same frame as ``welcome``.
-    backlog: list[ServerMessage]
-    #: Every subscription has been sent on it: user requests may go.
-    ready: bool = False
-    #: The ``disconnect`` notice the server sent before closing, if any.
-    notice: Disconnect | None = None
-
-
-@dataclass(eq=False, slots=True)
-class _Pending:
-    """A request waiting for its reply. ``on_reply`` runs in the reader, in stream order."""
-
-    link: _Link
-    on_reply: Callable[[ServerMessage], None] | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
-    reply: ServerMessage | None = None
-    error: BaseException | None = None
-
-    def resolve(self, reply: ServerMessage) -> None:
-        if self.on_reply is not None:
-            self.on_reply(reply)
-        self.reply = reply
-        self.done.set()
-
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.done.set()
 
 
 def connect(
@@ -219,9 +158,9 @@ class Client:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._codec = _CODECS[encoding]
         self._subs: dict[str, AnySubscription] = {}
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, Pending] = {}
         self._ids = itertools.count(1)
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._links = 0
         self._failure: ClientClosed | None = None
         self._changed = anyio.Event()
@@ -330,54 +269,32 @@ class Client:
 
     # --- connections ----------------------------------------------------------------------------
 
-    async def _open_first(self) -> _Link:
+    async def _open_first(self) -> Link:
         try:
             return await self._open()
-        except _Refused as refused:
+        except Refused as refused:
             notice = refused.notice
             raise ConnectFailed(
                 f"{self.url} refused the connection: {notice.code} {notice.reason}"
                 + (f" (retry after {notice.retry_after} s)" if notice.reconnect else "")
             ) from None
-        except _OPEN_ERRORS as exc:
+        except OPEN_ERRORS as exc:
             raise ConnectFailed(f"cannot connect to {self.url}: {exc}") from exc
 
-    async def _open(self) -> _Link:
+    async def _open(self) -> Link:
         """A new connection that has read its ``welcome``."""
-        ws = await ws_connect(
+        link = await open_link(
             self.url,
-            subprotocols=[Subprotocol(self.encoding.subprotocol)],
-            additional_headers=self._headers,
-            compression=None,
+            codec=self._codec,
+            headers=self._headers,
             open_timeout=self.open_timeout,
-            # Liveness is the protocol's ``ping``/``pong`` (the heartbeat task); websockets'
-            # own keepalive would only duplicate it.
-            ping_interval=None,
-            max_size=self._max_frame_bytes,
-            close_timeout=2,
+            max_frame_bytes=self._max_frame_bytes,
+            number=self._links + 1,
         )
-        try:
-            if ws.subprotocol != self.encoding.subprotocol:
-                raise ValueError(
-                    f"the server chose subprotocol {ws.subprotocol!r}, "
-                    f"not {self.encoding.subprotocol!r}"
-                )
-            with anyio.fail_after(self.open_timeout):
-                frame = await ws.recv(decode=False)
-            messages = self._codec.decode_server(frame)
-            first = messages[0] if messages else None
-            if isinstance(first, Disconnect):
-                raise _Refused(first)
-            if not isinstance(first, Welcome):
-                raise ValueError(f"expected welcome, got {first!r}")
-        except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                await ws.close()
-            raise
-        self._links += 1
-        return _Link(ws, first, self._links, messages[1:])
+        self._links = link.number
+        return link
 
-    async def _supervise(self, link: _Link | None) -> None:
+    async def _supervise(self, link: Link | None) -> None:
         """Serve connections one after another until the client closes or gives up."""
         try:
             while link is not None:
@@ -389,7 +306,7 @@ class Client:
             log.exception("client.failed")
             self._fail(ClientClosed(f"the client failed: {exc!r}"))
 
-    async def _serve(self, link: _Link) -> float | None:
+    async def _serve(self, link: Link) -> float | None:
         """Run one connection until it ends; the ``retry_after`` to reconnect after, or None
         when the client must not reconnect."""
         self._link = link
@@ -410,13 +327,13 @@ class Client:
         if notice is not None and not notice.reconnect:
             self._fail(Disconnected(notice.code, notice.reason))
             return None
-        if notice is None and code in FINAL_CLOSE_CODES:
+        if notice is None and code in FINAL_CLOSE_CODES and not link.broken:
             self._fail(Disconnected(code, link.ws.close_reason or ""))
             return None
         log.info("client.connection_lost: code %s", code)
         return 0.0 if notice is None else notice.retry_after
 
-    async def _reconnect(self, retry_after: float) -> _Link | None:
+    async def _reconnect(self, retry_after: float) -> Link | None:
         """A new connection, after honouring ``retry_after`` and the backoff; None on giving up."""
         attempt = 0
         last: BaseException | None = None
@@ -427,13 +344,13 @@ class Client:
             await anyio.sleep(delay)
             try:
                 return await self._open()
-            except _Refused as refused:
+            except Refused as refused:
                 notice = refused.notice
                 if not notice.reconnect:
                     self._fail(Disconnected(notice.code, notice.reason))
                     return None
                 retry_after, last = notice.retry_after, refused
-            except _OPEN_ERRORS as exc:
+            except OPEN_ERRORS as exc:
                 retry_after, last = 0.0, exc
         failure = ConnectFailed(
             f"cannot reconnect to {self.url} after {attempt} attempts"
@@ -443,7 +360,7 @@ class Client:
         self._fail(failure)
         return None
 
-    async def _resubscribe(self, link: _Link) -> None:
+    async def _resubscribe(self, link: Link) -> None:
         """Send every subscription on a new connection, then let user requests through."""
         try:
             while unsent := [s for s in self._subs.values() if s.sent_on != link.number]:
@@ -456,7 +373,7 @@ class Client:
         link.ready = True
         self._notify()
 
-    async def _heartbeat(self, link: _Link) -> None:
+    async def _heartbeat(self, link: Link) -> None:
         heartbeat = link.welcome.heartbeat
         while True:
             await anyio.sleep(heartbeat / 2)
@@ -469,11 +386,11 @@ class Client:
             except ClientError:
                 return
 
-    def _abort(self, link: _Link) -> None:
+    def _abort(self, link: Link) -> None:
         """Cut ``link`` at once; its reader ends and the supervisor reconnects."""
-        link.ws.transport.abort()
+        link.abort()
 
-    def _lose(self, link: _Link) -> None:
+    def _lose(self, link: Link) -> None:
         """``link`` is gone: fail the requests waiting for its replies."""
         for request_id, pending in list(self._pending.items()):
             if pending.link is link:
@@ -482,7 +399,7 @@ class Client:
 
     # --- the reader -----------------------------------------------------------------------------
 
-    async def _read(self, link: _Link) -> None:
+    async def _read(self, link: Link) -> None:
         for message in link.backlog:
             self._dispatch(link, message)
         decode = self._codec.decode_server
@@ -497,10 +414,11 @@ class Client:
             # Skipping the frame could skip a publication: start over on a new connection,
             # whose recovery fetches whatever this one lost.
             log.warning("client.bad_frame: %s", exc)
+            link.broken = True
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 await link.ws.close(1002, "undecodable frame")
 
-    def _dispatch(self, link: _Link, message: ServerMessage) -> None:
+    def _dispatch(self, link: Link, message: ServerMessage) -> None:
         match message:
             case Publication(channel=channel):
                 sub = self._subs.get(channel)
@@ -542,7 +460,7 @@ class Client:
         if self._tasks is None:
             raise RuntimeError("use the client as `async with connect(url) as client:`")
 
-    async def _wait_link(self) -> _Link:
+    async def _wait_link(self) -> Link:
         while True:
             if self._failure is not None:
                 raise self._failure
@@ -551,7 +469,7 @@ class Client:
                 return link
             await self._changed.wait()
 
-    async def _send(self, link: _Link, message: ClientMessage) -> None:
+    async def _send(self, link: Link, message: ClientMessage) -> None:
         try:
             await link.ws.send(self._codec.encode_client(message), text=self._codec.text)
         except ConnectionClosed as exc:
@@ -561,7 +479,7 @@ class Client:
         self,
         build: Callable[[int], ClientMessage],
         *,
-        link: _Link | None = None,
+        link: Link | None = None,
         on_reply: Callable[[ServerMessage], None] | None = None,
         within: float | None = None,
     ) -> ServerMessage:
@@ -572,14 +490,14 @@ class Client:
         self._check_open()
         timeout = self.request_timeout if within is None else within
         request_id = next(self._ids)
-        pending: _Pending | None = None
+        pending: Pending | None = None
         try:
             with anyio.fail_after(timeout):
                 if link is None:
                     link = await self._wait_link()
                 elif link is not self._link:
                     raise ConnectionLost("the connection was lost")
-                pending = self._pending[request_id] = _Pending(link, on_reply)
+                pending = self._pending[request_id] = Pending(link, on_reply)
                 await self._send(link, build(request_id))
                 await pending.done.wait()
         except TimeoutError:
@@ -667,13 +585,13 @@ class Client:
             raise sub.subscribe_error
         return sub
 
-    async def _send_subscribe(self, sub: AnySubscription, link: _Link) -> None:
+    async def _send_subscribe(self, sub: AnySubscription, link: Link) -> None:
         if sub.sent_on == link.number:
             return
         sub.sent_on = link.number
         since = sub.position
         request_id = next(self._ids)
-        self._pending[request_id] = _Pending(link, partial(self._on_subscribed, sub, since))
+        self._pending[request_id] = Pending(link, partial(self._on_subscribed, sub, since))
         await self._send(link, Subscribe(id=request_id, channel=sub.channel, since=since))
 
     def _on_subscribed(
@@ -704,7 +622,7 @@ class Client:
         link = self._link
         if link is not None and sub.sent_on == link.number:
             request_id = next(self._ids)
-            self._pending[request_id] = _Pending(link)  # its reply is read and dropped
+            self._pending[request_id] = Pending(link)  # its reply is read and dropped
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 try:
                     await self._send(link, Unsubscribe(id=request_id, channel=sub.channel))
@@ -751,6 +669,7 @@ class Client:
 
     async def _catch_up(self, sub: AnySubscription) -> None:
         """Fetch what ``sub`` dropped with ``history``, as its consumer makes room."""
+        unavailable = 0
         try:
             while sub.lagging and self._subs.get(sub.channel) is sub:
                 room = min(await sub.wait_room(), CATCH_UP_BATCH)
@@ -762,8 +681,14 @@ class Client:
                         _history_request(sub.channel, since, room),
                         on_reply=partial(self._on_caught_up, sub, since),
                     )
-                except (RequestError, ConnectionLost):
-                    pass  # an error was applied by _on_caught_up; a new connection recovers
+                    unavailable = 0
+                except RequestError as exc:
+                    # Any other error was applied by _on_caught_up (a resync).
+                    if exc.code == ErrorCode.UNAVAILABLE:
+                        await anyio.sleep(self.backoff.delay(unavailable))
+                        unavailable += 1
+                except ConnectionLost:
+                    pass  # the resubscription on the next connection recovers
                 except RequestTimeout:
                     link = self._link
                     if link is not None:
@@ -780,7 +705,8 @@ class Client:
         if self._subs.get(sub.channel) is not sub or not sub.lagging or sub.position != since:
             return
         if isinstance(reply, Error):
-            sub.history_unavailable()
+            if reply.code != ErrorCode.UNAVAILABLE:  # that one passes: ask again later
+                sub.history_unavailable()
         elif isinstance(reply, HistoryResult):
             sub.caught_up(reply)
 

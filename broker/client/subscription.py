@@ -11,8 +11,9 @@ is read, not the other channels, not the heartbeat's ``pong``, and not the reply
 for instance the ``publish`` that the consumer of that very queue is awaiting inside its
 ``async for`` loop, which would deadlock. Instead the subscription starts *lagging*: it drops what
 comes live, and once the consumer has made room the session fetches what was dropped with
-``history`` (``since`` = the last queued position) and goes live again exactly where that reply
-ends. A ``gap`` from the server (overflow policy ``drop_oldest``) and a hole in the offsets take
+``history`` (``since`` = the last queued position) and goes live again where that reply ends
+(a later duplicate is dropped by offset, a later hole is fetched the same way). A ``gap`` from
+the server (overflow policy ``drop_oldest``) and a hole in the offsets take
 the same path. Nothing is lost while the broker retains history; when it no longer does, the
 iterator raises ``ResyncNeeded`` instead of carrying on silently.
 
@@ -32,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 import anyio
 
@@ -191,7 +192,9 @@ class Subscription(Generic[ItemT]):
         self._seen = max(self._seen, self.offset)
         return needs_fetch
 
-    def accept(self, publication: Publication, source: str = "live") -> bool:
+    def accept(
+        self, publication: Publication, source: Literal["live", "recovered"] = "live"
+    ) -> bool:
         """Queue a publication unless it is a duplicate or the subscription lags.
 
         Returns True when it starts lagging: the session must then ``catch_up``.
@@ -228,8 +231,9 @@ class Subscription(Generic[ItemT]):
     def caught_up(self, reply: HistoryResult) -> None:
         """Apply a ``history`` reply to a catch-up request made ``since`` the current position.
 
-        Goes live again when the reply reaches the channel's latest offset: every live
-        publication read after this reply comes after that offset, so none is missed or doubled.
+        Goes live again when the reply reaches the channel's latest offset. A live publication
+        read afterwards at or below that offset is a duplicate and dropped; one further ahead
+        than the next offset is a hole, and starts another catch-up.
         """
         if reply.epoch != self.epoch:
             self.resync(reply.epoch, reply.offset)
@@ -249,7 +253,8 @@ class Subscription(Generic[ItemT]):
             self.lagging = False
 
     def history_unavailable(self) -> None:
-        """A catch-up ``history`` request failed (history is off in this namespace)."""
+        """A catch-up ``history`` request was refused for good: history is off in this
+        namespace, or a retained publication cannot be sent in this connection's encoding."""
         assert self.epoch is not None
         # Every publication up to ``_seen`` was read (and dropped) before the error reply; the
         # ones after it arrive live.

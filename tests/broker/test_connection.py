@@ -185,7 +185,8 @@ async def test_a_server_initiated_close_sends_disconnect_first() -> None:
     settings = Settings(websocket=WebSocketSettings(heartbeat=0.3, heartbeat_grace=0.2))
     async with serve_broker(settings) as running, open_client(running.url()) as client:
         notice = await client.expect(Disconnect)
-        assert (notice.code, notice.reconnect) == (4009, False)
+        # A client gone silent may be on a bad network: it should come back and recover.
+        assert (notice.code, notice.reconnect) == (4009, True)
         with pytest.raises(Exception) as closed:
             await client.recv()
         assert getattr(closed.value, "rcvd", None) is not None

@@ -89,13 +89,25 @@ def test_disconnect_refuses_the_frame_that_would_exceed_max_messages() -> None:
     assert [frame.offset for frame in box.drain()] == [1, 2]
 
 
-def test_disconnect_refuses_the_frame_that_would_exceed_max_bytes() -> None:
+def test_disconnect_refuses_the_publication_that_would_exceed_max_bytes() -> None:
     box = outbox(max_bytes=25)
-    assert box.offer(control(10))
-    assert box.offer(control(10))
-    assert not box.offer(control(6))
+    assert box.offer(publication("a", 1, size=10))
+    assert box.offer(publication("a", 2, size=10))
+    assert not box.offer(publication("a", 3, size=6))
     assert box.overflowed
     assert box.statistics().queued_bytes == 20
+
+
+def test_a_reply_passes_the_byte_bound_while_the_outbox_is_under_it_and_not_after() -> None:
+    # A recovery or history reply may be larger than the whole outbox; refusing it would drop a
+    # client that reads fine and could never recover.
+    box = outbox(max_bytes=25)
+    assert box.offer(control(10))
+    assert box.offer(control(40))
+    assert not box.overflowed
+    assert box.statistics().queued_bytes == 50
+    assert not box.offer(control(1))
+    assert box.overflowed
 
 
 def test_after_an_overflow_every_offer_is_refused_even_one_that_would_fit() -> None:
@@ -281,11 +293,11 @@ def test_a_skipped_oversized_publication_is_not_reported_before_older_ones_of_it
     assert client_view(box) == {"a": [1, 2]}
 
 
-def test_a_control_frame_larger_than_max_bytes_overflows_drop_oldest() -> None:
+def test_a_control_frame_arriving_when_the_bytes_are_used_up_overflows_drop_oldest() -> None:
     box = outbox(max_bytes=30, policy=DROP_OLDEST)
     calls = overflow_counter(box)
-    box.offer(publication("a", 1))
-    assert not box.offer(control(31))
+    box.offer(control(31))
+    assert not box.offer(control(1))
     assert box.overflowed
     assert calls == [None]
 
@@ -416,7 +428,7 @@ async def test_wait_ready_returns_when_the_outbox_overflows() -> None:
     waiting = outbox(max_bytes=5)
 
     def overflow() -> None:
-        assert not waiting.offer(control(6))
+        assert not waiting.offer(publication("a", 1, size=6))
 
     await returns_once_woken(waiting, overflow)
     assert waiting.overflowed

@@ -1,0 +1,1 @@
+"""The backplanes: one behavioural suite over both, then Redis-only and multi-process behaviour."""
