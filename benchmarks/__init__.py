@@ -7,8 +7,9 @@ Layout (each module has one job, so later suites can reuse the parts):
 - ``server``: launches a target's server on a free loopback port, measures its CPU and memory.
 - ``wire``: the benchmark payload and the client frames of each protocol.
 - ``rawws``: hand-made WebSocket clients that subscribe and then never read (stalled clients).
+- ``kernelq``: what the kernel holds for a connection (sock_diag lookups, ``/proc/net/tcp``).
 - ``generator/``: the load generator (subscriber worker processes and an open-loop publisher).
-- ``stats``: latency percentiles and the per-scenario summary.
+- ``stats``: latency percentiles.
 - ``scenarios``: scenario functions, each one server + one load run -> one result.
 - ``report``: tables, ratios and JSON output.
 - ``stalled``: the command line of the stalled-client isolation benchmark (issue #3).

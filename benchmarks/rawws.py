@@ -5,8 +5,8 @@ what the server sends piles up in the server's own socket buffers (up to ``tcp_w
 then in the server process. On ``/ws/chat`` being connected is enough to be a member; on
 ``/v1/ws`` the client sends a subscribe frame, masked by hand as RFC 6455 requires.
 
-``kernel_queues`` reads ``/proc/net/tcp`` to tell how many bytes sit in the kernel for such a
-client and whether the server still holds the connection.
+``StalledWatch`` samples the kernel's queues for these clients (``kernelq``) during a run, to tell
+how much the kernel absorbed, when it filled, and when (if ever) the server dropped each client.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import hashlib
 import os
 import socket
 import struct
+import threading
 import time
-from pathlib import Path
 
+from benchmarks.kernelq import KernelView
 from benchmarks.wire import V1_SUBPROTOCOL, Protocol, subscribe_frame
 
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_TCP_STATES = {"01": "ESTABLISHED", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT"}
 
 
 class HandshakeError(RuntimeError):
@@ -119,47 +119,69 @@ def _read_handshake_response(sock: socket.socket, key: str, timeout: float) -> N
         raise HandshakeError("bad Sec-WebSocket-Accept")
 
 
-@dataclasses.dataclass(frozen=True)
-class KernelQueues:
-    """What the kernel holds for one stalled client's connection."""
+@dataclasses.dataclass
+class StalledTrace:
+    """What the watcher saw for one stalled client over the run."""
 
-    #: Bytes queued in the server's socket (sent but not acknowledged, or not sent yet).
-    server_send_queue: int
-    #: Bytes waiting in the stalled client's receive buffer.
-    client_receive_queue: int
-    #: TCP state of the client's socket (ESTABLISHED while the server keeps it).
-    client_state: str
-    #: Whether the server still has a socket for this connection.
-    server_holds: bool
-
-    @property
-    def total(self) -> int:
-        return self.server_send_queue + self.client_receive_queue
+    local_port: int
+    #: Most bytes the kernel held for it at once.
+    peak_kernel_bytes: int = 0
+    #: Seconds from the watch's start to when the kernel first held 3/4 of its peak, if it did.
+    filled_after_s: float | None = None
+    #: Seconds from the watch's start to when the server no longer held the connection.
+    dropped_after_s: float | None = None
 
 
-def kernel_queues(server_port: int, client_port: int) -> KernelQueues:
-    """Read ``/proc/net/tcp`` for one loopback connection between the server and a client."""
-    server_queue = client_queue = 0
-    client_state = "GONE"
-    server_holds = False
-    loopback = "0100007F"
-    text = Path("/proc/net/tcp").read_text()
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        local, remote, state, queues = fields[1], fields[2], fields[3], fields[4]
-        tx, rx = (int(part, 16) for part in queues.split(":"))
-        if local == f"{loopback}:{client_port:04X}" and remote == f"{loopback}:{server_port:04X}":
-            client_state = _TCP_STATES.get(state, state)
-            client_queue = rx
-        elif local == f"{loopback}:{server_port:04X}" and remote == f"{loopback}:{client_port:04X}":
-            server_holds = state == "01"
-            server_queue = tx
-    return KernelQueues(server_queue, client_queue, client_state, server_holds)
+class StalledWatch:
+    """Samples the stalled clients' kernel queues every ``interval`` seconds in a thread."""
 
+    def __init__(
+        self, server_port: int, clients: list[StalledClient], interval: float = 0.1
+    ) -> None:
+        self._server_port = server_port
+        self._interval = interval
+        self.traces = [StalledTrace(client.local_port) for client in clients]
+        self._samples: list[list[tuple[float, int]]] = [[] for _ in clients]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stalled-watch", daemon=True)
+        self._started = 0.0
+        self._kernel = KernelView()
 
-def tcp_wmem_max() -> int:
-    """The largest send buffer the kernel autotunes a socket to (``tcp_wmem`` max)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
-    except (OSError, ValueError, IndexError):
-        return 0
+    def start(self) -> None:
+        self._started = time.monotonic()
+        if self.traces:
+            self._thread.start()
+
+    def stop(self) -> list[StalledTrace]:
+        """Stop sampling (after one last sample) and return the traces."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        self._sample()
+        self._kernel.close()
+        for trace, samples in zip(self.traces, self._samples, strict=True):
+            threshold = 0.75 * trace.peak_kernel_bytes
+            trace.filled_after_s = next(
+                (at for at, held in samples if held > 0 and held >= threshold), None
+            )
+        return self.traces
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        now = time.monotonic() - self._started
+        ports = [trace.local_port for trace in self.traces if trace.dropped_after_s is None]
+        if not ports:
+            return
+        found = self._kernel.connections(self._server_port, ports)
+        for trace, samples in zip(self.traces, self._samples, strict=True):
+            if trace.dropped_after_s is not None:
+                continue
+            queues = found[trace.local_port]
+            if not queues.server_holds:
+                trace.dropped_after_s = now
+                continue
+            trace.peak_kernel_bytes = max(trace.peak_kernel_bytes, queues.total)
+            samples.append((now, queues.total))

@@ -15,14 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.generator import LoadError, LoadResult, LoadRun, LoadSpec
+from benchmarks.generator.control import CpuClock
+from benchmarks.kernelq import tcp_wmem_max
 from benchmarks.rawws import (
     HandshakeError,
     StalledClient,
-    kernel_queues,
+    StalledWatch,
     open_stalled,
-    tcp_wmem_max,
 )
-from benchmarks.server import ServerProcess, ServerStartError
+from benchmarks.server import ServerProcess, ServerStartError, machine_busy_seconds
 from benchmarks.stats import LatencySummary, summarize
 from benchmarks.targets import Target
 
@@ -64,10 +65,16 @@ class StalledReport:
     pushed_bytes_each: int
     #: The kernel's send buffer ceiling (``tcp_wmem`` max): about 3/4 of it holds data.
     tcp_wmem_max: int
-    #: Per stalled client at the end of the run: bytes held in the kernel for it.
-    kernel_bytes: list[int]
-    #: How many the server had disconnected by the end of the run.
-    dropped: int
+    #: Per stalled client: most bytes the kernel held for it at once.
+    peak_kernel_bytes: list[int]
+    #: Per stalled client: seconds into the run when its kernel buffers were (nearly) full.
+    filled_after_s: list[float | None]
+    #: Per stalled client: seconds into the run when the server dropped it (None: never).
+    dropped_after_s: list[float | None]
+
+    @property
+    def dropped(self) -> int:
+        return sum(1 for after in self.dropped_after_s if after is not None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,10 +108,14 @@ class ScenarioResult:
     server_peak_rss_mb: float = 0.0
     generator_cpu_share: float = 0.0
     generator_max_process_share: float = 0.0
+    #: CPU the rest of the machine used during the run, in cores: noise in the measurement.
+    other_cpu_share: float = 0.0
     stalled_report: StalledReport | None = None
     closes: dict[str, int] = dataclasses.field(default_factory=dict)
     errors: dict[str, int] = dataclasses.field(default_factory=dict)
     server_log: str = ""
+    #: The server's exit code when it died during the run (None: it was still running).
+    server_died: int | None = None
 
     @property
     def lost_fraction(self) -> float:
@@ -139,22 +150,38 @@ def stalled_clients(
             run.warm_up()
             rss_before = server.monitor.sample_rss()
             cpu_before = server.monitor.cpu_seconds()
+            busy_before = machine_busy_seconds()
+            harness = CpuClock()  # this process: the stalled-client watch and the monitors
+            harness.start()
             started = time.monotonic()
             progress(f"{target.name} K={stalled}: {run.connected} subscribers, publishing")
-            load = run.measure()
-            cpu = server.monitor.cpu_seconds() - cpu_before
+            watch = StalledWatch(server.port, clients)
+            watch.start()
+            try:
+                load = run.measure()
+            finally:
+                traces = watch.stop()
+            cpu = max(0.0, server.monitor.cpu_seconds() - cpu_before)  # 0 if the server died
             wall = time.monotonic() - started
+            busy = machine_busy_seconds() - busy_before
+            harness_cpu = harness.usage()
             server.monitor.sample_rss()
             peak_rss = server.monitor.peak_rss
-            queues = [kernel_queues(server.port, client.local_port) for client in clients]
+            died = None if server.alive() else server.stop()
         stalled_report = StalledReport(
             count=stalled,
             pushed_bytes_each=round(load.sent * load.bytes_per_publication),
             tcp_wmem_max=tcp_wmem_max(),
-            kernel_bytes=[queue.total for queue in queues],
-            dropped=sum(1 for queue in queues if not queue.server_holds),
+            peak_kernel_bytes=[trace.peak_kernel_bytes for trace in traces],
+            filled_after_s=[trace.filled_after_s for trace in traces],
+            dropped_after_s=[trace.dropped_after_s for trace in traces],
         )
-        return _result(base, load, cpu, wall, rss_before, peak_rss, stalled_report, log_path)
+        load.generator_cpu.append(harness_cpu)
+        result = _result(base, load, cpu, wall, rss_before, peak_rss, stalled_report, log_path)
+        # What neither the server nor the benchmark's own processes used: other work.
+        own = cpu + sum(usage.cpu_seconds for usage in load.generator_cpu)
+        other = max(0.0, busy - own) / wall if wall > 0 else 0.0
+        return dataclasses.replace(result, server_died=died, other_cpu_share=other)
     except (LoadError, HandshakeError, OSError) as exc:
         tail = server.log_tail(5).replace("\n", " | ")
         return dataclasses.replace(base, error=f"{type(exc).__name__}: {exc}; log: {tail}")
@@ -194,7 +221,7 @@ def _result(
         gaps=load.gaps,
         offered_per_s=load.spec.rate * load.subscribers,
         deliveries_per_s=delivered / load.window_s,
-        latency=summarize(load.latencies_us),
+        latency=summarize(load.latencies_us, missing=max(0, load.lost)),
         server_cpu_s=cpu,
         server_cpu_share=cpu / wall if wall > 0 else 0.0,
         server_cpu_ms_per_1k=cpu * 1000 / (delivered / 1000) if delivered else None,

@@ -7,6 +7,7 @@ frozen by a stalled client must not hang the benchmark.
 ``ResourceMonitor`` samples the server's resident memory every ~50 ms in a thread (the process
 and its children) and reads CPU time (user + system) on demand, so a scenario can take the CPU
 spent between two points; the peak RSS is the larger of the sampled maximum and ``VmHWM``.
+``machine_busy_seconds`` lets a scenario tell how much CPU everything else on the machine took.
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ from pathlib import Path
 from types import TracebackType
 
 import psutil
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent running processes since boot (any process)."""
+    times = psutil.cpu_times()
+    # Guest time is counted in user already; interrupts are left out, since on loopback they are
+    # mostly the benchmark's own traffic.
+    fields = ("user", "nice", "system")
+    return float(sum(getattr(times, name, 0.0) for name in fields))
 
 
 class ServerStartError(RuntimeError):
@@ -71,6 +81,8 @@ class ResourceMonitor:
         self._process = psutil.Process(pid)
         self._interval = interval
         self._peak_rss = 0
+        self._children: list[psutil.Process] = []
+        self._children_at = -1.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-monitor", daemon=True)
 
@@ -82,10 +94,15 @@ class ResourceMonitor:
         self._thread.join(timeout=2)
 
     def _tree(self) -> list[psutil.Process]:
-        try:
-            return [self._process, *self._process.children(recursive=True)]
-        except psutil.Error:
-            return []
+        # Listing children scans every process: do it about once a second, not per sample.
+        now = time.monotonic()
+        if now - self._children_at > 1.0:
+            self._children_at = now
+            try:
+                self._children = self._process.children(recursive=True)
+            except psutil.Error:
+                self._children = []
+        return [self._process, *self._children]
 
     def _run(self) -> None:
         while not self._stop.is_set():

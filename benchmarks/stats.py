@@ -17,6 +17,10 @@ class LatencySummary:
     p99_ms: float | None
     max_ms: float | None
     mean_ms: float | None
+    #: Publications owed but never received.
+    missing: int = 0
+    #: p99 counting each missing publication as never arriving: None when it falls among them.
+    p99_incl_lost_ms: float | None = None
 
 
 def percentile(sorted_values: Sequence[int], fraction: float) -> int:
@@ -27,10 +31,12 @@ def percentile(sorted_values: Sequence[int], fraction: float) -> int:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def summarize(latencies_us: Sequence[int]) -> LatencySummary:
+def summarize(latencies_us: Sequence[int], missing: int = 0) -> LatencySummary:
+    """Percentiles of what arrived, plus a p99 that counts ``missing`` as infinitely late."""
     if not latencies_us:
-        return LatencySummary(0, None, None, None, None, None)
+        return LatencySummary(0, None, None, None, None, None, missing)
     ordered = sorted(latencies_us)
+    rank = max(1, math.ceil(0.99 * (len(ordered) + missing)))
     return LatencySummary(
         count=len(ordered),
         p50_ms=percentile(ordered, 0.50) / 1000,
@@ -38,6 +44,8 @@ def summarize(latencies_us: Sequence[int]) -> LatencySummary:
         p99_ms=percentile(ordered, 0.99) / 1000,
         max_ms=ordered[-1] / 1000,
         mean_ms=sum(ordered) / len(ordered) / 1000,
+        missing=missing,
+        p99_incl_lost_ms=ordered[rank - 1] / 1000 if rank <= len(ordered) else None,
     )
 
 

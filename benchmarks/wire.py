@@ -19,9 +19,10 @@ import enum
 from typing import Final
 
 import msgspec
+from websockets.typing import Subprotocol
 
 CHAT_PREFIX: Final = "Client says: "
-V1_SUBPROTOCOL: Final = "broker.v1.json"
+V1_SUBPROTOCOL: Final = Subprotocol("broker.v1.json")
 WARMUP_SEQ: Final = -1
 
 
@@ -53,6 +54,7 @@ class Publication(msgspec.Struct, kw_only=True):
     message: str | None = None
 
 
+_CHAT_PREFIX_BYTES: Final = CHAT_PREFIX.encode()
 _V1_FRAME = Publication | list[Publication]
 _payload_decoder: Final = msgspec.json.Decoder(Payload)
 _v1_decoder: Final = msgspec.json.Decoder(_V1_FRAME)
@@ -86,11 +88,11 @@ def ping_frame(request_id: int) -> str:
     return f'{{"type":"ping","id":{request_id}}}'
 
 
-def decode_chat(text: str) -> Payload | None:
-    """The payload inside a chat broadcast, or None for any other chat text."""
-    if not text.startswith(CHAT_PREFIX):
+def decode_chat(frame: bytes) -> Payload | None:
+    """The payload inside a chat broadcast (raw UTF-8 frame), or None for any other chat text."""
+    if not frame.startswith(_CHAT_PREFIX_BYTES):
         return None
-    return _payload_decoder.decode(text[len(CHAT_PREFIX) :])
+    return _payload_decoder.decode(memoryview(frame)[len(_CHAT_PREFIX_BYTES) :])
 
 
 def decode_v1(frame: str | bytes) -> list[Publication]:

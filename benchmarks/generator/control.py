@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import threading
 import time
 from multiprocessing.connection import Connection
 
@@ -25,9 +26,9 @@ class LoadSpec:
     channel: str = "bench"
     subscribers: int = 100
     workers: int = 2
-    rate: float = 200.0
+    rate: float = 50.0
     duration: float = 10.0
-    message_bytes: int = 2048
+    message_bytes: int = 16384
     #: Seconds subscribers may take, after the last publication, to receive what is missing.
     drain_timeout: float = 5.0
     connect_timeout: float = 30.0
@@ -113,21 +114,30 @@ class CpuClock:
 
 
 class AsyncInbox:
-    """Receives the parent's commands inside an event loop."""
+    """Receives the parent's commands inside an event loop.
+
+    A thread does the blocking ``recv``: registering the pipe with the loop (``add_reader``)
+    would make it non-blocking under uvloop, and a large report would then fail to send.
+    """
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._queue: asyncio.Queue[object] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        loop.add_reader(conn.fileno(), self._on_readable)
+        self._loop = asyncio.get_running_loop()
+        threading.Thread(target=self._receive, name="inbox", daemon=True).start()
 
-    def _on_readable(self) -> None:
-        try:
-            while self._conn.poll():
-                self._queue.put_nowait(self._conn.recv())
-        except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(self._conn.fileno())
-            self._queue.put_nowait(Stop())  # the parent is gone: stop
+    def _receive(self) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                message = Stop()  # the parent is gone: stop
+            try:
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, message)
+            except RuntimeError:  # the loop is closed
+                return
+            if isinstance(message, Stop):
+                return
 
     async def get(self) -> object:
         return await self._queue.get()

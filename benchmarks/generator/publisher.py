@@ -145,7 +145,7 @@ async def _main(spec: LoadSpec, conn: Connection) -> None:
     ws = await connect(
         spec.url,
         compression=None,
-        subprotocols=[V1_SUBPROTOCOL] if spec.protocol is Protocol.V1 else None,  # type: ignore[list-item]
+        subprotocols=[V1_SUBPROTOCOL] if spec.protocol is Protocol.V1 else None,
         max_queue=4096,
         max_size=16 * 1024 * 1024,
         ping_interval=None,

@@ -98,7 +98,7 @@ class Subscriber:
         self.ws = await connect(
             url,
             compression=None,
-            subprotocols=[V1_SUBPROTOCOL] if self.protocol is Protocol.V1 else None,  # type: ignore[list-item]
+            subprotocols=[V1_SUBPROTOCOL] if self.protocol is Protocol.V1 else None,
             max_queue=_MAX_QUEUE,
             max_size=_MAX_SIZE,
             ping_interval=None,
@@ -125,10 +125,13 @@ class Subscriber:
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else "no close frame"
             self.closed = f"closed {code}"
+        except Exception as exc:  # a bug here must show up in the report, not stop reading
+            self.closed = f"reader failed: {type(exc).__name__}: {exc}"
+        finally:
             self.warm.set()
 
     def _on_chat(self, frame: bytes, now: int) -> None:
-        payload = decode_chat(frame.decode())
+        payload = decode_chat(frame)
         if payload is not None:
             self._on_payload(payload, now, len(frame))
 

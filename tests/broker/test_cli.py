@@ -85,7 +85,10 @@ async def test_sigterm_drains_every_client_with_disconnect_then_1001_and_exits_i
         # A client that never reads or answers the close handshake must not hold the exit up.
         stuck = await open_raw(port, "/v1/ws")
         try:
-            async with open_client(url, Encoding.JSON) as a, open_client(url, Encoding.MSGPACK) as b:
+            async with (
+                open_client(url, Encoding.JSON) as a,
+                open_client(url, Encoding.MSGPACK) as b,
+            ):
                 for client in (a, b):
                     await client.send(Subscribe(id=1, channel="news"))
                     await client.expect(Subscribed)
@@ -132,7 +135,7 @@ async def test_check_config_accepts_the_shipped_file_and_names_the_bad_key_of_an
 ) -> None:
     async with broker_process("check-config", str(ROOT / "config" / "broker.toml")) as process:
         async with asyncio.timeout(TIMEOUT):
-            out, err = await process.communicate()
+            _, err = await process.communicate()
         assert process.returncode == 0, err.decode()
     bad = tmp_path / "bad.toml"
     bad.write_text('[queue]\noverflow = "explode"\n')
