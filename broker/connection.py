@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket
 
 from broker.hub import DetachCommand, Hub, Subscriber
 from broker.logs import get_logger
-from broker.outbox import Outbox
+from broker.outbox import FlushScheduler, Outbox
 from broker.settings import Settings
 from broker.transport import (
     TRANSPORT_EXTENSION,
@@ -90,6 +90,7 @@ class Connection:
         codec: Codec | None,
         endpoint: str,
         client_id: str | None = None,
+        flusher: FlushScheduler | None = None,
     ) -> None:
         self.websocket = websocket
         self.hub = hub
@@ -119,6 +120,10 @@ class Connection:
         self.remote = _remote(websocket)
         link = websocket.scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
         self.link: TransportLink | None = link if isinstance(link, TransportLink) else None
+        if self.link is not None:
+            # Frames leave from the flusher's turn when the socket takes them at once.
+            self.outbox.write_through = self._write_through
+            self.outbox.flusher = flusher
         self.sink: FrameSink = (
             TransportFrameSink(self.link, websocket.send)
             if self.link is not None
@@ -283,6 +288,9 @@ class Connection:
         link = self.link
         while True:
             await outbox.wait_ready()
+            if link is not None and link.disconnected:
+                self.client_closed(1006, "connection lost")
+                return
             if outbox.overflowed:
                 self._slow_consumer("outbox_full")
                 self.request_close(CloseCode.SLOW_CONSUMER)
@@ -296,9 +304,9 @@ class Connection:
             try:
                 if link is not None and link.writable_now():
                     # The fast path: the socket takes it now, so no wait, no deadline, no
-                    # cancel scope: one framing pass and one transport.write for everything.
+                    # cancel scope: one transport.write for everything.
                     for frames, text in runs:
-                        link.write_frames(frames, text=text)
+                        link.write_prepared(frames, text=text)
                     continue
                 if not await self._write_with_deadline(runs):
                     return
@@ -306,7 +314,7 @@ class Connection:
                 self.client_closed(1006, "connection lost")
                 return
 
-    async def _write_with_deadline(self, runs: list[tuple[list[bytes], bool]]) -> bool:
+    async def _write_with_deadline(self, runs: list[tuple[list[Frame], bool]]) -> bool:
         """Write once the socket takes it, within ``write_timeout``. False: the client is gone."""
         try:
             with (
@@ -314,7 +322,7 @@ class Connection:
                 anyio.fail_after(self.settings.websocket.write_timeout),
             ):
                 for frames, text in runs:
-                    await self.sink.write(frames, text=text)
+                    await self.sink.write([frame.data for frame in frames], text=text)
             # When cancelled (overflow, close request), the frames were not written: the only
             # wait comes before the write itself. The loop goes on to what cancelled it.
             self._write_scope = None
@@ -338,27 +346,31 @@ class Connection:
             frames = gaps + frames
         return frames
 
-    def _encode(self, frames: list[Frame]) -> list[tuple[list[bytes], bool]]:
-        """WebSocket message payloads for ``frames``, as runs of one kind (text or binary).
+    def _encode(self, frames: list[Frame]) -> list[tuple[list[Frame], bool]]:
+        """WebSocket messages for ``frames``, as runs of one kind (text or binary).
 
-        On ``/v1/ws`` messages are packed into batch frames of at most ``queue.max_batch``
-        messages and about ``queue.max_batch_bytes`` bytes (a lone larger message goes alone).
-        On the plain endpoints each message is a frame of its own.
+        On ``/v1/ws`` several messages are packed into batch frames of at most
+        ``queue.max_batch`` messages and about ``queue.max_batch_bytes`` bytes (a lone larger
+        message goes alone; a lone message keeps its shared ``Frame``). On the plain endpoints
+        each message is a frame of its own.
         """
         stats = self.stats
         stats.messages_out += len(frames)
         codec = self.codec
         if codec is None:
-            runs: list[tuple[list[bytes], bool]] = []
+            runs: list[tuple[list[Frame], bool]] = []
             for frame in frames:
                 if runs and runs[-1][1] == (not frame.binary):
-                    runs[-1][0].append(frame.data)
+                    runs[-1][0].append(frame)
                 else:
-                    runs.append(([frame.data], not frame.binary))
+                    runs.append(([frame], not frame.binary))
                 stats.bytes_out += len(frame.data)
             return runs
+        if len(frames) == 1:
+            stats.bytes_out += len(frames[0].data)
+            return [(frames, codec.text)]
         queue = self.settings.queue
-        batches: list[bytes] = []
+        batches: list[Frame] = []
         batch: list[bytes] = []
         size = 0
         for frame in frames:
@@ -366,14 +378,30 @@ class Connection:
             if batch and (
                 len(batch) >= queue.max_batch or size + len(data) > queue.max_batch_bytes
             ):
-                batches.append(codec.batch(batch))
+                batches.append(Frame(codec.batch(batch)))
                 batch, size = [], 0
             batch.append(data)
             size += len(data)
         if batch:
-            batches.append(codec.batch(batch))
-        stats.bytes_out += sum(map(len, batches))
+            batches.append(Frame(codec.batch(batch)))
+        stats.bytes_out += sum(len(frame.data) for frame in batches)
         return [(batches, codec.text)]
+
+    def _write_through(self) -> bool:
+        """Write everything queued now, in the flusher's turn, if the socket takes it at once.
+
+        Returns False when the writer has to do it (socket busy, closing, or a plain ASGI sink).
+        """
+        link = self.link
+        if link is None or self.close_request is not None or not link.writable_now():
+            return False
+        try:
+            for frames, text in self._encode(self._take_frames()):
+                link.write_prepared(frames, text=text)
+        except ClientGone:
+            self.client_closed(1006, "connection lost")
+            return False
+        return True
 
     async def _close(self, request: CloseRequest) -> None:
         """Carry out ``request`` within ``close_timeout``; reset the socket if that fails."""
@@ -395,8 +423,8 @@ class Connection:
                         retry_after=request.retry_after,
                     )
                     frames.append(Frame(self.codec.encode(notice)))
-                for payloads, text in self._encode(frames) if frames else []:
-                    await self.sink.write(payloads, text=text)
+                for run, text in self._encode(frames) if frames else []:
+                    await self.sink.write([frame.data for frame in run], text=text)
                 await self.sink.close(request.code, request.reason)
             except ClientGone:
                 return

@@ -26,6 +26,34 @@ from broker.settings import OverflowPolicy
 from protocol import Frame
 
 
+class FlushScheduler:
+    """Flushes, right after the current turn of the event loop, every outbox fed during it.
+
+    The hub handles a burst of commands in one turn; each subscriber's frames from that turn then
+    leave in one write, made here, without waking its writer task: no task switch per delivery,
+    and a batch whenever the turn queued several messages. An outbox whose socket does not take
+    the write at once wakes its writer instead, which waits with a deadline.
+    """
+
+    __slots__ = ("_dirty", "_scheduled")
+
+    def __init__(self) -> None:
+        self._dirty: list[Outbox] = []
+        self._scheduled = False
+
+    def schedule(self, outbox: Outbox) -> None:
+        self._dirty.append(outbox)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for outbox in dirty:
+            outbox.flush()
+
+
 @dataclass(slots=True)
 class SkippedRange:
     """Publications of ``channel`` from ``first`` to ``last`` (inclusive) that were dropped."""
@@ -55,16 +83,19 @@ class Outbox:
         "_bytes",
         "_closed",
         "_dropped",
+        "_flush_pending",
         "_frames",
         "_interrupted",
         "_overflowed",
         "_released",
         "_skipped",
         "_waiter",
+        "flusher",
         "max_bytes",
         "max_messages",
         "on_overflow",
         "policy",
+        "write_through",
     )
 
     def __init__(self, *, max_messages: int, max_bytes: int, policy: OverflowPolicy) -> None:
@@ -83,6 +114,13 @@ class Outbox:
         #: Called once when the outbox overflows, so a writer stuck on the socket can stop
         #: waiting for it: the client is being dropped anyway.
         self.on_overflow: Callable[[], None] | None = None
+        #: Set by the connection: writes everything queued straight to the socket when it can
+        #: do so at once, returning whether it did. Called only while the writer waits.
+        self.write_through: Callable[[], bool] | None = None
+        #: Set by the connection: gathers the outboxes fed during one turn of the event loop and
+        #: flushes them right after it (``FlushScheduler``).
+        self.flusher: FlushScheduler | None = None
+        self._flush_pending = False
 
     # --- producer side (hub, reader) ------------------------------------------------------------
 
@@ -115,7 +153,14 @@ class Outbox:
                 return False
         self._frames.append(frame)
         self._bytes += size
-        self._wake()
+        if self._waiter is not None and not self._flush_pending:
+            flusher = self.flusher
+            if flusher is not None and self.write_through is not None:
+                # Written after this turn of the loop, with whatever else the turn queues.
+                self._flush_pending = True
+                flusher.schedule(self)
+            else:
+                self._wake()
         return True
 
     def _make_room(self, size: int) -> bool:
@@ -178,6 +223,22 @@ class Outbox:
         self._frames.clear()
         self._bytes = 0
         self._skipped.clear()
+        self._wake()
+
+    def flush(self) -> None:
+        """Write what is queued now if the socket takes it, else wake the writer to do it."""
+        self._flush_pending = False
+        if self._waiter is None:
+            return  # The writer is awake: it takes everything queued anyway.
+        write_through = self.write_through
+        if (
+            write_through is not None
+            and not self._overflowed
+            and not self._closed
+            and not self._interrupted
+            and write_through()
+        ):
+            return
         self._wake()
 
     def interrupt(self) -> None:

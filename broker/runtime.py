@@ -19,6 +19,7 @@ from broker.backplane import Backplane, Head, create_backplane
 from broker.connection import Connection, ConnectionStatistics
 from broker.hub import Hub
 from broker.logs import get_logger
+from broker.outbox import FlushScheduler
 from broker.settings import Settings
 from protocol import Codec, Encoding, namespace_of
 
@@ -44,6 +45,8 @@ class Broker:
         self.settings = settings
         self.backplane = backplane or create_backplane(settings)
         self.hub = Hub(settings, self.backplane)
+        #: Flushes every outbox fed during a turn of the event loop right after it.
+        self.flusher = FlushScheduler()
         self.connections: dict[str, Connection] = {}
         self.totals = Totals()
         self.close_codes: dict[int, int] = {}

@@ -36,6 +36,9 @@ from starlette.websockets import WebSocketDisconnect
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 from websockets.http11 import Request
+from websockets.protocol import State
+
+from protocol import Frame
 
 TRANSPORT_EXTENSION = "broker.transport"
 
@@ -121,6 +124,40 @@ class TransportLink:
             raise ClientGone from exc
         protocol.transport.write(b"".join(conn.data_to_send()))
 
+    def write_prepared(self, frames: Sequence[Frame], *, text: bool) -> None:
+        """Write ``frames`` in one call, framing each payload at most once for all connections.
+
+        With no extension negotiated (permessage-deflate is off by default), a server frame is a
+        fixed function of its payload (RFC 6455 §5.2: no mask), so the bytes made for the first
+        subscriber are written as they are to every other one. With an extension, each
+        connection frames through ``websockets`` as usual. Raises ``ClientGone``.
+        """
+        protocol = self._protocol
+        if protocol.conn.extensions:
+            self.write_frames([frame.data for frame in frames], text=text)
+            return
+        if (
+            protocol.disconnected
+            or protocol.close_sent
+            or protocol.conn.state is not State.OPEN
+            or protocol.transport.is_closing()
+        ):
+            raise ClientGone
+        if len(frames) == 1:
+            frame = frames[0]
+            wire = frame.wire
+            if wire is None:
+                wire = frame.wire = server_frame(frame.data, text=text)
+            protocol.transport.write(wire)
+            return
+        wires = []
+        for frame in frames:
+            wire = frame.wire
+            if wire is None:
+                wire = frame.wire = server_frame(frame.data, text=text)
+            wires.append(wire)
+        protocol.transport.write(b"".join(wires))
+
     def abort(self) -> None:
         """Reset the connection now, dropping whatever is buffered for it."""
         self._protocol.abort_connection()
@@ -180,7 +217,7 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
             message = notice(close.code, close.reason)
             if message is not None:
                 payload, text = message
-                self.transport.write(_server_frame(payload, text=text))
+                self.transport.write(server_frame(payload, text=text))
         super().handle_parser_exception()
 
     def abort_connection(self) -> None:
@@ -196,8 +233,8 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         transport.abort()
 
 
-def _server_frame(payload: bytes, *, text: bool) -> bytes:
-    """One final, unmasked frame (RFC 6455 §5.2), for the rare write outside the framer."""
+def server_frame(payload: bytes, *, text: bool) -> bytes:
+    """One final, unmasked server frame (RFC 6455 §5.2) holding ``payload``."""
     first = 0x81 if text else 0x82
     length = len(payload)
     if length < 126:

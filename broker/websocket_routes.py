@@ -12,6 +12,7 @@ from broker.connection import Connection
 from broker.dependencies import BrokerDep, SettingsDep
 from broker.plain import run_chat, run_data, run_echo
 from broker.runtime import Broker
+from broker.settings import Settings
 from broker.v1 import V1Reader
 from protocol import (
     CLOSE_REASONS,
@@ -50,6 +51,19 @@ async def _admit(websocket: WebSocket, broker: Broker, codec: Codec | None) -> b
     return True
 
 
+def _connection(
+    websocket: WebSocket, broker: Broker, settings: Settings, codec: Codec | None, endpoint: str
+) -> Connection:
+    return Connection(
+        websocket,
+        hub=broker.hub,
+        settings=settings,
+        codec=codec,
+        endpoint=endpoint,
+        flusher=broker.flusher,
+    )
+
+
 async def _run(
     connection: Connection, broker: Broker, reader: Callable[[], Awaitable[None]]
 ) -> None:
@@ -69,9 +83,7 @@ async def v1_endpoint(websocket: WebSocket, broker: BrokerDep, settings: Setting
         return
     if not await _admit(websocket, broker, codec):
         return
-    connection = Connection(
-        websocket, hub=broker.hub, settings=settings, codec=codec, endpoint="/v1/ws"
-    )
+    connection = _connection(websocket, broker, settings, codec, "/v1/ws")
     await _run(connection, broker, V1Reader(connection, broker, codec).run)
 
 
@@ -79,9 +91,7 @@ async def v1_endpoint(websocket: WebSocket, broker: BrokerDep, settings: Setting
 async def echo_endpoint(websocket: WebSocket, broker: BrokerDep, settings: SettingsDep) -> None:
     if not await _admit(websocket, broker, None):
         return
-    connection = Connection(
-        websocket, hub=broker.hub, settings=settings, codec=None, endpoint="/ws"
-    )
+    connection = _connection(websocket, broker, settings, None, "/ws")
     await _run(connection, broker, lambda: run_echo(connection))
 
 
@@ -89,9 +99,7 @@ async def echo_endpoint(websocket: WebSocket, broker: BrokerDep, settings: Setti
 async def data_endpoint(websocket: WebSocket, broker: BrokerDep, settings: SettingsDep) -> None:
     if not await _admit(websocket, broker, None):
         return
-    connection = Connection(
-        websocket, hub=broker.hub, settings=settings, codec=None, endpoint="/ws/data"
-    )
+    connection = _connection(websocket, broker, settings, None, "/ws/data")
     await _run(connection, broker, lambda: run_data(connection))
 
 
@@ -99,7 +107,5 @@ async def data_endpoint(websocket: WebSocket, broker: BrokerDep, settings: Setti
 async def chat_endpoint(websocket: WebSocket, broker: BrokerDep, settings: SettingsDep) -> None:
     if not await _admit(websocket, broker, None):
         return
-    connection = Connection(
-        websocket, hub=broker.hub, settings=settings, codec=None, endpoint="/ws/chat"
-    )
+    connection = _connection(websocket, broker, settings, None, "/ws/chat")
     await _run(connection, broker, lambda: run_chat(connection, broker.hub))

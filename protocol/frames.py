@@ -8,7 +8,7 @@ encoding pair, however many subscribers there are. Every subscriber's outbox get
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -16,12 +16,14 @@ from protocol.codec import CODECS, Codec, Encoding, convert_payload
 from protocol.messages import Publication
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Frame:
     """Bytes ready for the socket, with the publication they carry when they carry one.
 
     ``channel`` and ``offset`` let an outbox that drops frames (policy ``drop_oldest``) tell the
-    client which publications it skipped; control frames have ``channel`` None.
+    client which publications it skipped; control frames have ``channel`` None. One ``Frame`` is
+    shared by every subscriber of an encoding, so nothing but ``wire`` is ever changed after it
+    is made.
     """
 
     data: bytes
@@ -30,6 +32,9 @@ class Frame:
     #: A binary frame on the plain endpoints (``/ws/data`` echoes bytes); ``/v1/ws`` frames take
     #: their kind from the connection's encoding instead.
     binary: bool = False
+    #: The whole WebSocket frame (RFC 6455 header and payload), made by the transport the first
+    #: time it is written and reused for every other subscriber.
+    wire: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def size(self) -> int:

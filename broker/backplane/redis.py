@@ -60,6 +60,8 @@ _HEAD_KEEP_MS = 24 * 3600 * 1000
 _announcement = msgspec.json.Decoder(Join | Leave)
 _member_encoder = msgspec.json.Encoder()
 _member_decoder = msgspec.json.Decoder(ClientInfo)
+#: Connections per shard and process (the pub/sub connection included).
+_POOL_SIZE = 100
 # What a broken connection, a timeout or a Redis that went away raise in redis-py.
 _FAILURES = (RedisError, OSError, TimeoutError)
 
@@ -78,12 +80,19 @@ class RedisShard:
         self.settings = settings
         self.process = process
         self.keys = RedisKeys(settings.key_prefix)
-        self.redis = aioredis.Redis.from_url(
+        # A blocking pool: a burst of more concurrent commands than connections (publishes from
+        # many clients at once) waits for a free connection, up to ``timeout``. redis-py's default
+        # pool raises "Too many connections" at once, which would answer ``unavailable`` to
+        # publishes while Redis is perfectly healthy.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=_POOL_SIZE,
+            timeout=settings.timeout,
             socket_timeout=settings.timeout,
             socket_connect_timeout=settings.timeout,
             health_check_interval=0,
         )
+        self.redis = aioredis.Redis.from_pool(pool)
         self._publish = self.redis.register_script(PUBLISH_SCRIPT)
         self._head = self.redis.register_script(HEAD_SCRIPT)
         self.watched: set[str] = set()
@@ -282,13 +291,24 @@ class RedisShard:
         self, channel: str, after: int, limit: int | None, options: NamespaceSettings
     ) -> Page:
         head = await self.head(channel, options)
+        key = self.keys.stream(channel)
+        publications: list[PublicationFrames] = []
+        batch = limit
         try:
-            entries: Any = await self.redis.xrange(
-                self.keys.stream(channel), min=f"({after}-0", max="+", count=limit
-            )
+            # Entries past their TTL that Redis has not trimmed yet are skipped, and ``limit``
+            # counts retained publications only: read on past the expired ones.
+            while limit is None or len(publications) < limit:
+                entries: Any = await self.redis.xrange(key, min=f"({after}-0", max="+", count=batch)
+                if not entries:
+                    break
+                publications += self._publications(channel, head, entries, options)
+                if limit is None or batch is None or len(entries) < batch:
+                    break
+                after = int(entries[-1][0].split(b"-", 1)[0])
+                batch = max(limit - len(publications), 2 * batch)
         except _FAILURES as exc:
             raise BackplaneUnavailable(str(exc)) from None
-        return Page(head, self._publications(channel, head, entries or [], options))
+        return Page(head, publications if limit is None else publications[:limit])
 
     async def latest(self, channel: str, limit: int | None, options: NamespaceSettings) -> Page:
         head = await self.head(channel, options)

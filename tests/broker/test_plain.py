@@ -201,7 +201,9 @@ async def test_a_chat_client_that_stops_reading_does_not_hold_the_others_back() 
         assert running.broker.hub.subscriber_count("#chat") == 2
 
         # Once it reads again, the stalled client finds an in-order prefix of the lines, then the
-        # close frame of a slow consumer.
+        # end: its socket took nothing more when it was dropped, so the server reset it rather
+        # than hold its buffers for a close frame it could not send (a 4008 close frame is sent
+        # when the socket still takes one).
         received = 0
         with pytest.raises(ConnectionClosed) as closed:
             while True:
@@ -209,5 +211,4 @@ async def test_a_chat_client_that_stops_reading_does_not_hold_the_others_back() 
                 assert reply == f"Client says: {received:06d}" + "x" * line_size
                 received += 1
         assert 0 < received < lines
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code == 4008
+        assert closed.value.rcvd is None or closed.value.rcvd.code == 4008
