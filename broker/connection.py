@@ -249,6 +249,11 @@ class Connection:
 
                 tasks.start_soon(run_then_cancel, reader)
                 tasks.start_soon(run_then_cancel, self._write)
+        except Exception:
+            # A bug, not the client's doing: log it whole, tell the client 1011 (PROTOCOL.md
+            # close codes) without a traceback, and clean up as for any other end.
+            log.exception("connection.failed")
+            await self._close_after_failure()
         finally:
             self.outbox.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -257,6 +262,16 @@ class Connection:
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                     pass  # The hub has stopped: there is nothing left to forget us in.
             self._log_closed()
+
+    async def _close_after_failure(self) -> None:
+        self.close_code, self.close_reason = int(CloseCode.INTERNAL_ERROR), "internal error"
+        with anyio.move_on_after(self.settings.websocket.close_timeout) as scope:
+            try:
+                await self.sink.close(CloseCode.INTERNAL_ERROR, "internal error")
+            except ClientGone:
+                return
+        if scope.cancelled_caught:
+            self.sink.abort()
 
     def drain(self) -> None:
         """Server shutdown: flush, then ``disconnect`` (reconnect) and close 1001."""
