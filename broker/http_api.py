@@ -34,9 +34,25 @@ def _json(value: object, status: int = 200) -> Response:
 
 
 @router.post("/v1/publish")
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, or 413 as soon as it is larger than ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(status_code=413, detail=f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def publish(request: Request, broker: BrokerDep) -> Response:
+    # The same bound as a WebSocket client's message (websocket.max_message_bytes), plus room
+    # for the JSON around ``data``.
+    limit = broker.settings.websocket.max_message_bytes + 1024
+    raw = await _read_body(request, limit)
     try:
-        body = _body_decoder.decode(await request.body())
+        body = _body_decoder.decode(raw)
     except (msgspec.DecodeError, RecursionError) as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
     try:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from broker.settings import NamespaceSettings, Settings
+from broker.settings import NamespaceSettings, Settings, WebSocketSettings
 from protocol import (
     Disconnect,
     Encoding,
@@ -243,3 +243,13 @@ async def test_metrics_are_prometheus_text_that_follow_connections_and_publicati
         after = await scrape()
     assert after["broker_publications_total"] == before["broker_publications_total"] + 1
     assert after["broker_deliveries_total"] == before["broker_deliveries_total"] + 2
+
+
+async def test_a_publish_body_larger_than_the_message_limit_is_refused_with_413() -> None:
+    settings = Settings(websocket=WebSocketSettings(max_message_bytes=1024))
+    async with serve_broker(settings) as running, httpx.AsyncClient() as http:
+        big = {"channel": "news", "data": "x" * 5000}
+        response = await http.post(running.http("/v1/publish"), json=big)
+        assert response.status_code == 413
+        small = {"channel": "news", "data": "x" * 500}
+        assert (await http.post(running.http("/v1/publish"), json=small)).status_code == 200
