@@ -33,7 +33,6 @@ def _json(value: object, status: int = 200) -> Response:
     return Response(_encoder.encode(value), status_code=status, media_type="application/json")
 
 
-@router.post("/v1/publish")
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, or 413 as soon as it is larger than ``limit`` bytes."""
     chunks: list[bytes] = []
@@ -46,6 +45,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+@router.post("/v1/publish")
 async def publish(request: Request, broker: BrokerDep) -> Response:
     # The same bound as a WebSocket client's message (websocket.max_message_bytes), plus room
     # for the JSON around ``data``.
