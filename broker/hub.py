@@ -192,6 +192,8 @@ class FilledCommand:
     """The result of reading a missed range ``after < offset <= upto`` of a channel."""
 
     channel: str
+    #: The epoch the range belongs to: a fill for a stream since replaced is ignored.
+    epoch: str
     upto: int
     page: Page | None
 
@@ -645,16 +647,19 @@ class Hub:
 
     def _sequence(self, state: ChannelState, publication: PublicationFrames) -> None:
         if publication.epoch != state.epoch:
-            # The stream was lost and started again: follow the new one. Subscribers see the new
-            # epoch on the message itself and know that old positions mean nothing now.
-            state.epoch, state.offset = publication.epoch, publication.offset - 1
+            # The stream was lost and started again: follow the new one from its start, reading
+            # what it already holds. Subscribers see the new epoch on the messages themselves and
+            # know that old positions mean nothing now.
+            state.epoch, state.offset = publication.epoch, 0
         offset = publication.offset
         if offset <= state.offset:
             return  # Already delivered.
         if offset > state.offset + 1:
             state.filling = True
             state.pending.append(publication)
-            self._spawn(self._read_range, state.name, state.offset, offset - 1, state.options)
+            self._spawn(
+                self._read_range, state.name, state.epoch, state.offset, offset - 1, state.options
+            )
             return
         state.offset = offset
         self._fan_out(state, publication)
@@ -691,7 +696,7 @@ class Hub:
             self._detach(subscriber)
 
     async def _read_range(
-        self, channel: str, after: int, upto: int, options: NamespaceSettings
+        self, channel: str, epoch: str, after: int, upto: int, options: NamespaceSettings
     ) -> None:
         page: Page | None = None
         try:
@@ -701,11 +706,16 @@ class Hub:
         except Exception:
             log.exception("hub.fill_read_failed", channel=channel)
         # Always answered: what could not be read is reported to subscribers as a ``gap``.
-        await self.submit(FilledCommand(channel, upto, page))
+        await self.submit(FilledCommand(channel, epoch, upto, page))
 
     def _filled(self, command: FilledCommand) -> None:
         state = self._channels.get(command.channel)
         if state is None:
+            return
+        if command.epoch != state.epoch:
+            # The stream was replaced while this range was read: its numbers mean nothing now.
+            state.filling = False
+            self._resequence(state)
             return
         page = command.page
         found = []
@@ -720,6 +730,10 @@ class Hub:
             self._gap(state, state.offset + 1, command.upto)
             state.offset = command.upto
         state.filling = False
+        self._resequence(state)
+
+    def _resequence(self, state: ChannelState) -> None:
+        """Sequence the publications held back while a range was read."""
         pending, state.pending = state.pending, []
         for publication in pending:
             if state.filling:
@@ -763,12 +777,15 @@ class Hub:
             for publication in pending:
                 self._live(publication)
             return
-        # Live delivery was re-established (after an outage): catch up on what was missed.
+        # Live delivery was re-established (after an outage): catch up on what was missed,
+        # from the start of the stream when it is a new one.
         if head.epoch != state.epoch:
-            state.epoch, state.offset = head.epoch, head.offset
-        elif head.offset > state.offset and not state.filling:
+            state.epoch, state.offset = head.epoch, 0
+        if head.offset > state.offset and not state.filling:
             state.filling = True
-            self._spawn(self._read_range, channel, state.offset, head.offset, state.options)
+            self._spawn(
+                self._read_range, channel, state.epoch, state.offset, head.offset, state.options
+            )
 
     # --- history and presence -------------------------------------------------------------------
 

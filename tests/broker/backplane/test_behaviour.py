@@ -146,13 +146,13 @@ async def test_every_subscriber_gets_offsets_1_to_n_in_order_whatever_the_encodi
         replies = []
         for i in range(1, 21):
             publisher = pub_json if i % 2 else pub_msgpack
-            replies.append(await publish(publisher, "ticks", {"n": i, "text": "ü"}, i))
+            replies.append(await publish(publisher, "ticks", {"n": i, "text": "ü|1|x|"}, i))
         assert [r.offset for r in replies] == list(range(1, 21))
         assert len({r.epoch for r in replies}) == 1
         for sub in subscribers:
             got = await receive(sub, 20)
             assert [(m.offset, sub.data(m.data)) for m in got] == [
-                (i, {"n": i, "text": "ü"}) for i in range(1, 21)
+                (i, {"n": i, "text": "ü|1|x|"}) for i in range(1, 21)
             ]
             assert {m.epoch for m in got} == {replies[0].epoch}
             assert [m.from_ for m in got] == [
@@ -275,22 +275,31 @@ async def test_history_since_a_position_of_another_epoch_answers_the_latest(
 async def test_history_forgets_publications_older_than_the_ttl(
     backplane: BackplaneSettings,
 ) -> None:
-    ttl = 0.4
+    ttl = 1.0
     async with (
         serve(backplane, h=NamespaceSettings(history_size=10, history_ttl=ttl)) as running,
         clients(running.url(), Encoding.JSON) as (client,),
     ):
+        # Time is the behaviour: 1 and 2 expire at ttl, 3 (published between) at 1.55 * ttl.
         await publish(client, "h:log", "old", 1)
         await publish(client, "h:log", "old too", 2)
-        await asyncio.sleep(ttl + 0.2)  # time is the behaviour
-        await publish(client, "h:log", "fresh", 3)
+        await asyncio.sleep(0.55 * ttl)
+        await publish(client, "h:log", "kept", 3)
+        await asyncio.sleep(0.55 * ttl)
+        await publish(client, "h:log", "fresh", 4)
+        await publish(client, "h:log", "fresh too", 5)
         result = await history(client, "h:log")
-        assert [(p.offset, client.data(p.data)) for p in result.publications] == [(3, "fresh")]
-        await client.send(
-            Subscribe(id=9, channel="h:log", since=StreamPosition(offset=1, epoch=result.epoch))
-        )
-        reply = await client.expect(Subscribed)
-        assert (reply.recovered, reply.offset, reply.publications) == (False, 3, [])
+        assert [(p.offset, client.data(p.data)) for p in result.publications] == [
+            (3, "kept"),
+            (4, "fresh"),
+            (5, "fresh too"),
+        ]
+        # A limit counts retained publications, not the expired ones before them.
+        oldest = StreamPosition(offset=0, epoch=result.epoch)
+        result = await history(client, "h:log", limit=2, since=oldest)
+        assert [p.offset for p in result.publications] == [3, 4]
+        reply = await subscribe(client, "h:log", since=StreamPosition(offset=1, epoch=result.epoch))
+        assert (reply.recovered, reply.offset, reply.publications) == (False, 5, [])
 
 
 # --- recovery -----------------------------------------------------------------------------------
