@@ -160,6 +160,9 @@ class RedisShard:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._reconcile, pubsub)
             tasks.start_soon(self._check_health)
+            # A Redis that restarted has lost this process's presence entries: write them again
+            # now rather than at the next renewal.
+            tasks.start_soon(self._write_all_presence)
             while True:
                 message = await pubsub.get_message(timeout=self.settings.health_interval)
                 if message is not None:
@@ -380,8 +383,11 @@ class RedisShard:
     async def _renew_presence(self) -> None:
         while True:
             await anyio.sleep(self.settings.presence_ttl / 3)
-            for channel, members in list(self._presence.items()):
-                await self._presence_write(channel, list(members.values()), [])
+            await self._write_all_presence()
+
+    async def _write_all_presence(self) -> None:
+        for channel, members in list(self._presence.items()):
+            await self._presence_write(channel, list(members.values()), [])
 
     async def presence(self, channel: str) -> list[ClientInfo]:
         key = self.keys.presence(channel)
