@@ -30,9 +30,9 @@ under a name no client can use.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -40,7 +40,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from broker.backplane.base import (
     Backplane,
-    BackplaneEvent,
     BackplaneUnavailable,
     ChannelHead,
     Head,
@@ -48,13 +47,25 @@ from broker.backplane.base import (
     Page,
     RemoteAnnouncement,
 )
+from broker.channel_state import ChannelState, Recovery
+from broker.commands import (
+    ChannelsQuery,
+    ChatJoinCommand,
+    ChatSayCommand,
+    Command,
+    DetachCommand,
+    FilledCommand,
+    HistoryCommand,
+    PresenceCommand,
+    RecoveredCommand,
+    SubscribeCommand,
+    UnsubscribeCommand,
+)
 from broker.logs import get_logger
-from broker.outbox import Outbox
 from broker.settings import NamespaceSettings, Settings
+from broker.subscriber import Reply, Subscriber
 from protocol import (
     CODECS,
-    ClientInfo,
-    Codec,
     Encoding,
     Error,
     ErrorCode,
@@ -82,204 +93,26 @@ log = get_logger(__name__)
 CHAT_ROOM = "#chat"
 CHAT_LEFT = b"A client has left the chat."
 
-T = TypeVar("T")
-
-
-@dataclass(eq=False, slots=True)
-class Subscriber:
-    """What the hub knows of one connection. Identity is the object itself."""
-
-    id: str
-    #: The connection's wire encoding; None for the plain-text chat endpoint.
-    encoding: Encoding | None
-    outbox: Outbox
-    user: str | None = None
-    #: Channels this connection is subscribed to (or subscribing); owned by the hub.
-    channels: set[str] = field(default_factory=set)
-    detached: bool = False
-    #: ``time.monotonic()`` since which it has had no subscription; None while it has one.
-    idle_since: float | None = field(default_factory=time.monotonic)
-
-    def codec(self) -> Codec:
-        assert self.encoding is not None
-        return CODECS[self.encoding]
-
-    def info(self) -> ClientInfo:
-        return ClientInfo(client=self.id, user=self.user)
-
-
-class Reply(Generic[T]):
-    """A one-shot answer from the hub to a caller that waits for it (the HTTP API)."""
-
-    __slots__ = ("_event", "_value")
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-        self._value: T | None = None
-
-    def set(self, value: T) -> None:
-        self._value = value
-        self._event.set()
-
-    async def wait(self) -> T:
-        await self._event.wait()
-        assert self._value is not None
-        return self._value
-
-
-# --- commands -----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class SubscribeCommand:
-    subscriber: Subscriber
-    request: Subscribe
-
-
-@dataclass(slots=True)
-class UnsubscribeCommand:
-    subscriber: Subscriber
-    request: Unsubscribe
-
-
-@dataclass(slots=True)
-class HistoryCommand:
-    subscriber: Subscriber
-    request: History
-
-
-@dataclass(slots=True)
-class PresenceCommand:
-    subscriber: Subscriber
-    request: Presence
-
-
-@dataclass(slots=True)
-class DetachCommand:
-    """The connection is gone: forget every subscription it had."""
-
-    subscriber: Subscriber
-
-
-@dataclass(slots=True)
-class ChatJoinCommand:
-    subscriber: Subscriber
-
-
-@dataclass(slots=True)
-class ChatSayCommand:
-    subscriber: Subscriber
-    text: str
-
-
-@dataclass(slots=True)
-class ChannelsQuery:
-    reply: Reply[list[tuple[str, int]]]
-
-
-@dataclass(slots=True)
-class RecoveredCommand:
-    """The result of a recovery read (None when the backplane could not be read)."""
-
-    subscriber: Subscriber
-    request: Subscribe
-    upto: int
-    page: Page | None
-
-
-@dataclass(slots=True)
-class FilledCommand:
-    """The result of reading a missed range ``after < offset <= upto`` of a channel."""
-
-    channel: str
-    #: The epoch the range belongs to: a fill for a stream since replaced is ignored.
-    epoch: str
-    upto: int
-    page: Page | None
-
-
-Command = (
-    SubscribeCommand
-    | UnsubscribeCommand
-    | HistoryCommand
-    | PresenceCommand
-    | DetachCommand
-    | ChatJoinCommand
-    | ChatSayCommand
-    | ChannelsQuery
-    | RecoveredCommand
-    | FilledCommand
-    | BackplaneEvent
-)
-
-
-# --- state --------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Recovery:
-    """A subscribe whose missed publications are being read, and what arrived meanwhile."""
-
-    request: Subscribe
-    held: list[PublicationFrames] = field(default_factory=list)
-
-
-class ChannelState:
-    """One channel as this process sees it: its subscribers and its delivery position."""
-
-    __slots__ = (
-        "epoch",
-        "filling",
-        "joining",
-        "live",
-        "name",
-        "offset",
-        "options",
-        "pending",
-        "recovering",
-        "watching",
-    )
-
-    def __init__(self, name: str, options: NamespaceSettings) -> None:
-        self.name = name
-        self.options = options
-        self.epoch = ""
-        #: The offset of the last publication delivered (or the head when watching started).
-        self.offset = 0
-        #: Whether the backplane has told the head: until then, subscribers wait in ``joining``.
-        self.watching = False
-        #: Whether a missed range is being read: live publications wait in ``pending``.
-        self.filling = False
-        self.live: dict[Encoding | None, dict[Subscriber, None]] = {}
-        self.joining: list[tuple[Subscriber, Subscribe]] = []
-        #: Subscribers whose recovery read is in flight, with the publications held for them.
-        self.recovering: dict[Subscriber, Recovery] = {}
-        # Unbounded on purpose: it only fills while one backplane read is in flight (bounded by
-        # the backplane's own timeouts), and dropping from it would lose publications for good.
-        self.pending: list[PublicationFrames] = []
-
-    def __len__(self) -> int:
-        return (
-            sum(len(group) for group in self.live.values())
-            + len(self.recovering)
-            + len(self.joining)
-        )
-
-    def members(self) -> Iterator[Subscriber]:
-        for group in self.live.values():
-            yield from group
-
-    def add(self, subscriber: Subscriber) -> None:
-        self.live.setdefault(subscriber.encoding, {})[subscriber] = None
-
-    def remove(self, subscriber: Subscriber) -> None:
-        group = self.live.get(subscriber.encoding)
-        if group is not None:
-            group.pop(subscriber, None)
-            if not group:
-                del self.live[subscriber.encoding]
-        self.recovering.pop(subscriber, None)
-        self.joining = [(s, r) for s, r in self.joining if s is not subscriber]
+# Re-exported: the hub's public vocabulary, so that callers import it from one place.
+__all__ = [
+    "CHAT_ROOM",
+    "ChannelState",
+    "ChannelsQuery",
+    "ChatJoinCommand",
+    "ChatSayCommand",
+    "Command",
+    "DetachCommand",
+    "FilledCommand",
+    "HistoryCommand",
+    "Hub",
+    "HubStatistics",
+    "PresenceCommand",
+    "RecoveredCommand",
+    "Reply",
+    "SubscribeCommand",
+    "Subscriber",
+    "UnsubscribeCommand",
+]
 
 
 @dataclass(frozen=True, slots=True)

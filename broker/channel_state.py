@@ -1,0 +1,76 @@
+"""A channel as one process's hub sees it: subscribers, delivery position, held publications."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from broker.settings import NamespaceSettings
+from broker.subscriber import Subscriber
+from protocol import Encoding, PublicationFrames, Subscribe
+
+
+@dataclass(slots=True)
+class Recovery:
+    """A subscribe whose missed publications are being read, and what arrived meanwhile."""
+
+    request: Subscribe
+    held: list[PublicationFrames] = field(default_factory=list)
+
+
+class ChannelState:
+    """One channel as this process sees it: its subscribers and its delivery position."""
+
+    __slots__ = (
+        "epoch",
+        "filling",
+        "joining",
+        "live",
+        "name",
+        "offset",
+        "options",
+        "pending",
+        "recovering",
+        "watching",
+    )
+
+    def __init__(self, name: str, options: NamespaceSettings) -> None:
+        self.name = name
+        self.options = options
+        self.epoch = ""
+        #: The offset of the last publication delivered (or the head when watching started).
+        self.offset = 0
+        #: Whether the backplane has told the head: until then, subscribers wait in ``joining``.
+        self.watching = False
+        #: Whether a missed range is being read: live publications wait in ``pending``.
+        self.filling = False
+        self.live: dict[Encoding | None, dict[Subscriber, None]] = {}
+        self.joining: list[tuple[Subscriber, Subscribe]] = []
+        #: Subscribers whose recovery read is in flight, with the publications held for them.
+        self.recovering: dict[Subscriber, Recovery] = {}
+        # Unbounded on purpose: it only fills while one backplane read is in flight (bounded by
+        # the backplane's own timeouts), and dropping from it would lose publications for good.
+        self.pending: list[PublicationFrames] = []
+
+    def __len__(self) -> int:
+        return (
+            sum(len(group) for group in self.live.values())
+            + len(self.recovering)
+            + len(self.joining)
+        )
+
+    def members(self) -> Iterator[Subscriber]:
+        for group in self.live.values():
+            yield from group
+
+    def add(self, subscriber: Subscriber) -> None:
+        self.live.setdefault(subscriber.encoding, {})[subscriber] = None
+
+    def remove(self, subscriber: Subscriber) -> None:
+        group = self.live.get(subscriber.encoding)
+        if group is not None:
+            group.pop(subscriber, None)
+            if not group:
+                del self.live[subscriber.encoding]
+        self.recovering.pop(subscriber, None)
+        self.joining = [(s, r) for s, r in self.joining if s is not subscriber]
