@@ -22,7 +22,7 @@ import threading
 import time
 
 from benchmarks.kernelq import KernelView
-from benchmarks.wire import V1_SUBPROTOCOL, Protocol, subscribe_frame
+from benchmarks.wire import Protocol, encode_subscribe
 
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -33,15 +33,21 @@ class HandshakeError(RuntimeError):
 
 def masked_text_frame(text: str) -> bytes:
     """One final text frame, masked as every client frame must be (RFC 6455 §5.3)."""
-    payload = text.encode()
+    return masked_frame(text)
+
+
+def masked_frame(message: str | bytes) -> bytes:
+    """One final masked frame: text for ``str``, binary for ``bytes``."""
+    opcode = 0x1 if isinstance(message, str) else 0x2
+    payload = message.encode() if isinstance(message, str) else message
     mask = os.urandom(4)
     length = len(payload)
     if length < 126:
-        header = struct.pack("!BB", 0x81, 0x80 | length)
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
     elif length < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 0x80 | 126, length)
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
     else:
-        header = struct.pack("!BBQ", 0x81, 0x80 | 127, length)
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return header + mask + body
 
@@ -84,12 +90,12 @@ def open_stalled(
             f"Sec-WebSocket-Key: {key}",
             "Sec-WebSocket-Version: 13",
         ]
-        if protocol is Protocol.V1:
-            lines.append(f"Sec-WebSocket-Protocol: {V1_SUBPROTOCOL}")
+        if protocol.subprotocol is not None:
+            lines.append(f"Sec-WebSocket-Protocol: {protocol.subprotocol}")
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         _read_handshake_response(sock, key, timeout)
-        if protocol is Protocol.V1:
-            sock.sendall(masked_text_frame(subscribe_frame(channel)))
+        if protocol.v1:
+            sock.sendall(masked_frame(encode_subscribe(protocol, channel)))
         return StalledClient(sock=sock, local_port=sock.getsockname()[1])
     except BaseException:
         sock.close()

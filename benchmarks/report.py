@@ -76,6 +76,11 @@ def _stalled(result: ScenarioResult) -> str:
     return text
 
 
+def stalled_summary(result: ScenarioResult) -> str:
+    """What happened to the stalled clients, as one table cell."""
+    return _stalled(result)
+
+
 def _row(result: ScenarioResult) -> list[str]:
     if not result.ok:
         return [result.target, str(result.stalled), f"ERROR: {result.error}"]

@@ -5,6 +5,9 @@ while healthy subscribers receive an open-loop stream; it measures what the heal
 what the server spends. Each scenario starts its own server process, so its peak RSS and CPU
 belong to that scenario alone, and ends by its deadlines even when the server froze: whatever the
 healthy clients did not get by then is counted as lost.
+
+``run_load`` is the same measurement without stalled clients against a server that is already
+running (the suite's fan-out steps, many channels and 10,000 connections use it).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.generator import LoadError, LoadResult, LoadRun, LoadSpec
-from benchmarks.generator.control import CpuClock
+from benchmarks.generator.control import ClientKind, CpuClock
 from benchmarks.kernelq import tcp_wmem_max
 from benchmarks.rawws import (
     HandshakeError,
@@ -41,6 +44,11 @@ class LoadParams:
     workers: int
     drain_timeout: float
     channel: str = "bench"
+    client: ClientKind = "websockets"
+    channels: int = 1
+    warmup_interval: float = 0.05
+    connect_timeout: float = 30.0
+    connect_concurrency: int = 25
 
     def spec(self, url: str, target: Target) -> LoadSpec:
         return LoadSpec(
@@ -53,6 +61,12 @@ class LoadParams:
             duration=self.duration,
             message_bytes=self.message_bytes,
             drain_timeout=self.drain_timeout,
+            connect_timeout=self.connect_timeout,
+            warmup_timeout=max(15.0, 3 * self.warmup_interval + 5),
+            client=self.client,
+            channels=self.channels,
+            warmup_interval=self.warmup_interval,
+            connect_concurrency=self.connect_concurrency,
         )
 
 
@@ -191,6 +205,54 @@ def stalled_clients(
         server.stop()
 
 
+def run_load(
+    server: ServerProcess,
+    target: Target,
+    params: LoadParams,
+    progress: Callable[[str], None] = lambda _: None,
+    *,
+    stop_server_first: bool = False,
+) -> ScenarioResult:
+    """One load run (connect, warm up, publish, drain) against a running server.
+
+    CPU, RSS and the rest of the machine's CPU are taken over the publishing and drain phases.
+    With ``stop_server_first`` the server is stopped before the clients close, so that thousands
+    of departures do not each make a chat server broadcast to everyone left.
+    """
+    base = ScenarioResult(target.name, target.description, 0, params, ok=False)
+    url = f"ws://127.0.0.1:{server.port}{target.path}"
+    run = LoadRun(params.spec(url, target))
+    try:
+        run.start()
+        progress(f"{target.name}: {run.connected} subscribers joined, warming up")
+        run.warm_up()
+        rss_before = server.monitor.sample_rss()
+        cpu_before = server.monitor.cpu_seconds()
+        busy_before = machine_busy_seconds()
+        harness = CpuClock()
+        harness.start()
+        started = time.monotonic()
+        load = run.measure()
+        cpu = max(0.0, server.monitor.cpu_seconds() - cpu_before)
+        wall = time.monotonic() - started
+        busy = machine_busy_seconds() - busy_before
+        load.generator_cpu.append(harness.usage())
+        server.monitor.sample_rss()
+        peak_rss = server.monitor.peak_rss
+        died = None if server.alive() else server.stop()
+    except LoadError as exc:
+        tail = server.log_tail(5).replace("\n", " | ")
+        return dataclasses.replace(base, error=f"{type(exc).__name__}: {exc}; log: {tail}")
+    finally:
+        if stop_server_first:
+            server.stop()
+        run.close()
+    result = _result(base, load, cpu, wall, rss_before, peak_rss, None, server.log_path)
+    own = cpu + sum(usage.cpu_seconds for usage in load.generator_cpu)
+    other = max(0.0, busy - own) / wall if wall > 0 else 0.0
+    return dataclasses.replace(result, server_died=died, other_cpu_share=other)
+
+
 def _result(
     base: ScenarioResult,
     load: LoadResult,
@@ -198,7 +260,7 @@ def _result(
     wall: float,
     rss_before: int,
     peak_rss: int,
-    stalled_report: StalledReport,
+    stalled_report: StalledReport | None,
     log_path: Path,
 ) -> ScenarioResult:
     delivered = load.delivered
@@ -219,7 +281,9 @@ def _result(
         duplicates=load.duplicates,
         out_of_order=load.out_of_order,
         gaps=load.gaps,
-        offered_per_s=load.spec.rate * load.subscribers,
+        offered_per_s=load.expected / load.window_s
+        if load.spec.channels > 1
+        else load.spec.rate * load.subscribers,
         deliveries_per_s=delivered / load.window_s,
         latency=summarize(load.latencies_us, missing=max(0, load.lost)),
         server_cpu_s=cpu,

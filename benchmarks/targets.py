@@ -1,8 +1,12 @@
 """The targets a benchmark can run against: a server to launch plus an endpoint and protocol.
 
 - ``naive``: the tutorial's chat server (``benchmarks.peers.tutorial_chat``) on ``/ws/chat``.
+- ``node-ws``: the same chat on Node.js ``ws`` (``benchmarks/peers/node_ws``), when ``node``
+  is installed; ``peers.node_ws.ensure_installed`` installs its ``ws`` package with npm.
 - ``broker-chat``: the broker's tutorial-compatible ``/ws/chat``.
-- ``broker-v1``: the broker's typed protocol on ``/v1/ws`` (``broker.v1.json``).
+- ``broker-v1``: the broker's typed protocol on ``/v1/ws`` (``broker.v1.json``);
+  ``broker-v1-json`` is the same under the suite's name.
+- ``broker-v1-msgpack``: ``/v1/ws`` with ``broker.v1.msgpack`` (binary MessagePack frames).
 
 The broker is started as ``broker serve --host 127.0.0.1 --port P`` (the venv's console script,
 or ``python -m broker.cli`` when the script is missing), with ``BROKER_LOG__LEVEL=warning`` and
@@ -50,6 +54,12 @@ def broker_command(env: Mapping[str, str] | None = None) -> ServerCommand:
     )
 
 
+def node_ws_command() -> ServerCommand:
+    """The Node.js ``ws`` chat peer (needs ``node`` and its installed ``node_modules``)."""
+    server = REPO_ROOT / "benchmarks" / "peers" / "node_ws" / "server.js"
+    return ServerCommand(argv=["node", str(server), "--port", "{port}"], cwd=server.parent)
+
+
 def broker_available() -> bool:
     """Whether the broker's command line exists yet (it is being written alongside)."""
     return (REPO_ROOT / "broker" / "cli.py").exists()
@@ -72,4 +82,42 @@ def build_targets(broker_env: Mapping[str, str] | None = None) -> dict[str, Targ
         "broker-v1": Target(
             "broker-v1", broker, "/v1/ws", Protocol.V1, "broker, typed /v1/ws (broker.v1.json)"
         ),
+        "node-ws": Target(
+            "node-ws",
+            node_ws_command(),
+            "/ws/chat",
+            Protocol.CHAT,
+            "Node.js ws broadcast server, the same /ws/chat frames",
+        ),
+        "broker-v1-json": Target(
+            "broker-v1-json",
+            broker,
+            "/v1/ws",
+            Protocol.V1,
+            "broker, typed /v1/ws (broker.v1.json)",
+        ),
+        "broker-v1-msgpack": Target(
+            "broker-v1-msgpack",
+            broker,
+            "/v1/ws",
+            Protocol.V1_MSGPACK,
+            "broker, typed /v1/ws (broker.v1.msgpack)",
+        ),
     }
+
+
+def with_broker_env(target: Target, env: Mapping[str, str]) -> Target:
+    """``target`` with extra ``BROKER_*`` environment when it is a broker target, else as is."""
+    if not target.name.startswith("broker"):
+        return target
+    command = dataclasses.replace(target.command, env={**target.command.env, **env})
+    return dataclasses.replace(target, command=command)
+
+
+def is_peer(name: str) -> bool:
+    """Whether a target is one of the peers the broker is compared with."""
+    return name in PEERS
+
+
+#: The peers, in the order reports show them.
+PEERS = ("naive", "node-ws")

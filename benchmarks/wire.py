@@ -11,6 +11,12 @@ Two protocols are spoken:
   ``Client says: <payload>``.
 - ``v1``: the broker's ``/v1/ws`` with subprotocol ``broker.v1.json``. The payload is the ``data``
   of a ``publish``; subscribers get ``message`` objects, one per frame or batched in a JSON array.
+- ``v1-msgpack``: the same with subprotocol ``broker.v1.msgpack``: binary frames holding
+  MessagePack maps (the payload a map with the same keys), batches as MessagePack arrays.
+
+``encode_publish``, ``encode_subscribe``, ``encode_ping`` and ``decode_v1_frame`` speak either
+v1 encoding; the older ``publish_frame``, ``subscribe_frame``, ``ping_frame`` and ``decode_v1``
+are the JSON forms.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from websockets.typing import Subprotocol
 
 CHAT_PREFIX: Final = "Client says: "
 V1_SUBPROTOCOL: Final = Subprotocol("broker.v1.json")
+V1_MSGPACK_SUBPROTOCOL: Final = Subprotocol("broker.v1.msgpack")
 WARMUP_SEQ: Final = -1
 
 
@@ -31,6 +38,26 @@ class Protocol(enum.Enum):
 
     CHAT = "chat"
     V1 = "v1"
+    V1_MSGPACK = "v1-msgpack"
+
+    @property
+    def v1(self) -> bool:
+        """Whether this is the broker's ``/v1/ws`` protocol (either encoding)."""
+        return self is not Protocol.CHAT
+
+    @property
+    def binary(self) -> bool:
+        """Whether frames are binary (MessagePack) rather than text."""
+        return self is Protocol.V1_MSGPACK
+
+    @property
+    def subprotocol(self) -> Subprotocol | None:
+        """The WebSocket subprotocol to offer, if any."""
+        if self is Protocol.V1:
+            return V1_SUBPROTOCOL
+        if self is Protocol.V1_MSGPACK:
+            return V1_MSGPACK_SUBPROTOCOL
+        return None
 
 
 class Payload(msgspec.Struct):
@@ -54,10 +81,32 @@ class Publication(msgspec.Struct, kw_only=True):
     message: str | None = None
 
 
+class _FullPayload(msgspec.Struct):
+    seq: int
+    ts: int
+    pad: str
+
+
+class _Publish(msgspec.Struct, tag_field="type", tag="publish"):
+    channel: str
+    data: _FullPayload
+
+
+class _Subscribe(msgspec.Struct, tag_field="type", tag="subscribe"):
+    id: int
+    channel: str
+
+
+class _Ping(msgspec.Struct, tag_field="type", tag="ping"):
+    id: int
+
+
 _CHAT_PREFIX_BYTES: Final = CHAT_PREFIX.encode()
 _V1_FRAME = Publication | list[Publication]
 _payload_decoder: Final = msgspec.json.Decoder(Payload)
 _v1_decoder: Final = msgspec.json.Decoder(_V1_FRAME)
+_v1_msgpack_decoder: Final = msgspec.msgpack.Decoder(_V1_FRAME)
+_msgpack_encoder: Final = msgspec.msgpack.Encoder()
 
 
 class PayloadFactory:
@@ -69,6 +118,10 @@ class PayloadFactory:
 
     def payload(self, seq: int, ts: int) -> str:
         return f'{{"seq":{seq},"ts":{ts},"pad":"{self._pad}"}}'
+
+    @property
+    def pad(self) -> str:
+        return self._pad
 
 
 def publish_frame(protocol: Protocol, channel: str, payload: str) -> str:
@@ -101,3 +154,34 @@ def decode_v1(frame: str | bytes) -> list[Publication]:
     if isinstance(decoded, list):
         return decoded
     return [decoded]
+
+
+def encode_publish(
+    protocol: Protocol, channel: str, factory: PayloadFactory, seq: int, ts: int
+) -> str | bytes:
+    """The frame a publisher sends for publication ``seq``: text, or bytes for MessagePack."""
+    if protocol is Protocol.V1_MSGPACK:
+        return _msgpack_encoder.encode(_Publish(channel, _FullPayload(seq, ts, factory.pad)))
+    return publish_frame(protocol, channel, factory.payload(seq, ts))
+
+
+def encode_subscribe(protocol: Protocol, channel: str, request_id: int = 1) -> str | bytes:
+    """A ``/v1/ws`` subscribe command in the protocol's encoding."""
+    if protocol is Protocol.V1_MSGPACK:
+        return _msgpack_encoder.encode(_Subscribe(request_id, channel))
+    return subscribe_frame(channel, request_id)
+
+
+def encode_ping(protocol: Protocol, request_id: int) -> str | bytes:
+    """A ``/v1/ws`` application-level ping in the protocol's encoding."""
+    if protocol is Protocol.V1_MSGPACK:
+        return _msgpack_encoder.encode(_Ping(request_id))
+    return ping_frame(request_id)
+
+
+def decode_v1_frame(protocol: Protocol, frame: bytes) -> list[Publication]:
+    """The messages of one ``/v1/ws`` server frame in the protocol's encoding."""
+    if protocol is Protocol.V1_MSGPACK:
+        decoded = _v1_msgpack_decoder.decode(frame)
+        return decoded if isinstance(decoded, list) else [decoded]
+    return decode_v1(frame)

@@ -13,13 +13,23 @@ import os
 import threading
 import time
 from multiprocessing.connection import Connection
+from typing import Literal
 
 from benchmarks.wire import Protocol
+
+#: Which WebSocket client the generator's processes use: ``websockets`` (the library's asyncio
+#: client) or ``fast`` (``benchmarks.fastws``, a few microseconds per frame).
+ClientKind = Literal["websockets", "fast"]
 
 
 @dataclasses.dataclass(frozen=True)
 class LoadSpec:
-    """One load run: who connects where, and what the publisher sends."""
+    """One load run: who connects where, and what the publisher sends.
+
+    With ``channels`` > 1 (``/v1/ws`` only), subscriber ``i`` (counted over every worker)
+    subscribes to channel ``<channel>-<i % channels>`` and publication ``seq`` goes to channel
+    ``<channel>-<seq % channels>``: each subscriber is owed only its own channel's publications.
+    """
 
     url: str
     protocol: Protocol
@@ -35,10 +45,27 @@ class LoadSpec:
     warmup_timeout: float = 15.0
     #: Seconds past ``duration`` the publisher may still spend in a blocked send.
     send_grace: float = 1.0
+    client: ClientKind = "websockets"
+    channels: int = 1
+    #: Seconds between warm-up rounds (one publication to every channel per round).
+    warmup_interval: float = 0.05
+    #: Connection attempts in flight at once, per worker process.
+    connect_concurrency: int = 25
 
     @property
     def planned(self) -> int:
         return max(1, round(self.rate * self.duration))
+
+    def channel_name(self, index: int) -> str:
+        """The name of channel ``index`` (``channel`` itself when there is only one)."""
+        return self.channel if self.channels <= 1 else f"{self.channel}-{index % self.channels}"
+
+    def owed(self, position: int, sent: int) -> int:
+        """How many of publications ``0 .. sent-1`` subscriber ``position`` should receive."""
+        if self.channels <= 1:
+            return sent
+        first = position % self.channels
+        return 0 if first >= sent else (sent - first + self.channels - 1) // self.channels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +73,8 @@ class WorkerSpec:
     index: int
     load: LoadSpec
     clients: int
+    #: Position of this worker's first client among all subscribers (channel assignment).
+    first: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

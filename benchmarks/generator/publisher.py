@@ -6,6 +6,11 @@ not as a slower publisher. Only a send that the connection itself blocks (the se
 reading it) can hold it back; the run still ends at its deadline, and what could not be sent
 by then is reported as unsent. It also reads every frame the server sends it (on ``/ws/chat``
 the sender gets its own broadcasts), so it never becomes a slow consumer itself.
+
+With several channels, publication ``seq`` goes to channel ``seq % channels`` and each warm-up
+round sends one publication to every channel. With ``client == "fast"`` it uses
+``benchmarks.fastws``; a send then only queues, and the publisher waits only while the socket
+pushes back (the transport's buffer is above its high-water mark).
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ import dataclasses
 import time
 from collections import Counter
 from multiprocessing.connection import Connection
+from urllib.parse import urlsplit
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from benchmarks import fastws
 from benchmarks.generator import loop
 from benchmarks.generator.control import (
     AsyncInbox,
@@ -33,16 +40,12 @@ from benchmarks.generator.control import (
     Warmup,
 )
 from benchmarks.wire import (
-    V1_SUBPROTOCOL,
     WARMUP_SEQ,
     PayloadFactory,
-    Protocol,
-    decode_v1,
-    ping_frame,
-    publish_frame,
+    decode_v1_frame,
+    encode_ping,
+    encode_publish,
 )
-
-_WARMUP_INTERVAL = 0.05
 
 
 @dataclasses.dataclass
@@ -63,9 +66,13 @@ class PublisherReport:
 
 
 class Publisher:
-    def __init__(self, spec: LoadSpec, ws: ClientConnection) -> None:
+    def __init__(
+        self, spec: LoadSpec, ws: ClientConnection | None, fast: fastws.FastWebSocket | None = None
+    ) -> None:
         self.spec = spec
         self.ws = ws
+        self.fast = fast
+        self.channels = [spec.channel_name(index) for index in range(max(1, spec.channels))]
         self.factory = PayloadFactory(spec.message_bytes)
         self.frames_received = 0
         self.errors: Counter[str] = Counter()
@@ -76,28 +83,49 @@ class Publisher:
         self.max_lag = 0.0
         self.blocked = False
 
-    def frame(self, seq: int) -> str:
-        payload = self.factory.payload(seq, time.time_ns())
-        return publish_frame(self.spec.protocol, self.spec.channel, payload)
+    def frame(self, seq: int, channel: str | None = None) -> str | bytes:
+        """Publication ``seq`` (to its channel unless ``channel`` is given), stamped now."""
+        if channel is None:
+            channel = self.channels[seq % len(self.channels)] if seq >= 0 else self.channels[0]
+        return encode_publish(self.spec.protocol, channel, self.factory, seq, time.time_ns())
+
+    async def send(self, frame: str | bytes) -> None:
+        """Send one frame; waits only while the connection pushes back."""
+        if self.fast is not None:
+            self.fast.send(frame)
+            if self.fast.paused:
+                await self.fast.drain()
+            if self.fast.closed.done():
+                raise ConnectionClosed(None, None)
+        else:
+            assert self.ws is not None
+            await self.ws.send(frame)
+
+    def on_message(self, frame: bytes, binary: bool = False) -> None:
+        self.frames_received += 1
+        if self.spec.protocol.v1:
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                for message in decode_v1_frame(self.spec.protocol, frame):
+                    if message.type in ("error", "disconnect"):
+                        self.errors[f"{message.type}:{message.code}"] += 1
 
     async def read(self) -> None:
-        v1 = self.spec.protocol is Protocol.V1
+        if self.fast is not None:
+            self.closed = await self.fast.closed
+            return
+        assert self.ws is not None
         try:
             while True:
-                frame = await self.ws.recv(decode=False)
-                self.frames_received += 1
-                if v1:
-                    with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                        for message in decode_v1(frame):
-                            if message.type in ("error", "disconnect"):
-                                self.errors[f"{message.type}:{message.code}"] += 1
+                self.on_message(await self.ws.recv(decode=False))
         except ConnectionClosed as exc:
             self.closed = f"closed {exc.rcvd.code if exc.rcvd is not None else 'no close frame'}"
 
     async def warm_up(self) -> None:
+        """Until cancelled: every ``warmup_interval``, one warm-up publication per channel."""
         while True:
-            await self.ws.send(self.frame(WARMUP_SEQ))
-            await asyncio.sleep(_WARMUP_INTERVAL)
+            for channel in self.channels:
+                await self.send(self.frame(WARMUP_SEQ, channel))
+            await asyncio.sleep(self.spec.warmup_interval)
 
     async def keepalive(self) -> None:
         """``/v1/ws`` only: a ping now and then, in case publications stop (blocked send)."""
@@ -105,7 +133,7 @@ class Publisher:
         while True:
             await asyncio.sleep(5)
             request += 1
-            await self.ws.send(ping_frame(request))
+            await self.send(encode_ping(self.spec.protocol, request))
 
     async def publish(self, start_ns: int) -> None:
         spec = self.spec
@@ -124,7 +152,7 @@ class Publisher:
                     frame = self.frame(seq)
                     if seq == 0:
                         self.first_send_ns = time.time_ns()
-                    await self.ws.send(frame)
+                    await self.send(frame)
                     self.sent = seq + 1
                     self.last_send_ns = time.time_ns()
         except TimeoutError:
@@ -139,13 +167,24 @@ def _loop_time(monotonic_deadline: float) -> float:
     return loop_now + (monotonic_deadline - time.monotonic())
 
 
-async def _main(spec: LoadSpec, conn: Connection) -> None:
-    inbox = AsyncInbox(conn)
-    clock = CpuClock()
+async def _open(spec: LoadSpec) -> Publisher:
+    subprotocol = spec.protocol.subprotocol
+    if spec.client == "fast":
+        parts = urlsplit(spec.url)
+        publisher = Publisher(spec, None)
+        publisher.fast = await fastws.connect(
+            parts.hostname or "127.0.0.1",
+            parts.port or 80,
+            parts.path or "/",
+            publisher.on_message,
+            subprotocol=subprotocol,
+            open_timeout=spec.connect_timeout,
+        )
+        return publisher
     ws = await connect(
         spec.url,
         compression=None,
-        subprotocols=[V1_SUBPROTOCOL] if spec.protocol is Protocol.V1 else None,
+        subprotocols=[subprotocol] if subprotocol is not None else None,
         max_queue=4096,
         max_size=16 * 1024 * 1024,
         ping_interval=None,
@@ -153,9 +192,27 @@ async def _main(spec: LoadSpec, conn: Connection) -> None:
         open_timeout=spec.connect_timeout,
         proxy=None,
     )
-    publisher = Publisher(spec, ws)
+    return Publisher(spec, ws)
+
+
+async def _close(publisher: Publisher) -> None:
+    if publisher.fast is not None:
+        await publisher.fast.close(wait=1.0)
+        return
+    ws = publisher.ws
+    assert ws is not None
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1):
+            await ws.close()
+    ws.transport.abort()
+
+
+async def _main(spec: LoadSpec, conn: Connection) -> None:
+    inbox = AsyncInbox(conn)
+    clock = CpuClock()
+    publisher = await _open(spec)
     tasks = [asyncio.create_task(publisher.read())]
-    if spec.protocol is Protocol.V1:
+    if spec.protocol.v1:
         tasks.append(asyncio.create_task(publisher.keepalive()))
     inbox.send(Ready(1, 0))
     warmup: asyncio.Task[None] | None = None
@@ -189,10 +246,7 @@ async def _main(spec: LoadSpec, conn: Connection) -> None:
     finally:
         if warmup is not None:
             tasks.append(warmup)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1):
-                await ws.close()
-        ws.transport.abort()
+        await _close(publisher)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

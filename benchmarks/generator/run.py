@@ -67,6 +67,8 @@ class LoadResult:
     closes: Counter[str]
     payload_bytes: int
     generator_cpu: list[CpuUsage]
+    #: Publications owed to each subscriber (same order as ``received``); empty: ``sent`` each.
+    owed: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def delivered(self) -> int:
@@ -75,6 +77,8 @@ class LoadResult:
     @property
     def expected(self) -> int:
         """Deliveries owed to healthy subscribers for what the publisher sent."""
+        if self.owed:
+            return sum(self.owed)
         return self.sent * self.subscribers
 
     @property
@@ -83,6 +87,8 @@ class LoadResult:
 
     @property
     def clients_with_loss(self) -> int:
+        if self.owed:
+            return sum(1 for got, owed in zip(self.received, self.owed, strict=True) if got < owed)
         return sum(1 for count in self.received if count < self.sent)
 
     @property
@@ -99,14 +105,17 @@ class LoadRun:
         context = multiprocessing.get_context("spawn")
         self._workers: list[tuple[BaseProcess, Connection]] = []
         base, extra = divmod(spec.subscribers, spec.workers)
+        first = 0
         for index in range(spec.workers):
             clients = base + (1 if index < extra else 0)
             if clients == 0:
                 continue
             parent, child = context.Pipe()
+            worker = WorkerSpec(index, spec, clients, first)
+            first += clients
             process = context.Process(
                 target=worker_main,
-                args=(WorkerSpec(index, spec, clients), child),
+                args=(worker, child),
                 name=f"bench-subscribers-{index}",
                 daemon=True,
             )
@@ -220,11 +229,13 @@ class LoadRun:
     ) -> LoadResult:
         latencies: array[int] = array("q")
         received: list[int] = []
+        owed: list[int] = []
         errors: Counter[str] = Counter(publisher.errors)
         closes: Counter[str] = Counter()
         for report in reports:
             latencies.frombytes(report.latencies_us)
             received.extend(report.received)
+            owed.extend(report.owed or [publisher.sent] * len(report.received))
             errors.update(report.errors)
             closes.update(report.closes)
         window = max(self.spec.duration, (publisher.last_send_ns - start_ns) / 1e9)
@@ -247,4 +258,5 @@ class LoadRun:
             closes=closes,
             payload_bytes=sum(r.payload_bytes for r in reports),
             generator_cpu=[publisher.cpu, *(r.cpu for r in reports)],
+            owed=owed,
         )

@@ -1,9 +1,12 @@
 """A subscriber worker process: many WebSocket clients on one event loop.
 
-Each client joins the channel (``/ws/chat``: by connecting; ``/v1/ws``: ``subscribe``), reads
+Each client joins its channel (``/ws/chat``: by connecting; ``/v1/ws``: ``subscribe``), reads
 every frame as soon as it arrives, and records for each publication of the run: its latency
 (receive time minus the publisher's timestamp, in microseconds), duplicates, and order. Loss is
 what is still missing when the parent's drain deadline passes.
+
+The client is the ``websockets`` library's or, with ``LoadSpec.client == "fast"``,
+``benchmarks.fastws`` (frames handled in its ``data_received``, no task per client).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import time
 from array import array
 from collections import Counter
 from multiprocessing.connection import Connection
+from urllib.parse import urlsplit
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from benchmarks import fastws
 from benchmarks.generator import loop
 from benchmarks.generator.control import (
     AsyncInbox,
@@ -33,16 +38,14 @@ from benchmarks.generator.control import (
     WorkerSpec,
 )
 from benchmarks.wire import (
-    V1_SUBPROTOCOL,
     Payload,
     Protocol,
     decode_chat,
-    decode_v1,
-    ping_frame,
-    subscribe_frame,
+    decode_v1_frame,
+    encode_ping,
+    encode_subscribe,
 )
 
-_CONNECT_CONCURRENCY = 25
 _MAX_QUEUE = 4096
 _MAX_SIZE = 16 * 1024 * 1024
 
@@ -67,14 +70,18 @@ class WorkerReport:
     #: Frame bytes received for the run's publications (to size what a stalled client was sent).
     payload_bytes: int
     cpu: CpuUsage
+    #: Publications of the run owed to each client (its channel's share of what was sent).
+    owed: list[int] = dataclasses.field(default_factory=list)
 
 
 class Subscriber:
     """One healthy client and its bookkeeping."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, position: int = 0) -> None:
+        self.load = spec.load
+        self.position = position
         self.protocol = spec.load.protocol
-        self.channel = spec.load.channel
+        self.channel = spec.load.channel_name(position)
         self.seen = bytearray(spec.load.planned)
         self.latencies: array[int] = array("q")
         self.received = 0
@@ -93,12 +100,29 @@ class Subscriber:
         self.heartbeat = 25.0
         self.subscribed = asyncio.Event()
         self.ws: ClientConnection | None = None
+        self.fast: fastws.FastWebSocket | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.ws is not None or self.fast is not None
 
     async def connect(self, url: str) -> None:
+        subprotocol = self.protocol.subprotocol
+        if self.load.client == "fast":
+            parts = urlsplit(url)
+            self.fast = await fastws.connect(
+                parts.hostname or "127.0.0.1",
+                parts.port or 80,
+                parts.path or "/",
+                self.on_message,
+                subprotocol=subprotocol,
+                open_timeout=10,
+            )
+            return
         self.ws = await connect(
             url,
             compression=None,
-            subprotocols=[V1_SUBPROTOCOL] if self.protocol is Protocol.V1 else None,
+            subprotocols=[subprotocol] if subprotocol is not None else None,
             max_queue=_MAX_QUEUE,
             max_size=_MAX_SIZE,
             ping_interval=None,
@@ -107,21 +131,37 @@ class Subscriber:
             proxy=None,
         )
 
+    async def send(self, frame: str | bytes) -> None:
+        """Send one message; a closed connection is ignored (its reader reports it)."""
+        if self.fast is not None:
+            self.fast.send(frame)
+        elif self.ws is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await self.ws.send(frame)
+
+    def on_message(self, frame: bytes, binary: bool = False) -> None:
+        """Handle one received message (the fast client calls this from ``data_received``)."""
+        now = time.time_ns()
+        try:
+            if self.protocol is Protocol.CHAT:
+                self._on_chat(frame, now)
+            else:
+                self._on_v1(frame, now)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            self.bad_frames += 1
+
     async def read(self) -> None:
+        if self.fast is not None:
+            try:
+                self.closed = await self.fast.closed
+            finally:
+                self.warm.set()
+            return
         ws = self.ws
         assert ws is not None
-        chat = self.protocol is Protocol.CHAT
         try:
             while True:
-                frame = await ws.recv(decode=False)
-                now = time.time_ns()
-                try:
-                    if chat:
-                        self._on_chat(frame, now)
-                    else:
-                        self._on_v1(frame, now)
-                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-                    self.bad_frames += 1
+                self.on_message(await ws.recv(decode=False))
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else "no close frame"
             self.closed = f"closed {code}"
@@ -136,7 +176,7 @@ class Subscriber:
             self._on_payload(payload, now, len(frame))
 
     def _on_v1(self, frame: bytes, now: int) -> None:
-        messages = decode_v1(frame)
+        messages = decode_v1_frame(self.protocol, frame)
         nbytes = len(frame) // max(1, len(messages))
         for message in messages:
             kind = message.type
@@ -176,36 +216,60 @@ class Subscriber:
         self.last_seq = seq
         self.latencies.append((now - payload.ts) // 1000)
 
+    def owed(self, sent: int) -> int:
+        """Publications of ``0 .. sent-1`` that belong to this client's channel."""
+        return self.load.owed(self.position, sent)
+
     def complete(self, sent: int) -> bool:
-        return self.received >= sent or self.closed is not None
+        return self.received >= self.owed(sent) or self.closed is not None
+
+    def close_later(self) -> asyncio.Future[None] | None:
+        """Start the closing handshake (bounded to 1 s); None when not connected."""
+        if self.fast is not None:
+            return asyncio.ensure_future(self.fast.close(wait=1.0))
+        if self.ws is not None:
+            return asyncio.ensure_future(self.ws.close())
+        return None
+
+    def abort(self) -> None:
+        if self.fast is not None:
+            self.fast.abort()
+        if self.ws is not None:
+            self.ws.transport.abort()
 
 
 async def _subscribe_all(clients: list[Subscriber]) -> None:
     for client in clients:
-        assert client.ws is not None
-        await client.ws.send(subscribe_frame(client.channel))
+        await client.send(encode_subscribe(client.protocol, client.channel))
     await asyncio.gather(*(client.subscribed.wait() for client in clients))
 
 
-async def _heartbeats(clients: list[Subscriber]) -> None:
-    """Send ``ping`` often enough that no v1 client hits the heartbeat timeout."""
+async def _heartbeats(clients: list[Subscriber], chunk: int = 50) -> None:
+    """Send ``ping`` often enough that no v1 client hits the heartbeat timeout.
+
+    Each client pings once per 0.7 x heartbeat, the clients spread evenly over that interval
+    (``chunk`` at a time): thousands of pings in one burst would make the server answer them all
+    at once and delay whatever publication arrives meanwhile.
+    """
     request = 1000
+    interval = min(client.heartbeat for client in clients) * 0.7
+    pause = interval / max(1, -(-len(clients) // chunk))
     while True:
-        await asyncio.sleep(min(client.heartbeat for client in clients) * 0.4)
-        for client in clients:
-            if client.ws is not None and client.closed is None:
-                request += 1
-                with contextlib.suppress(ConnectionClosed):
-                    await client.ws.send(ping_frame(request))
+        for first in range(0, len(clients), chunk):
+            await asyncio.sleep(pause)
+            for client in clients[first : first + chunk]:
+                if client.connected and client.closed is None:
+                    request += 1
+                    await client.send(encode_ping(client.protocol, request))
 
 
 async def _connect_all(spec: WorkerSpec) -> tuple[list[Subscriber], Ready]:
     url = spec.load.url
-    gate = asyncio.Semaphore(_CONNECT_CONCURRENCY)
+    gate = asyncio.Semaphore(spec.load.connect_concurrency)
     errors: list[str] = []
 
-    async def one() -> Subscriber | None:
-        client = Subscriber(spec)
+    async def one(position: int) -> Subscriber | None:
+        client = Subscriber(spec, position)
         async with gate:
             try:
                 await client.connect(url)
@@ -215,7 +279,9 @@ async def _connect_all(spec: WorkerSpec) -> tuple[list[Subscriber], Ready]:
         return client
 
     async with asyncio.timeout(spec.load.connect_timeout):
-        results = await asyncio.gather(*(one() for _ in range(spec.clients)))
+        results = await asyncio.gather(
+            *(one(spec.first + offset) for offset in range(spec.clients))
+        )
     clients = [client for client in results if client is not None]
     return clients, Ready(len(clients), spec.clients - len(clients), tuple(errors[:5]))
 
@@ -227,7 +293,7 @@ async def _drain(clients: list[Subscriber], command: Drain) -> None:
         await asyncio.sleep(0.02)
 
 
-def _report(index: int, clients: list[Subscriber], cpu: CpuUsage) -> WorkerReport:
+def _report(index: int, clients: list[Subscriber], cpu: CpuUsage, sent: int) -> WorkerReport:
     latencies: array[int] = array("q")
     errors: Counter[str] = Counter()
     closes: Counter[str] = Counter()
@@ -249,16 +315,16 @@ def _report(index: int, clients: list[Subscriber], cpu: CpuUsage) -> WorkerRepor
         closes=closes,
         payload_bytes=sum(client.payload_bytes for client in clients),
         cpu=cpu,
+        owed=[client.owed(sent) for client in clients],
     )
 
 
 async def _close_all(clients: list[Subscriber], tasks: list[asyncio.Task[None]]) -> None:
-    closers = [asyncio.ensure_future(c.ws.close()) for c in clients if c.ws is not None]
+    closers = [closer for c in clients if (closer := c.close_later()) is not None]
     if closers:
         await asyncio.wait(closers, timeout=1.0)
     for client in clients:
-        if client.ws is not None:
-            client.ws.transport.abort()
+        client.abort()
     for task in [*tasks, *closers]:
         task.cancel()
     await asyncio.gather(*tasks, *closers, return_exceptions=True)
@@ -277,7 +343,7 @@ async def _main(spec: WorkerSpec, conn: Connection) -> None:
     try:
         clients, ready = await _connect_all(spec)
         tasks = [asyncio.create_task(client.read()) for client in clients]
-        if spec.load.protocol is Protocol.V1 and clients:
+        if spec.load.protocol.v1 and clients:
             async with asyncio.timeout(spec.load.connect_timeout):
                 await _subscribe_all(clients)
             tasks.append(asyncio.create_task(_heartbeats(clients)))
@@ -289,7 +355,7 @@ async def _main(spec: WorkerSpec, conn: Connection) -> None:
                 clock.start()
             elif isinstance(command, Drain):
                 await _drain(clients, command)
-                inbox.send(_report(spec.index, clients, clock.usage()))
+                inbox.send(_report(spec.index, clients, clock.usage(), command.sent))
             elif isinstance(command, Stop):
                 break
     finally:

@@ -1,1 +1,5 @@
-"""Servers the broker is measured against, each runnable as ``python -m benchmarks.peers.NAME``."""
+"""Servers the broker is measured against.
+
+``tutorial_chat`` runs as ``python -m benchmarks.peers.tutorial_chat``; ``node_ws/`` is a Node.js
+package run with ``node server.js``, whose ``ws`` dependency ``node.ensure_installed`` installs.
+"""
