@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmarks.connrate import ConnRateResult
 from benchmarks.fanout import FanoutSeries, failure
+from benchmarks.fmt import fmt_ratio
 from benchmarks.idle import IdleResult
 from benchmarks.scenarios import ScenarioResult
 from benchmarks.stats import ratio
@@ -98,10 +99,6 @@ def peer_ratio(
     return ratio(figure(mine), figure(theirs))
 
 
-def _x(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
 def _num(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:.1f}{unit}"
 
@@ -124,7 +121,7 @@ def _cpu_target(results: SuiteResults) -> Verdict:
     measured = (
         f"at {rate:g} publications/s ({deliveries:,.0f} deliveries/s): broker-chat"
         f" {_num(chat)} ms/1k, naive {_num(naive)}, node-ws {_num(node)};"
-        f" {_x(vs_naive)} naive, {_x(vs_node)} node-ws"
+        f" {fmt_ratio(vs_naive)} naive, {fmt_ratio(vs_node)} node-ws"
     )
     met = vs_naive <= 0.5 and (vs_node is None or vs_node <= 1.0)
     if vs_node is None:
@@ -157,7 +154,7 @@ def _rate_target(results: SuiteResults) -> Verdict:
         f" naive {naive_best.offered_per_s:,.0f}: {rate_ratio:.2f}x;"
         f" CPU per delivery there {_num(v1_best.server_cpu_ms_per_1k if v1_best else None)}"
         f" ms/1k vs naive's {_num(naive_best.server_cpu_ms_per_1k)} ms/1k at its own highest"
-        f" sustained rate: {_x(cpu_ratio)}"
+        f" sustained rate: {fmt_ratio(cpu_ratio)}"
     )
     met = rate_ratio >= 5.0 and cpu_ratio is not None and cpu_ratio <= 0.25
     return Verdict(2, goal, met, measured)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.fmt import fmt_ms, fmt_ratio
 from benchmarks.scenarios import MB, ScenarioResult
 from benchmarks.stats import ratio
 
@@ -42,16 +43,6 @@ _COLUMNS = (
     ("other", 5, ">"),
     ("stalled: owed/kernel MB, dropped", 34, "<"),
 )
-
-
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
-
-
-def _x(value: float | None, missing: str = "-") -> str:
-    return missing if value is None else f"{value:.2f}x"
 
 
 def _lost(result: ScenarioResult) -> str:
@@ -90,12 +81,12 @@ def _row(result: ScenarioResult) -> list[str]:
         str(result.stalled),
         f"{result.deliveries_per_s:.0f}",
         f"{result.offered_per_s:.0f}",
-        _ms(latency.p50_ms if latency else None),
-        _ms(latency.p99_ms if latency else None),
-        _ms(latency.max_ms if latency else None),
+        fmt_ms(latency.p50_ms if latency else None),
+        fmt_ms(latency.p99_ms if latency else None),
+        fmt_ms(latency.max_ms if latency else None),
         _lost(result),
         str(result.planned - result.sent),
-        _ms(result.server_cpu_ms_per_1k),
+        fmt_ms(result.server_cpu_ms_per_1k),
         f"{100 * result.server_cpu_share:.0f}%",
         f"{result.server_rss_before_mb:.0f}->{result.server_peak_rss_mb:.0f}",
         f"{100 * result.generator_cpu_share:.0f}% ({100 * result.generator_max_process_share:.0f})",
@@ -185,9 +176,9 @@ def isolation_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"lost {row['lost']} ({100 * row['lost_fraction']:.0f}%)" if row["lost"] else "lost 0"
         )
         lines.append(
-            f"  {row['target']:<12} K={row['stalled']}: p99 {_x(row['p99_ratio'])}"
-            f" (counting lost as never: {_x(row['p99_incl_lost_ratio'], 'lost')}),"
-            f" deliveries {_x(row['deliveries_ratio'])}, {lost}: {verdict}"
+            f"  {row['target']:<12} K={row['stalled']}: p99 {fmt_ratio(row['p99_ratio'])}"
+            f" (counting lost as never: {fmt_ratio(row['p99_incl_lost_ratio'], 'lost')}),"
+            f" deliveries {fmt_ratio(row['deliveries_ratio'])}, {lost}: {verdict}"
         )
     return lines
 
@@ -226,10 +217,10 @@ def versus_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [
         f"Against {BASELINE} (same K): ratio = target / {BASELINE}",
         *(
-            f"  {row['target']:<12} K={row['stalled']}: p99 {_x(row['p99_ratio'])},"
-            f" deliveries/s {_x(row['deliveries_ratio'])},"
-            f" cpu/delivery {_x(row['cpu_per_delivery_ratio'])},"
-            f" peak RSS {_x(row['peak_rss_ratio'])},"
+            f"  {row['target']:<12} K={row['stalled']}: p99 {fmt_ratio(row['p99_ratio'])},"
+            f" deliveries/s {fmt_ratio(row['deliveries_ratio'])},"
+            f" cpu/delivery {fmt_ratio(row['cpu_per_delivery_ratio'])},"
+            f" peak RSS {fmt_ratio(row['peak_rss_ratio'])},"
             f" lost {row['lost']} vs {row['baseline_lost']}"
             for row in rows
         ),

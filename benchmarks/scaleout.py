@@ -51,6 +51,7 @@ from typing import Any
 import psutil
 import redis
 
+from benchmarks.fmt import fmt_ms, fmt_ratio
 from benchmarks.generator import LoadError, LoadRun, LoadSpec
 from benchmarks.generator.control import CpuClock
 from benchmarks.scaleout_redis import RedisProcess, RedisStartError
@@ -507,12 +508,6 @@ _COLUMNS = (
 )
 
 
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
-
-
 def _pct(value: float) -> str:
     return f"{100 * value:.0f}%"
 
@@ -528,9 +523,9 @@ def _row(round_number: int, step: Step) -> list[str]:
         str(step.workers),
         rate,
         f"{step.deliveries_per_s:.0f}",
-        _ms(step.p50_ms),
-        _ms(step.p99_ms),
-        _ms(step.max_ms),
+        fmt_ms(step.p50_ms),
+        fmt_ms(step.p99_ms),
+        fmt_ms(step.max_ms),
         str(step.lost),
         "/".join(str(count) for count in step.connections_per_worker),
         f"{_pct(step.server_cpu)} ({workers})",
@@ -591,7 +586,8 @@ def _sustained_line(one: Series) -> str:
     busy = step.server_cpu + step.redis_cpu + step.generator_cpu + step.other_cpu
     return (
         f"{head} {step.rate:g} publications/s -> {step.deliveries_per_s:,.0f} deliveries/s,"
-        f" p50 {_ms(step.p50_ms)} ms, p99 {_ms(step.p99_ms)} ms; server {_pct(step.server_cpu)},"
+        f" p50 {fmt_ms(step.p50_ms)} ms, p99 {fmt_ms(step.p99_ms)} ms;"
+        f" server {_pct(step.server_cpu)},"
         f" redis {_pct(step.redis_cpu)}, generator {_pct(step.generator_cpu)}"
         f" (busiest {_pct(step.generator_busiest)}), other {_pct(step.other_cpu)}:"
         f" {_pct(busy)} of 200%; {per_core:,.0f} deliveries per server CPU-second"
@@ -653,8 +649,8 @@ def _cpu_lines(series: Sequence[Series], best: dict[int, Step | None]) -> list[s
             lines.append(
                 f"Same load, round {round_number}, {rate:g}/s ({a.deliveries_per_s:,.0f}"
                 f" deliveries/s): server CPU {_pct(a.server_cpu)} with W=1,"
-                f" {_pct(b.server_cpu)} with W=2 ({_x(ratio(b.server_cpu, a.server_cpu))});"
-                f" p99 {_ms(a.p99_ms)} vs {_ms(b.p99_ms)} ms"
+                f" {_pct(b.server_cpu)} with W=2 ({fmt_ratio(ratio(b.server_cpu, a.server_cpu))});"
+                f" p99 {fmt_ms(a.p99_ms)} vs {fmt_ms(b.p99_ms)} ms"
             )
     if one is None or two is None or not two.deliveries_per_s:
         return lines
@@ -672,10 +668,6 @@ def _cpu_lines(series: Sequence[Series], best: dict[int, Step | None]) -> list[s
         f" {_pct(wanted * generator / 1e6)}"
     )
     return lines
-
-
-def _x(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
 
 
 def summary(series: Sequence[Series], plan: Plan) -> tuple[list[str], dict[str, Any]]:
@@ -698,7 +690,9 @@ def summary(series: Sequence[Series], plan: Plan) -> tuple[list[str], dict[str, 
     if len(per_round) > 1:
         lines.append(
             "Ratio W=2 / W=1 per round: "
-            + ", ".join(f"round {number}: {_x(value)}" for number, value in per_round.items())
+            + ", ".join(
+                f"round {number}: {fmt_ratio(value)}" for number, value in per_round.items()
+            )
             + (f" (median {statistics.median(measured):.2f}x)" if measured else "")
         )
     if achieved is None:
@@ -759,7 +753,8 @@ def _brief(step: Step) -> str:
     if not step.ok:
         return f"ERROR {step.error}"
     text = (
-        f"{step.deliveries_per_s:,.0f} deliveries/s, p50 {_ms(step.p50_ms)} p99 {_ms(step.p99_ms)}"
+        f"{step.deliveries_per_s:,.0f} deliveries/s,"
+        f" p50 {fmt_ms(step.p50_ms)} p99 {fmt_ms(step.p99_ms)}"
         f" ms, lost {step.lost}, server {_pct(step.server_cpu)}, redis {_pct(step.redis_cpu)},"
         f" generator {_pct(step.generator_cpu)} (busiest {_pct(step.generator_busiest)}),"
         f" other {_pct(step.other_cpu)}"

@@ -17,6 +17,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.connrate import ConnRateResult
 from benchmarks.fanout import P99_LIMIT_MS, FanoutSeries, failure
+from benchmarks.fmt import fmt_ms, fmt_ratio
 from benchmarks.goals import SuiteResults, Verdict, common_rate, cpu_at, judge, peer_ratio
 from benchmarks.idle import IdleResult
 from benchmarks.scenarios import ScenarioResult
@@ -24,16 +25,6 @@ from benchmarks.stats import ratio
 from benchmarks.targets import PEERS
 
 Row = list[str]
-
-
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
-
-
-def _x(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
 
 
 def _pct(share: float) -> str:
@@ -82,10 +73,10 @@ def _load_cells(result: ScenarioResult) -> Row:
     return [
         f"{result.deliveries_per_s:,.0f}",
         _lost(result),
-        _ms(latency.p50_ms if latency else None),
-        _ms(latency.p99_ms if latency else None),
-        _ms(latency.max_ms if latency else None),
-        _ms(result.server_cpu_ms_per_1k),
+        fmt_ms(latency.p50_ms if latency else None),
+        fmt_ms(latency.p99_ms if latency else None),
+        fmt_ms(latency.max_ms if latency else None),
+        fmt_ms(result.server_cpu_ms_per_1k),
         f"{result.server_peak_rss_mb:.0f}",
         _generator(result.generator_cpu_share, result.generator_max_process_share),
         _pct(result.other_cpu_share),
@@ -95,7 +86,7 @@ def _load_cells(result: ScenarioResult) -> Row:
 def _peer_cells(
     results: Sequence[Any], target: str, figure: Callable[[Any], float | None], peers: Sequence[str]
 ) -> Row:
-    return [_x(peer_ratio(results, target, peer, figure)) for peer in peers]
+    return [fmt_ratio(peer_ratio(results, target, peer, figure)) for peer in peers]
 
 
 def _cpu(result: ScenarioResult) -> float | None:
@@ -133,16 +124,19 @@ def fanout_section(results: SuiteResults, peers: Sequence[str]) -> list[str]:
     for one in series:
         best = one.sustained
         cells = _load_cells(best) if best else ["none sustained", *[""] * (len(_LOAD_HEADER) - 1)]
-        sustained = [_x(ratio(_sustained(one), _sustained(results.series(peer)))) for peer in peers]
+        sustained = [
+            fmt_ratio(ratio(_sustained(one), _sustained(results.series(peer)))) for peer in peers
+        ]
         cpu_common = [
-            _x(ratio(cpu_at(one, rate), cpu_at(results.series(peer), rate))) for peer in peers
+            fmt_ratio(ratio(cpu_at(one, rate), cpu_at(results.series(peer), rate)))
+            for peer in peers
         ]
         rows.append(
             [
                 one.target,
                 f"{best.params.rate:g}" if best else "-",
                 *cells,
-                _ms(cpu_at(one, rate)),
+                fmt_ms(cpu_at(one, rate)),
                 *sustained,
                 *cpu_common,
                 short(one.error) or one.stop_reason,
@@ -242,7 +236,7 @@ def stalled_section(results: SuiteResults, peers: Sequence[str]) -> list[str]:
         [
             row["target"],
             str(row["stalled"]),
-            _x(row["p99_ratio"]),
+            fmt_ratio(row["p99_ratio"]),
             str(row["lost"]),
             "met" if row["goal_met"] else "not met",
         ]
@@ -288,8 +282,8 @@ def idle_section(results: Sequence[IdleResult], peers: Sequence[str]) -> list[st
                 f"{result.connected:,}",
                 f"{result.rss_base_mb:.1f}",
                 f"{result.rss_open_mb:.1f}",
-                _ms(result.per_connection_kib),
-                _ms(result.server_cpu_ms_per_1k_connections),
+                fmt_ms(result.per_connection_kib),
+                fmt_ms(result.server_cpu_ms_per_1k_connections),
                 f"{result.connect_s:.1f}",
                 *_peer_cells(results, result.target, _per_connection, peers),
             ]
@@ -344,10 +338,10 @@ def connrate_section(results: Sequence[ConnRateResult], peers: Sequence[str]) ->
                 result.target,
                 f"{result.per_second:,.0f}",
                 str(sum(result.failures.values())),
-                _ms(latency.p50_ms if latency else None),
-                _ms(latency.p99_ms if latency else None),
-                _ms(latency.max_ms if latency else None),
-                _ms(result.server_cpu_ms_per_1k),
+                fmt_ms(latency.p50_ms if latency else None),
+                fmt_ms(latency.p99_ms if latency else None),
+                fmt_ms(latency.max_ms if latency else None),
+                fmt_ms(result.server_cpu_ms_per_1k),
                 f"{result.peak_rss_mb:.0f}",
                 _generator(result.generator_cpu_share, result.generator_max_process_share),
                 _pct(result.other_cpu_share),

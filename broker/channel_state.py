@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from broker.settings import NamespaceSettings
@@ -58,10 +57,6 @@ class ChannelState:
             + len(self.recovering)
             + len(self.joining)
         )
-
-    def members(self) -> Iterator[Subscriber]:
-        for group in self.live.values():
-            yield from group
 
     def add(self, subscriber: Subscriber) -> None:
         self.live.setdefault(subscriber.encoding, {})[subscriber] = None

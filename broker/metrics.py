@@ -53,10 +53,17 @@ class BrokerCollector(Collector):
             "broker_hub_mailbox_queued", "Commands waiting for the hub.", value=hub.mailbox_queued
         )
         yield CounterMetricFamily(
-            "broker_publications", "Publications accepted.", value=hub.publications
+            "broker_publications",
+            "Publications fanned out on this process.",
+            value=hub.publications,
         )
         yield CounterMetricFamily(
             "broker_deliveries", "Messages queued for subscribers.", value=hub.deliveries
+        )
+        yield CounterMetricFamily(
+            "broker_gaps",
+            "Publication ranges this process could not deliver and reported as gap.",
+            value=hub.gaps,
         )
         yield CounterMetricFamily(
             "broker_slow_consumers",
