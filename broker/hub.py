@@ -30,6 +30,7 @@ under a name no client can use.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -143,6 +144,11 @@ class Hub:
         self._deliveries = 0
         self._gaps = 0
         self._running = False
+        #: Subscribers waiting to be detached, and whether a detach is under way: detaching one
+        #: broadcasts its departure, which may find more departed subscribers, so detaching is a
+        #: loop over this queue rather than a recursion as deep as the room is large.
+        self._detach_queue: deque[Subscriber] = deque()
+        self._detaching = False
 
     # --- the mailbox ----------------------------------------------------------------------------
 
@@ -447,6 +453,17 @@ class Hub:
                 self.backplane.unwatch(channel)
 
     def _detach(self, subscriber: Subscriber) -> None:
+        self._detach_queue.append(subscriber)
+        if self._detaching:
+            return  # The loop below, further up the stack, takes it.
+        self._detaching = True
+        try:
+            while self._detach_queue:
+                self._detach_one(self._detach_queue.popleft())
+        finally:
+            self._detaching = False
+
+    def _detach_one(self, subscriber: Subscriber) -> None:
         if subscriber.detached:
             return
         subscriber.detached = True
