@@ -15,6 +15,8 @@ One canonical log line is written when the connection closes (``connection.close
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import math
 import secrets
 import time
@@ -107,6 +109,10 @@ class Connection:
         self.outbox.on_overflow = self._interrupt_write
         #: The scope of the write in progress, cancelled when the client is to be dropped anyway.
         self._write_scope: anyio.CancelScope | None = None
+        #: Without a writer task (the ``TransportLink`` path): the deadline of the wait for the
+        #: socket to take more, and the context (``client`` bound for logs) callbacks run in.
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._context: contextvars.Context | None = None
         encoding: Encoding | None = None if codec is None else codec.encoding
         self.subscriber = Subscriber(id=self.id, encoding=encoding, outbox=self.outbox)
         self.stats = ConnectionStatistics()
@@ -162,6 +168,11 @@ class Connection:
     def _interrupt_write(self) -> None:
         if self._write_scope is not None:
             self._write_scope.cancel()
+        if self._write_timer is not None:
+            # Waiting for the socket, without a task: stop waiting and look at the state now.
+            self._write_timer.cancel()
+            self._write_timer = None
+            asyncio.get_running_loop().call_soon(self._service, context=self._context)
 
     def protocol_error(self, event: str, **fields: Any) -> None:
         """Log a bad frame, at most ``log.max_protocol_errors_logged`` times per connection."""
@@ -235,26 +246,41 @@ class Connection:
         accepted already."""
         structlog.contextvars.bind_contextvars(client=self.id)
         log.info("connection.opened", remote=self.remote, endpoint=self.endpoint)
-        if self.link is not None:
-            self.link.on_shutdown = self.drain
-            self.link.close_notice = self._close_notice
+        link = self.link
         try:
-            async with anyio.create_task_group() as tasks:
+            if link is not None:
+                # No writer task: the outbox, the socket's writability and timers call the writer
+                # (``_service``) when there is something to do. The reader ends when the client
+                # closes or the socket is lost or reset: uvicorn then hands it a disconnect.
+                self._context = contextvars.copy_context()
+                link.on_shutdown = self.drain
+                link.close_notice = self._close_notice
+                link.on_writable = self._on_writable
+                self.outbox.call_when_ready(self._service, self._context)
+                await reader()
+            else:
+                async with anyio.create_task_group() as tasks:
 
-                async def run_then_cancel(task: Callable[[], Awaitable[None]]) -> None:
-                    try:
-                        await task()
-                    finally:
-                        tasks.cancel_scope.cancel()
+                    async def run_then_cancel(task: Callable[[], Awaitable[None]]) -> None:
+                        try:
+                            await task()
+                        finally:
+                            tasks.cancel_scope.cancel()
 
-                tasks.start_soon(run_then_cancel, reader)
-                tasks.start_soon(run_then_cancel, self._write)
+                    tasks.start_soon(run_then_cancel, reader)
+                    tasks.start_soon(run_then_cancel, self._write)
         except Exception:
             # A bug, not the client's doing: log it whole, tell the client 1011 (PROTOCOL.md
             # close codes) without a traceback, and clean up as for any other end.
             log.exception("connection.failed")
             await self._close_after_failure()
         finally:
+            if link is not None:
+                link.on_writable = None
+                link.on_shutdown = None
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
             self.outbox.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 try:
@@ -296,7 +322,88 @@ class Connection:
             self.close_code = code
             self.close_reason = reason or "client closed"
 
-    # --- the writer -----------------------------------------------------------------------------
+    # --- the writer, without a task (TransportLink) ---------------------------------------------
+
+    def _service(self) -> None:
+        """One step of the writer: called when the outbox has something for it (or overflowed,
+        closed or was interrupted), when the socket takes more, and by the write deadline."""
+        link = self.link
+        assert link is not None
+        outbox = self.outbox
+        if link.disconnected:
+            self.client_closed(1006, "connection lost")
+            return
+        if outbox.overflowed and self.close_request is None:
+            self._slow_consumer("outbox_full")
+            self.request_close(CloseCode.SLOW_CONSUMER)
+        request = self.close_request
+        if request is not None:
+            self._close_now(request)
+            return
+        if outbox.closed:
+            return
+        if not link.writable_now():
+            self._wait_writable(self.settings.websocket.write_timeout, self._write_timed_out)
+            return
+        try:
+            for frames, text in self._encode(self._take_frames()):
+                link.write_prepared(frames, text=text)
+        except ClientGone:
+            self.client_closed(1006, "connection lost")
+            return
+        outbox.call_when_ready(self._service, self._context)
+
+    def _close_now(self, request: CloseRequest) -> None:
+        """``_close`` without awaiting: the ``disconnect`` and close frame go out once the socket
+        takes them, within ``close_timeout``; otherwise the socket is reset."""
+        link = self.link
+        assert link is not None
+        self.close_code, self.close_reason = request.code, request.reason
+        if not link.writable_now():
+            if request.code == CloseCode.SLOW_CONSUMER or link.disconnected:
+                # Nothing more reaches this client: reset it now rather than hold its buffers.
+                link.abort()
+                return
+            self._wait_writable(self.settings.websocket.close_timeout, link.abort)
+            return
+        frames = self._take_frames() if request.flush else []
+        if self.codec is not None:
+            notice = Disconnect(
+                code=request.code,
+                reason=request.reason,
+                reconnect=request.reconnect,
+                retry_after=request.retry_after,
+            )
+            frames.append(Frame(self.codec.encode(notice)))
+        try:
+            for run, text in self._encode(frames) if frames else []:
+                link.write_prepared(run, text=text)
+            link.close(request.code, request.reason)
+        except ClientGone:
+            return
+
+    def _wait_writable(self, timeout: float, on_timeout: Callable[[], None]) -> None:
+        if self._write_timer is None:  # already waiting: the first deadline stands
+            self._write_timer = asyncio.get_running_loop().call_later(
+                timeout, self._wait_timed_out, on_timeout, context=self._context
+            )
+
+    def _wait_timed_out(self, on_timeout: Callable[[], None]) -> None:
+        self._write_timer = None
+        on_timeout()
+
+    def _on_writable(self) -> None:
+        # Called by the protocol from inside the transport's callback: write from the loop.
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+            asyncio.get_running_loop().call_soon(self._service, context=self._context)
+
+    def _write_timed_out(self) -> None:
+        self._slow_consumer("write_timeout")
+        self._abort(CloseCode.SLOW_CONSUMER)
+
+    # --- the writer task (plain ASGI) -----------------------------------------------------------
 
     async def _write(self) -> None:
         outbox = self.outbox

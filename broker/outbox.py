@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from contextvars import Context
 from dataclasses import dataclass
 
 from broker.settings import OverflowPolicy
@@ -278,6 +279,20 @@ class Outbox:
             # broker runs on asyncio (uvicorn) only.
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             await waiter
+
+    def call_when_ready(self, callback: Callable[[], None], context: Context | None) -> None:
+        """``wait_ready`` without a task: call ``callback`` (in ``context``) soon after frames
+        are queued, or the outbox overflows, is closed or interrupted; soon, if it already is.
+
+        A connection served through ``TransportLink`` has no writer task: an idle task costs
+        several KiB per connection, and most connections are idle most of the time.
+        """
+        loop = asyncio.get_running_loop()
+        if self._frames or self._skipped or self._overflowed or self._closed or self._interrupted:
+            loop.call_soon(callback, context=context)
+            return
+        waiter = self._waiter = loop.create_future()
+        waiter.add_done_callback(lambda _: callback(), context=context)
 
     def take_skipped(self) -> list[SkippedRange]:
         """The publications dropped since the last call, one range per channel."""

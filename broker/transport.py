@@ -68,7 +68,7 @@ class ClientGone(Exception):
 class TransportLink:
     """What the app may do with a connection's transport, handed over in ``scope["extensions"]``."""
 
-    __slots__ = ("_protocol", "close_notice", "on_shutdown")
+    __slots__ = ("_protocol", "close_notice", "on_shutdown", "on_writable")
 
     def __init__(self, protocol: BrokerWebSocketProtocol) -> None:
         self._protocol = protocol
@@ -80,6 +80,10 @@ class TransportLink:
         #: send just before the close frame: ``close_notice(code, reason)`` returns its payload
         #: and whether it is text, or None.
         self.close_notice: Callable[[int, str], tuple[bytes, bool] | None] | None = None
+        #: Called when the transport's buffer drains below its low-water mark, and when the
+        #: connection is lost: the app's writer waits for this instead of a task waiting. It runs
+        #: inside the transport's callback, so it must schedule its writes, not make them.
+        self.on_writable: Callable[[], None] | None = None
 
     @property
     def disconnected(self) -> bool:
@@ -158,6 +162,31 @@ class TransportLink:
             wires.append(wire)
         protocol.transport.write(b"".join(wires))
 
+    def close(self, code: int, reason: str) -> None:
+        """Send the close frame now, as ASGI ``websocket.close`` would, without awaiting.
+
+        Only while ``writable_now()``: this mirrors uvicorn 0.54's ``send`` for
+        ``websocket.close`` past its wait for writability (the app's receive gets
+        ``websocket.disconnect`` with ``code``), and resets the socket if the client does not
+        answer within ``close_timeout``. Raises ``ClientGone``.
+        """
+        protocol = self._protocol
+        if protocol.disconnected or protocol.close_sent or protocol.transport.is_closing():
+            raise ClientGone
+        try:
+            protocol.conn.send_close(code, reason)
+        except InvalidState as exc:
+            raise ClientGone from exc
+        protocol.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+        protocol.close_sent = True
+        if protocol.read_paused:
+            protocol.read_paused = False
+            protocol.transport.resume_reading()
+        protocol.close_timer = protocol.loop.call_later(
+            protocol.close_timeout, protocol.abort_connection
+        )
+
     def abort(self) -> None:
         """Reset the connection now, dropping whatever is buffered for it."""
         self._protocol.abort_connection()
@@ -183,6 +212,19 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][TRANSPORT_EXTENSION] = self.link
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._notify_writable()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._notify_writable()
+
+    def _notify_writable(self) -> None:
+        on_writable = self.link.on_writable
+        if on_writable is not None:
+            on_writable()
 
     def shutdown(self) -> None:
         on_shutdown = self.link.on_shutdown

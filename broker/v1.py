@@ -8,9 +8,8 @@ negotiated encoding (1003) and an oversized message (1009) close it.
 
 from __future__ import annotations
 
+import asyncio
 import time
-
-import anyio
 
 from broker.backplane import BackplaneUnavailable
 from broker.connection import Connection
@@ -60,6 +59,7 @@ class V1Reader:
             else None
         )
         self.strikes = 0
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         connection = self.connection
@@ -70,31 +70,35 @@ class V1Reader:
             max_message_bytes=websocket_settings.max_message_bytes,
         )
         connection.send_frame(self.codec.encode(welcome))
-        async with anyio.create_task_group() as tasks:
-            idle_timeout = connection.settings.limits.idle_timeout
-            if idle_timeout > 0:
-                tasks.start_soon(self.close_when_idle, idle_timeout)
+        idle_timeout = connection.settings.limits.idle_timeout
+        if idle_timeout > 0:
+            # A timer, not a task: a sleeping task per connection costs memory for nothing.
+            self.idle_timer = asyncio.get_running_loop().call_later(
+                idle_timeout, self.close_if_idle, idle_timeout
+            )
+        try:
             await connection.receive_loop(
                 self.on_text,
                 self.on_bytes,
                 heartbeat=websocket_settings.heartbeat + websocket_settings.heartbeat_grace,
             )
-            tasks.cancel_scope.cancel()
+        finally:
+            if self.idle_timer is not None:
+                self.idle_timer.cancel()
 
-    async def close_when_idle(self, idle_timeout: float) -> None:
-        """Close the connection once it has had no subscription for ``idle_timeout`` seconds."""
-        subscriber = self.connection.subscriber
-        while True:
-            since = subscriber.idle_since
-            if since is None:
-                await anyio.sleep(idle_timeout)
-                continue
-            remaining = since + idle_timeout - time.monotonic()
-            if remaining <= 0:
-                log.info("connection.idle_timeout", idle_timeout=idle_timeout)
-                self.connection.request_close(CloseCode.POLICY_VIOLATION)
-                return
-            await anyio.sleep(remaining)
+    def close_if_idle(self, idle_timeout: float) -> None:
+        """Close the connection once it has had no subscription for ``idle_timeout`` seconds;
+        otherwise look again when it could next be so."""
+        since = self.connection.subscriber.idle_since
+        remaining = idle_timeout if since is None else since + idle_timeout - time.monotonic()
+        if remaining <= 0:
+            log.info("connection.idle_timeout", idle_timeout=idle_timeout)
+            self.connection.request_close(CloseCode.POLICY_VIOLATION)
+            self.idle_timer = None
+            return
+        self.idle_timer = asyncio.get_running_loop().call_later(
+            remaining, self.close_if_idle, idle_timeout
+        )
 
     async def on_text(self, text: str) -> None:
         if not self.codec.text:

@@ -1,6 +1,11 @@
-"""The WebSocket routes: ``/v1/ws`` (PROTOCOL.md §1) and the plain ``/ws``, ``/ws/data`` and
+"""The WebSocket endpoints: ``/v1/ws`` (PROTOCOL.md §1) and the plain ``/ws``, ``/ws/data`` and
 ``/ws/chat`` (§3). Each admits the client, runs a ``Connection`` with the endpoint's reader, and
-leaves nothing behind when it ends."""
+leaves nothing behind when it ends.
+
+They are FastAPI routes (``router``, with the ``get_broker`` and ``get_settings`` dependencies),
+and ``ENDPOINTS`` lists them by path for ``BrokerApp`` (broker/app.py), which calls them directly
+when nothing customises the app: a connection then holds no FastAPI frames for its lifetime.
+"""
 
 from __future__ import annotations
 
@@ -74,8 +79,7 @@ async def _run(
         broker.remove(connection)
 
 
-@router.websocket("/v1/ws")
-async def v1_endpoint(websocket: WebSocket, broker: BrokerDep, settings: SettingsDep) -> None:
+async def serve_v1(websocket: WebSocket, broker: Broker, settings: Settings) -> None:
     codec = codec_for_subprotocols(websocket.scope.get("subprotocols") or [])
     if codec is None:
         # Only unknown subprotocols offered: refuse the handshake (PROTOCOL.md §1).
@@ -87,25 +91,44 @@ async def v1_endpoint(websocket: WebSocket, broker: BrokerDep, settings: Setting
     await _run(connection, broker, V1Reader(connection, broker, codec).run)
 
 
-@router.websocket("/ws")
-async def echo_endpoint(websocket: WebSocket, broker: BrokerDep, settings: SettingsDep) -> None:
+async def serve_echo(websocket: WebSocket, broker: Broker, settings: Settings) -> None:
     if not await _admit(websocket, broker, None):
         return
     connection = _connection(websocket, broker, settings, None, "/ws")
     await _run(connection, broker, lambda: run_echo(connection))
 
 
-@router.websocket("/ws/data")
-async def data_endpoint(websocket: WebSocket, broker: BrokerDep, settings: SettingsDep) -> None:
+async def serve_data(websocket: WebSocket, broker: Broker, settings: Settings) -> None:
     if not await _admit(websocket, broker, None):
         return
     connection = _connection(websocket, broker, settings, None, "/ws/data")
     await _run(connection, broker, lambda: run_data(connection))
 
 
-@router.websocket("/ws/chat")
-async def chat_endpoint(websocket: WebSocket, broker: BrokerDep, settings: SettingsDep) -> None:
+async def serve_chat(websocket: WebSocket, broker: Broker, settings: Settings) -> None:
     if not await _admit(websocket, broker, None):
         return
     connection = _connection(websocket, broker, settings, None, "/ws/chat")
     await _run(connection, broker, lambda: run_chat(connection, broker.hub))
+
+
+Endpoint = Callable[[WebSocket, Broker, Settings], Awaitable[None]]
+
+#: The WebSocket endpoints by path, for ``BrokerApp``'s direct dispatch.
+ENDPOINTS: dict[str, Endpoint] = {
+    "/v1/ws": serve_v1,
+    "/ws": serve_echo,
+    "/ws/data": serve_data,
+    "/ws/chat": serve_chat,
+}
+
+
+def _route(path: str, endpoint: Endpoint) -> None:
+    async def route(websocket: WebSocket, broker: BrokerDep, settings: SettingsDep) -> None:
+        await endpoint(websocket, broker, settings)
+
+    router.add_api_websocket_route(path, route, name=endpoint.__name__)
+
+
+for _path, _endpoint in ENDPOINTS.items():
+    _route(_path, _endpoint)
