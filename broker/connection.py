@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -113,6 +112,9 @@ class Connection:
         #: socket to take more, and the context (``client`` bound for logs) callbacks run in.
         self._write_timer: asyncio.TimerHandle | None = None
         self._context: contextvars.Context | None = None
+        #: The reader's heartbeat check (``receive_loop``) and when the client was last heard.
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
+        self._last_heard = 0.0
         encoding: Encoding | None = None if codec is None else codec.encoding
         self.subscriber = Subscriber(id=self.id, encoding=encoding, outbox=self.outbox)
         self.stats = ConnectionStatistics()
@@ -197,13 +199,13 @@ class Connection:
         receive = self.websocket.receive
         stats = self.stats
         max_bytes = self.settings.websocket.max_message_bytes
-        if heartbeat is None:
-            deadline = math.inf
-        else:
-            deadline = anyio.current_time() + heartbeat
-        # Moving a deadline reschedules a timer: do it at most about once a second.
-        slack = 0.0 if heartbeat is None else min(1.0, heartbeat / 10)
-        with anyio.CancelScope(deadline=deadline) as silence:
+        loop = asyncio.get_running_loop()
+        if heartbeat is not None:
+            # A timer that looks at when the client was last heard, not a deadline moved on
+            # every message: nothing is allocated or rescheduled per frame.
+            self._last_heard = loop.time()
+            self._heartbeat_timer = loop.call_later(heartbeat, self._check_heartbeat, heartbeat)
+        try:
             while True:
                 message = await receive()
                 kind = message["type"]
@@ -211,9 +213,7 @@ class Connection:
                     self.client_closed(message.get("code", 1005), message.get("reason") or "")
                     return
                 if heartbeat is not None:
-                    now = anyio.current_time()
-                    if now + heartbeat - silence.deadline > slack:
-                        silence.deadline = now + heartbeat
+                    self._last_heard = loop.time()
                 if self.close_request is not None:
                     continue
                 text = message.get("text")
@@ -233,11 +233,25 @@ class Connection:
                         self.request_close(CloseCode.MESSAGE_TOO_BIG)
                         continue
                     await on_bytes(data)
-        if silence.cancelled_caught:
+        finally:
+            if self._heartbeat_timer is not None:
+                self._heartbeat_timer.cancel()
+                self._heartbeat_timer = None
+
+    def _check_heartbeat(self, heartbeat: float) -> None:
+        loop = asyncio.get_running_loop()
+        silent = loop.time() - self._last_heard
+        if silent < heartbeat:
+            self._heartbeat_timer = loop.call_later(
+                heartbeat - silent, self._check_heartbeat, heartbeat
+            )
+            return
+        self._heartbeat_timer = None
+        if self.close_request is None:
             log.info("connection.heartbeat_timeout", heartbeat=heartbeat)
+            # The reader goes on reading (and dropping) until the close handshake ends or the
+            # writer gives up.
             self.request_close(CloseCode.HEARTBEAT_TIMEOUT)
-            # Keep reading (and dropping) until the close handshake ends or the writer gives up.
-            await self.receive_loop(_ignore, _ignore)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -586,10 +600,6 @@ class Connection:
             reason=self.close_reason,
         )
         structlog.contextvars.unbind_contextvars("client")
-
-
-async def _ignore(_: object) -> None:
-    pass
 
 
 def _remote(websocket: WebSocket) -> str | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -192,13 +193,89 @@ class TransportLink:
         self._protocol.abort_connection()
 
 
+class _ReceiveQueue:
+    """What uvicorn needs of its per-connection ``asyncio.Queue``, in a fraction of the memory.
+
+    An ``asyncio.Queue`` holds three deques (about 2.5 KiB with its object) for the life of the
+    connection; there is one reader, and messages rarely wait, so a list made on demand and one
+    future do.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[AsgiMessage] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: AsgiMessage) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def get(self) -> AsgiMessage:
+        while not self._items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
+
+    def empty(self) -> bool:
+        return not self._items
+
+
+class _Flag:
+    """What uvicorn needs of its per-connection ``asyncio.Event`` (``writable``), without the
+    deque of waiters an ``asyncio.Event`` keeps for the life of the connection."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        while not self._set:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            await waiter
+
+
 class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol, plus the ``TransportLink`` extension."""
+    """uvicorn's websockets-sansio protocol, plus the ``TransportLink`` extension, and lighter:
+    an idle connection costs memory for as long as it lives (docs/performance.md)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.link = TransportLink(self)
         self.close_timeout = _settings["close_timeout"]
+        self.queue = _ReceiveQueue()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -237,6 +314,10 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: Any) -> None:
         await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake's request and response (with their headers) are not used again;
+            # the app keeps what it needs from the scope.
+            del self.request, self.response
         if message["type"] == "websocket.close" and self.close_timer is not None:
             # uvicorn ends an unanswered close handshake with transport.close(), which waits for
             # the write buffer to drain: a client that stopped reading would keep its socket and
