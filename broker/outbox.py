@@ -18,7 +18,6 @@ A closed outbox refuses everything, so a departed connection costs the hub one c
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 from contextvars import Context
 from dataclasses import dataclass
@@ -88,6 +87,8 @@ class Outbox:
         "_frames",
         "_interrupted",
         "_overflowed",
+        "_ready_callback",
+        "_ready_context",
         "_released",
         "_skipped",
         "_waiter",
@@ -103,7 +104,9 @@ class Outbox:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.policy = policy
-        self._frames: deque[Frame] = deque()
+        # A list, not a deque: an empty deque holds a 64-slot block (about 600 bytes) for the
+        # life of the connection, and frames leave all at once (``drain``), not one by one.
+        self._frames: list[Frame] = []
         self._bytes = 0
         self._dropped = 0
         self._overflowed = False
@@ -112,6 +115,9 @@ class Outbox:
         self._released = (0, 0)
         self._skipped: dict[str, SkippedRange] = {}
         self._waiter: asyncio.Future[None] | None = None
+        #: ``call_when_ready``'s callback and its context: the waiter of a writer without a task.
+        self._ready_callback: Callable[[], None] | None = None
+        self._ready_context: Context | None = None
         #: Called once when the outbox overflows, so a writer stuck on the socket can stop
         #: waiting for it: the client is being dropped anyway.
         self.on_overflow: Callable[[], None] | None = None
@@ -154,7 +160,9 @@ class Outbox:
                 return False
         self._frames.append(frame)
         self._bytes += size
-        if self._waiter is not None and not self._flush_pending:
+        if (
+            self._waiter is not None or self._ready_callback is not None
+        ) and not self._flush_pending:
             flusher = self.flusher
             if flusher is not None and self.write_through is not None:
                 # Written after this turn of the loop, with whatever else the turn queues.
@@ -172,21 +180,24 @@ class Outbox:
         """
         frames = self._frames
         kept: list[Frame] = []
-        while frames and (
-            len(frames) + len(kept) >= self.max_messages or self._bytes + size > self.max_bytes
+        taken = 0
+        while taken < len(frames) and (
+            len(frames) - taken + len(kept) >= self.max_messages
+            or self._bytes + size > self.max_bytes
         ):
-            oldest = frames.popleft()
+            oldest = frames[taken]
+            taken += 1
             if oldest.channel is None:
                 kept.append(oldest)
                 continue
             self._bytes -= len(oldest.data)
             self._record_skip(oldest)
-        frames.extendleft(reversed(kept))
+        self._frames = frames = kept + frames[taken:]
         return len(frames) < self.max_messages and self._bytes + size <= self.max_bytes
 
     def _skip_channel(self, incoming: Frame) -> None:
         channel = incoming.channel
-        remaining: deque[Frame] = deque()
+        remaining: list[Frame] = []
         for frame in self._frames:
             if frame.channel == channel:
                 self._bytes -= len(frame.data)
@@ -229,7 +240,7 @@ class Outbox:
     def flush(self) -> None:
         """Write what is queued now if the socket takes it, else wake the writer to do it."""
         self._flush_pending = False
-        if self._waiter is None:
+        if self._waiter is None and self._ready_callback is None:
             return  # The writer is awake: it takes everything queued anyway.
         write_through = self.write_through
         if (
@@ -248,6 +259,11 @@ class Outbox:
         self._wake()
 
     def _wake(self) -> None:
+        callback = self._ready_callback
+        if callback is not None:
+            self._ready_callback = None
+            asyncio.get_running_loop().call_soon(callback, context=self._ready_context)
+            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -291,8 +307,8 @@ class Outbox:
         if self._frames or self._skipped or self._overflowed or self._closed or self._interrupted:
             loop.call_soon(callback, context=context)
             return
-        waiter = self._waiter = loop.create_future()
-        waiter.add_done_callback(lambda _: callback(), context=context)
+        self._ready_callback = callback
+        self._ready_context = context
 
     def take_skipped(self) -> list[SkippedRange]:
         """The publications dropped since the last call, one range per channel."""
@@ -304,8 +320,7 @@ class Outbox:
 
     def drain(self) -> list[Frame]:
         """Everything queued, oldest first; the outbox is empty afterwards."""
-        frames = list(self._frames)
-        self._frames.clear()
+        frames, self._frames = self._frames, []
         self._bytes = 0
         return frames
 

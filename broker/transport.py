@@ -37,6 +37,7 @@ from starlette.websockets import WebSocketDisconnect
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 from websockets.http11 import Request
+from websockets.protocol import Protocol as WebSocketProtocol
 from websockets.protocol import State
 
 from protocol import Frame
@@ -318,6 +319,14 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
             # The handshake's request and response (with their headers) are not used again;
             # the app keeps what it needs from the scope.
             del self.request, self.response
+            conn = self.conn
+            if not conn.reader.buffer:
+                # websockets' server parser is a generator that keeps the handshake request (and
+                # its headers) as a local for as long as the connection lives. With nothing
+                # buffered it waits for a frame's first byte: a fresh frame parser, waiting at
+                # the same point, holds nothing else.
+                conn.parser = WebSocketProtocol.parse(conn)
+                next(conn.parser)
         if message["type"] == "websocket.close" and self.close_timer is not None:
             # uvicorn ends an unanswered close handshake with transport.close(), which waits for
             # the write buffer to drain: a client that stopped reading would keep its socket and
