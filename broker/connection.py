@@ -1,14 +1,20 @@
-"""One WebSocket connection: a reader task and a writer task in one task group.
+"""One WebSocket connection: the endpoint's reader, and a writer that needs no task of its own.
 
-The reader turns frames into hub commands (or answers them itself); the writer moves frames from
-the connection's bounded ``Outbox`` to the socket, everything queued per wake-up, in one write.
-When either task ends, the task group cancels the other; the hub then forgets the connection and
-the outbox is closed, so nothing is left behind.
+The reader turns frames into hub commands (or answers them itself); it runs in the task the
+server runs the app in. The writer moves frames from the connection's bounded ``Outbox`` to the
+socket, everything queued per wake-up, in one write. Under ``broker serve`` (the
+``TransportLink`` fast path) the writer is a set of callbacks: the outbox calls it when frames
+arrive (``call_when_ready``), the protocol when the socket takes more, and timers for its
+deadlines. An idle connection thus holds one task and no writer state beyond a callback (memory
+per connection, docs/performance.md). Under another server (plain ASGI) the writer is a task
+beside the reader in one task group, as before.
 
 Every server-initiated close goes through ``request_close``: the writer sends ``disconnect`` (on
 ``/v1/ws``) and the close frame within ``websocket.close_timeout``, and resets the socket if the
 client does not take them. A write stuck for ``websocket.write_timeout`` marks a slow consumer,
-and so does an outbox overflow (PROTOCOL.md close code 4008).
+and so does an outbox overflow (PROTOCOL.md close code 4008). When the writer closes or resets
+the socket, the server hands the reader a disconnect, and the reader ends; cleanup then closes
+the outbox and the hub forgets the connection, so nothing is left behind.
 
 One canonical log line is written when the connection closes (``connection.closed``).
 """
