@@ -88,6 +88,34 @@ def new_client_id() -> str:
 class Connection:
     """The state and the writer shared by every endpoint; the reader is the endpoint's own."""
 
+    # Slots: one of these lives as long as each connection (memory per connection).
+    __slots__ = (
+        "_context",
+        "_heartbeat_timer",
+        "_last_heard",
+        "_log_budget",
+        "_write_scope",
+        "_write_timer",
+        "close_code",
+        "close_reason",
+        "close_request",
+        "codec",
+        "endpoint",
+        "hub",
+        "id",
+        "link",
+        "outbox",
+        "remote",
+        "settings",
+        "sink",
+        "slow_consumer",
+        "started",
+        "stats",
+        "subscriber",
+        "text",
+        "websocket",
+    )
+
     def __init__(
         self,
         websocket: WebSocket,

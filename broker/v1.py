@@ -4,14 +4,19 @@ PROTOCOL.md §1. Answers it can give alone (``pong``, ``error`` for a bad frame 
 go straight to the connection's outbox; everything touching channels goes to the hub. A bad frame
 never ends the connection: it gets ``error`` ``bad_request``. Only the wrong frame kind for the
 negotiated encoding (1003) and an oversized message (1009) close it.
+
+On the Redis backplane the reader does not wait for a publish's result before it reads the next
+frame (``Broker.publish_submit``, docs/scaleout.md): the reply follows from a callback, and the
+replies to publishes, with the errors the reader makes itself, leave in the order of the requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
-from broker.backplane import BackplaneUnavailable
+from broker.backplane import BackplaneUnavailable, Head
 from broker.connection import Connection
 from broker.conversion import UnconvertibleData, convert_for_subscribers
 from broker.hub import (
@@ -43,9 +48,16 @@ from protocol import (
 
 log = get_logger("broker.v1")
 
+_UNAVAILABLE = "the broker cannot publish right now"
+#: A publish whose result is not known yet (its future, ``id`` and channel), or a reply frame
+#: waiting for the replies to earlier publishes.
+_Held = tuple["asyncio.Future[Head]", int | None, str] | bytes
+
 
 class V1Reader:
     """Reads one ``/v1/ws`` connection."""
+
+    __slots__ = ("broker", "bucket", "codec", "connection", "held", "hub", "idle_timer", "strikes")
 
     def __init__(self, connection: Connection, broker: Broker, codec: Codec) -> None:
         self.connection = connection
@@ -60,6 +72,8 @@ class V1Reader:
         )
         self.strikes = 0
         self.idle_timer: asyncio.TimerHandle | None = None
+        #: Replies waiting for an earlier publish's result (``publish``); None while none is.
+        self.held: deque[_Held] | None = None
 
     async def run(self) -> None:
         connection = self.connection
@@ -134,6 +148,18 @@ class V1Reader:
                 self.error(request_id, ErrorCode.BAD_REQUEST, text)
 
     async def publish(self, message: Publish) -> None:
+        held = self.held
+        limit = self.broker.settings.backplane.publish_queue
+        while held is not None and len(held) >= limit:
+            # Bounded memory: at most ``publish_queue`` publishes of one connection pending (with
+            # several Redis servers one slow server could otherwise let the others' replies pile
+            # up behind it). The reader waits, as for a full pipeline.
+            head = held[0]
+            if isinstance(head, bytes):
+                self.settle()
+            else:
+                await asyncio.wait((head[0],))
+            held = self.held
         if self.bucket is not None and not self.bucket.take():
             self.strikes += 1
             if self.strikes >= self.connection.settings.limits.rate_limit_strikes:
@@ -157,17 +183,84 @@ class V1Reader:
             self.error(message.id, ErrorCode.BAD_REQUEST, str(exc))
             return
         try:
-            head = await self.broker.publish(
+            outcome = await self.broker.publish_submit(
                 channel, message.data, self.codec, self.connection.id, converted
             )
         except BackplaneUnavailable:
-            self.error(message.id, ErrorCode.UNAVAILABLE, "the broker cannot publish right now")
+            self.error(message.id, ErrorCode.UNAVAILABLE, _UNAVAILABLE)
             return
-        if message.id is not None:
+        if isinstance(outcome, Head):  # done already (the memory backplane)
+            if message.id is not None:
+                published = Published(
+                    id=message.id, channel=channel, offset=outcome.offset, epoch=outcome.epoch
+                )
+                self.reply(self.codec.encode(published))
+            return
+        # Pipelined (Redis): read the next frame now; the reply follows from ``settle``, a
+        # callback rather than a task (memory per connection).
+        held = self.held
+        if held is None:
+            held = self.held = deque()
+        held.append((outcome, message.id, channel))
+        outcome.add_done_callback(self.settle)
+
+    def settle(self, _: object = None) -> None:
+        """Send the replies of the publishes whose results are known, and the replies held
+        behind them, up to the first publish still pending: replies leave in publish order.
+
+        The done callback of every pending publish's future. It never raises: a failure is
+        logged and the next reply goes on. Once the connection is gone its outbox refuses the
+        frames, so a late result costs nothing."""
+        held = self.held
+        while held:
+            item = held[0]
+            if not isinstance(item, bytes) and not item[0].done():
+                return
+            held.popleft()
+            try:
+                frame = item if isinstance(item, bytes) else self._outcome(*item)
+                if frame is not None:
+                    self.connection.send_frame(frame)
+            except Exception:
+                log.exception("publish.reply_failed")
+        self.held = None
+
+    def _outcome(
+        self, future: asyncio.Future[Head], request_id: int | None, channel: str
+    ) -> bytes | None:
+        """The reply to a publish whose future is done; None for a success without ``id``."""
+        error = BackplaneUnavailable("cancelled") if future.cancelled() else future.exception()
+        if error is None:
+            if request_id is None:
+                return None
+            head = future.result()
             published = Published(
-                id=message.id, channel=channel, offset=head.offset, epoch=head.epoch
+                id=request_id, channel=channel, offset=head.offset, epoch=head.epoch
             )
-            self.connection.send_frame(self.codec.encode(published))
+            return self.codec.encode(published)
+        if not isinstance(error, BackplaneUnavailable):
+            log.error("publish.failed", channel=channel, exc_info=error)
+        message = Error(id=request_id, code=ErrorCode.UNAVAILABLE, message=_UNAVAILABLE)
+        return self.codec.encode(message)
 
     def error(self, request_id: int | None, code: ErrorCode, text: str) -> None:
-        self.connection.send_frame(self.codec.encode(Error(id=request_id, code=code, message=text)))
+        self.reply(self.codec.encode(Error(id=request_id, code=code, message=text)))
+
+    def reply(self, frame: bytes) -> None:
+        """Send a reply made by the reader, after the replies to earlier publishes."""
+        held = self.held
+        if held is None:
+            self.connection.send_frame(frame)
+            return
+        held.append(frame)
+        settings = self.broker.settings
+        connection = self.connection
+        limit = settings.backplane.publish_queue + settings.queue.max_messages
+        if len(held) > limit and connection.close_request is None:
+            # Only bad frames, each answered at once, can get here (``publish`` waits for room):
+            # more replies held than an outbox takes. As when replies overflow the outbox
+            # (broker/outbox.py), the client is dropped as a slow consumer; the reader reads no
+            # more frames once the close is requested.
+            connection.slow_consumer = "replies_held"
+            log.warning("connection.slow_consumer", cause="replies_held", held=len(held))
+            connection.request_close(CloseCode.SLOW_CONSUMER)
