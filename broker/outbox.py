@@ -18,6 +18,7 @@ A closed outbox refuses everything, so a departed connection costs the hub one c
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from contextvars import Context
 from dataclasses import dataclass
@@ -27,29 +28,114 @@ from protocol import Frame
 
 
 class FlushScheduler:
-    """Flushes, right after the current turn of the event loop, every outbox fed during it.
+    """Flushes the outboxes fed during a turn of the event loop right after it, or, under a
+    sustained stream of publications, all together at most once per ``interval``.
 
     The hub handles a burst of commands in one turn; each subscriber's frames from that turn then
     leave in one write, made here, without waking its writer task: no task switch per delivery,
-    and a batch whenever the turn queued several messages. An outbox whose socket does not take
-    the write at once wakes its writer instead, which waits with a deadline.
+    and a batch whenever several messages are queued. An outbox whose socket does not take the
+    write at once wakes its writer instead, which waits with a deadline.
+
+    ``interval`` (``queue.flush_interval``) coalesces writes, adaptively. Publications that come
+    when the last flush of publications ran at least ``interval`` ago are flushed right after the
+    turn, as with 0; those that come sooner wait for the process's one timer, at ``last flush +
+    interval``, and everything queued for a connection by then leaves in one write. So under a
+    sustained stream each connection gets at most one write of publications per ``interval``,
+    and a publication after a quiet spell no added latency. A control frame (a reply, ``pong``,
+    ``welcome``, ``join``: no channel) is never delayed: its outbox is flushed right after the
+    turn, with the publications queued before it, so that a client awaiting each reply in turn is
+    not held to one command per ``interval``; nor does such a flush delay the next publication.
+    With 0 every flush follows its turn.
     """
 
-    __slots__ = ("_dirty", "_scheduled")
+    __slots__ = (
+        "_interval",
+        "_last_flush",
+        "_later",
+        "_soon",
+        "_soon_handle",
+        "_soon_opens_window",
+        "_timer",
+    )
 
-    def __init__(self) -> None:
-        self._dirty: list[Outbox] = []
-        self._scheduled = False
+    def __init__(self, interval: float = 0.0) -> None:
+        self._interval = interval
+        #: Outboxes to flush right after this turn, and the ``call_soon`` that will.
+        self._soon: list[Outbox] = []
+        self._soon_handle: asyncio.Handle | None = None
+        #: Whether that flush writes publications (and so starts a new ``interval``).
+        self._soon_opens_window = False
+        #: Outboxes waiting for ``_timer``, due at ``_last_flush + interval``.
+        self._later: list[Outbox] = []
+        self._timer: asyncio.TimerHandle | None = None
+        #: ``loop.time()`` of the last flush of publications; -inf: the first is never delayed.
+        self._last_flush = -math.inf
 
-    def schedule(self, outbox: Outbox) -> None:
-        self._dirty.append(outbox)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+    @property
+    def interval(self) -> float:
+        return self._interval
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, []
+    def schedule(self, outbox: Outbox, *, urgent: bool = False) -> bool:
+        """Flush ``outbox`` after this turn or, when it waits for publications only (not
+        ``urgent``) and the last flush of publications was less than ``interval`` ago, when the
+        timer fires. Returns True for after this turn."""
+        if not urgent and self._interval > 0:
+            if self._timer is not None:
+                self._later.append(outbox)
+                return False
+            if not self._soon_opens_window:
+                loop = asyncio.get_running_loop()
+                due = self._last_flush + self._interval
+                if loop.time() < due:
+                    self._later.append(outbox)
+                    self._timer = loop.call_at(due, self._flush_later)
+                    return False
+                self._soon_opens_window = True
+        self._soon.append(outbox)
+        if self._soon_handle is None:
+            self._soon_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
+        return True
+
+    def _flush_soon(self) -> None:
+        self._soon_handle = None
+        if self._soon_opens_window:
+            self._soon_opens_window = False
+            self._last_flush = asyncio.get_running_loop().time()
+        dirty, self._soon = self._soon, []
+        for outbox in dirty:
+            outbox.flush()
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        now = asyncio.get_running_loop().time()
+        dirty, self._later = self._later, []
+        flushed = False
+        for outbox in dirty:
+            # An outbox a control frame hurried meanwhile has nothing left, or what came since.
+            flushed |= outbox.flush()
+        if flushed:
+            # A timer that found nothing to write starts no interval: the next publication
+            # after it is not delayed.
+            self._last_flush = now
+
+    def close(self) -> None:
+        """Cancel the pending flushes and, inside the loop, make them now, so no timer outlives
+        the broker and nothing queued waits for one. Idempotent; the scheduler may be used again
+        afterwards (its next flush is not delayed)."""
+        for handle in (self._soon_handle, self._timer):
+            if handle is not None:
+                handle.cancel()
+        self._soon_handle = self._timer = None
+        self._soon_opens_window = False
+        self._last_flush = -math.inf
+        dirty = self._soon + self._later
+        self._soon, self._later = [], []
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop: nothing can be written now; let the outboxes go
+            for outbox in dirty:
+                outbox._flush_pending = outbox._flush_soon = False
+            return
         for outbox in dirty:
             outbox.flush()
 
@@ -84,6 +170,7 @@ class Outbox:
         "_closed",
         "_dropped",
         "_flush_pending",
+        "_flush_soon",
         "_frames",
         "_interrupted",
         "_overflowed",
@@ -125,9 +212,12 @@ class Outbox:
         #: do so at once, returning whether it did. Called only while the writer waits.
         self.write_through: Callable[[], bool] | None = None
         #: Set by the connection: gathers the outboxes fed during one turn of the event loop and
-        #: flushes them right after it (``FlushScheduler``).
+        #: flushes them right after it, or after ``queue.flush_interval`` under a sustained
+        #: stream (``FlushScheduler``).
         self.flusher: FlushScheduler | None = None
         self._flush_pending = False
+        #: Whether the pending flush is one right after the turn (not the flusher's timer).
+        self._flush_soon = False
 
     # --- producer side (hub, reader) ------------------------------------------------------------
 
@@ -160,16 +250,19 @@ class Outbox:
                 return False
         self._frames.append(frame)
         self._bytes += size
-        if (
-            self._waiter is not None or self._ready_callback is not None
-        ) and not self._flush_pending:
+        if self._waiter is not None or self._ready_callback is not None:
             flusher = self.flusher
-            if flusher is not None and self.write_through is not None:
-                # Written after this turn of the loop, with whatever else the turn queues.
-                self._flush_pending = True
-                flusher.schedule(self)
-            else:
+            if flusher is None or self.write_through is None:
                 self._wake()
+            elif not self._flush_pending:
+                # Written after this turn of the loop, or under a sustained stream at the
+                # flusher's next tick, with whatever else is queued by then.
+                self._flush_pending = True
+                self._flush_soon = flusher.schedule(self, urgent=frame.channel is None)
+            elif frame.channel is None and not self._flush_soon:
+                # A reply must not wait for the timer: flush after this turn, with what is
+                # queued before it.
+                self._flush_soon = flusher.schedule(self, urgent=True)
         return True
 
     def _make_room(self, size: int) -> bool:
@@ -237,11 +330,18 @@ class Outbox:
         self._skipped.clear()
         self._wake()
 
-    def flush(self) -> None:
-        """Write what is queued now if the socket takes it, else wake the writer to do it."""
-        self._flush_pending = False
+    def flush(self) -> bool:
+        """Write what is queued now if the socket takes it, else wake the writer to do it.
+
+        Returns whether there was anything for this flush to do.
+        """
+        self._flush_pending = self._flush_soon = False
         if self._waiter is None and self._ready_callback is None:
-            return  # The writer is awake: it takes everything queued anyway.
+            return False  # The writer is awake: it takes everything queued anyway.
+        if not self._frames and not self._skipped:
+            # An earlier flush took everything (one hurried by a control frame), or the writer
+            # did (woken meanwhile, by an overflow or a close): nothing to write or wake it for.
+            return False
         write_through = self.write_through
         if (
             write_through is not None
@@ -250,8 +350,9 @@ class Outbox:
             and not self._interrupted
             and write_through()
         ):
-            return
+            return True
         self._wake()
+        return True
 
     def interrupt(self) -> None:
         """Make ``wait_ready`` return now and from now on, so the writer looks at its state."""

@@ -7,7 +7,8 @@ accepted before the hub takes commands.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -45,8 +46,9 @@ class Broker:
         self.settings = settings
         self.backplane = backplane or create_backplane(settings)
         self.hub = Hub(settings, self.backplane)
-        #: Flushes every outbox fed during a turn of the event loop right after it.
-        self.flusher = FlushScheduler()
+        #: Flushes the outboxes fed during a turn of the event loop: right after it, or (for
+        #: publications under a sustained stream) once per ``queue.flush_interval``.
+        self.flusher = FlushScheduler(settings.queue.flush_interval)
         self.connections: dict[str, Connection] = {}
         self.totals = Totals()
         self.close_codes: dict[int, int] = {}
@@ -77,6 +79,28 @@ class Broker:
         options = self.settings.namespace(namespace_of(channel))
         return await self.backplane.publish(channel, data, codec, publisher, options, converted)
 
+    async def publish_submit(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        converted: dict[Encoding, msgspec.Raw] | None = None,
+        on_settled: Callable[[], None] | None = None,
+    ) -> Head | asyncio.Future[Head]:
+        """``publish`` for a publisher that goes on before the result: the head when the
+        backplane has it at once (in memory), otherwise a future that ends with it or with
+        ``BackplaneUnavailable`` (Redis: a pipelined script run). Waits only while the
+        backplane's publish queue is full (``backplane.publish_queue``), so that a publisher
+        never holds more than that in memory. Successive calls are published in their order.
+        ``on_settled`` is called right after a returned future ends, in the task that ends it,
+        and must not raise. Raises ``BackplaneUnavailable`` when refused at once (a Redis shard
+        not ready)."""
+        options = self.settings.namespace(namespace_of(channel))
+        return await self.backplane.publish_submit(
+            channel, data, codec, publisher, options, converted, on_settled
+        )
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Broker]:
         """Run the broker for the duration of the block (for a host app's lifespan)."""
@@ -85,6 +109,7 @@ class Broker:
             try:
                 yield self
             finally:
+                self.flusher.close()
                 tasks.cancel_scope.cancel()
 
     def at_capacity(self) -> bool:

@@ -20,6 +20,9 @@ NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0)]
+#: At most one second: a longer wait between writes is a unit mistake (milliseconds meant), not a
+#: trade-off anyone wants.
+FlushInterval = Annotated[float, msgspec.Meta(ge=0, le=1)]
 NamespaceName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-.@/]{1,64}\Z")]
 
 
@@ -92,6 +95,10 @@ class QueueSettings(_Section, frozen=True):
     #: Bytes above which a batch frame is closed (a single larger message still goes alone), so
     #: that batches stay within what clients accept (the Python ``websockets`` default: 1 MiB).
     max_batch_bytes: PositiveInt = 256 * 1024
+    #: Seconds a write of publications may wait after the last one, so that a sustained stream
+    #: leaves in one write (and batch frames) per interval instead of one per message. One after
+    #: a quiet interval, and replies, are not delayed; 0 writes right after each loop turn.
+    flush_interval: FlushInterval = 0.005
 
 
 class HubSettings(_Section, frozen=True):
@@ -144,6 +151,9 @@ class BackplaneSettings(_Section, frozen=True):
     presence_ttl: Seconds = 30.0
     #: Seconds between the round trips that check the pub/sub link is alive (``/readyz``).
     health_interval: Seconds = 1.0
+    #: Publishes per Redis server queued or in flight in this process's publish pipeline; a
+    #: publisher waits for room beyond it.
+    publish_queue: PositiveInt = 1024
 
 
 class LogSettings(_Section, frozen=True):

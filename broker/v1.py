@@ -184,7 +184,7 @@ class V1Reader:
             return
         try:
             outcome = await self.broker.publish_submit(
-                channel, message.data, self.codec, self.connection.id, converted
+                channel, message.data, self.codec, self.connection.id, converted, self.settle
             )
         except BackplaneUnavailable:
             self.error(message.id, ErrorCode.UNAVAILABLE, _UNAVAILABLE)
@@ -196,21 +196,21 @@ class V1Reader:
                 )
                 self.reply(self.codec.encode(published))
             return
-        # Pipelined (Redis): read the next frame now; the reply follows from ``settle``, a
-        # callback rather than a task (memory per connection).
+        # Pipelined (Redis): read the next frame now; the reply follows from ``settle``, which
+        # the pipeline calls once the result is known (a callback, not a task: memory per
+        # connection). Nothing settles it before this returns: the pipeline's task has not run.
         held = self.held
         if held is None:
             held = self.held = deque()
         held.append((outcome, message.id, channel))
-        outcome.add_done_callback(self.settle)
 
-    def settle(self, _: object = None) -> None:
+    def settle(self) -> None:
         """Send the replies of the publishes whose results are known, and the replies held
         behind them, up to the first publish still pending: replies leave in publish order.
 
-        The done callback of every pending publish's future. It never raises: a failure is
-        logged and the next reply goes on. Once the connection is gone its outbox refuses the
-        frames, so a late result costs nothing."""
+        Called by the backplane when a pending publish's future ends. It never raises: a
+        failure is logged and the next reply goes on. Once the connection is gone its outbox
+        refuses the frames, so a late result costs nothing."""
         held = self.held
         while held:
             item = held[0]
@@ -222,7 +222,7 @@ class V1Reader:
                 if frame is not None:
                     self.connection.send_frame(frame)
             except Exception:
-                log.exception("publish.reply_failed")
+                log.exception("publish.reply_failed", client=self.connection.id)
         self.held = None
 
     def _outcome(
@@ -239,7 +239,7 @@ class V1Reader:
             )
             return self.codec.encode(published)
         if not isinstance(error, BackplaneUnavailable):
-            log.error("publish.failed", channel=channel, exc_info=error)
+            log.error("publish.failed", client=self.connection.id, channel=channel, exc_info=error)
         message = Error(id=request_id, code=ErrorCode.UNAVAILABLE, message=_UNAVAILABLE)
         return self.codec.encode(message)
 

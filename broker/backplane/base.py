@@ -22,6 +22,7 @@ sees it as ``error`` code ``unavailable``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -108,6 +109,23 @@ class Backplane(Protocol):
     ) -> Head:
         """Append a publication to ``channel``; returns its offset and epoch once it is in the
         stream (and on its way to every process). Raises ``BackplaneUnavailable``."""
+
+    async def publish_submit(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        options: NamespaceSettings,
+        converted: dict[Encoding, msgspec.Raw] | None = None,
+        on_settled: Callable[[], None] | None = None,
+    ) -> Head | asyncio.Future[Head]:
+        """``publish`` without waiting for the result when the backplane can do without: either
+        the head at once, or a future that ends with it (or with ``BackplaneUnavailable``), in
+        which case ``on_settled`` (which must not raise) is called right after it ends, in the
+        task that ends it. Waits only for room in the backplane's bounded queue. Publications of
+        successive calls get their offsets in the order of the calls. Raises
+        ``BackplaneUnavailable`` when it refuses the publication at once."""
 
     def watch(self, channel: str) -> Head | None:
         """Start live delivery of ``channel`` to this process. Returns its head when the

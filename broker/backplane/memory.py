@@ -17,6 +17,7 @@ import math
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -115,6 +116,20 @@ class MemoryBackplane:
         else:
             self._forget_if_unused(channel)
         return head
+
+    async def publish_submit(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        options: NamespaceSettings,
+        converted: dict[Encoding, msgspec.Raw] | None = None,
+        on_settled: Callable[[], None] | None = None,
+    ) -> Head:
+        # Nothing to wait for: the publication is done when ``publish`` returns (``on_settled``
+        # is for futures only).
+        return await self.publish(channel, data, codec, publisher, options, converted)
 
     def watch(self, channel: str) -> Head | None:
         self._watched.add(channel)

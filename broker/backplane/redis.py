@@ -4,6 +4,8 @@ Per shard (one Redis server; channels are spread over ``backplane.redis_urls`` b
 of their name, so every process puts a channel on the same server):
 
 * one command connection pool runs the Lua scripts (``redis_scripts``) and the reads;
+* one publish pipeline (``redis_pipeline``) queues every publish of this process and sends what
+  is queued as one redis-py pipeline per round trip, in order;
 * one pub/sub connection carries live publications of the channels this process watches, and
   only those: it subscribes when the hub watches a channel and unsubscribes when nobody here
   wants it any more;
@@ -22,6 +24,7 @@ every third of ``presence_ttl``, so the members of a process that died vanish wi
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import secrets
@@ -46,6 +49,7 @@ from broker.backplane.base import (
     Page,
     RemoteAnnouncement,
 )
+from broker.backplane.redis_pipeline import PublishPipeline, Settled
 from broker.backplane.redis_scripts import HEAD_SCRIPT, PUBLISH_SCRIPT, RedisKeys
 from broker.logs import get_logger, redact_text
 from broker.settings import BackplaneSettings, NamespaceSettings
@@ -93,8 +97,14 @@ class RedisShard:
             health_check_interval=0,
         )
         self.redis = aioredis.Redis.from_pool(pool)
-        self._publish = self.redis.register_script(PUBLISH_SCRIPT)
         self._head = self.redis.register_script(HEAD_SCRIPT)
+        self.pipeline = PublishPipeline(
+            self.redis,
+            PUBLISH_SCRIPT,
+            size=settings.publish_queue,
+            timeout=settings.timeout,
+            ready=lambda: self.ready,
+        )
         self.watched: set[str] = set()
         self._subscribed: set[str] = set()
         self._changed = anyio.Event()
@@ -118,6 +128,7 @@ class RedisShard:
         try:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
+                await tasks.start(self.pipeline.run)
                 tasks.start_soon(self._link)
                 tasks.start_soon(self._renew_presence)
                 task_status.started()
@@ -263,18 +274,22 @@ class RedisShard:
             raise BackplaneUnavailable(str(exc)) from None
         return Head(epoch.decode(), int(offset))
 
-    async def publish(
+    async def publish_submit(
         self,
         channel: str,
         data: msgspec.Raw,
         codec: Codec,
         publisher: str | None,
         options: NamespaceSettings,
-    ) -> Head:
+        on_settled: Settled | None = None,
+    ) -> asyncio.Future[Head]:
+        """Queue the publication in the pipeline (waiting only while it is full); the future
+        ends with its head or ``BackplaneUnavailable``, then ``on_settled`` is called. Raises
+        ``BackplaneUnavailable`` at once, without trying Redis, while the shard is not ready."""
         if not self.ready:
             raise BackplaneUnavailable("redis is not reachable")
-        keys = [self.keys.meta(channel), self.keys.stream(channel), self.keys.live(channel)]
-        args: list[str | int | bytes] = [
+        keys = (self.keys.meta(channel), self.keys.stream(channel), self.keys.live(channel))
+        args = (
             secrets.token_urlsafe(6),
             options.history_size,
             int(options.history_ttl * 1000),
@@ -283,12 +298,21 @@ class RedisShard:
             _ENCODING_TAGS[codec.encoding],
             publisher or "",
             bytes(data),
-        ]
-        try:
-            offset, epoch = await self._publish(keys=keys, args=args)
-        except _FAILURES as exc:
-            raise BackplaneUnavailable(str(exc)) from None
-        return Head(epoch.decode(), int(offset))
+        )
+        return await self.pipeline.submit(keys, args, on_settled)
+
+    async def publish(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        options: NamespaceSettings,
+    ) -> Head:
+        future = await self.publish_submit(channel, data, codec, publisher, options)
+        # Cancelled while waiting (an HTTP client gone): the future is cancelled with it, and the
+        # pipeline does not send it unless its batch is already on its way.
+        return await future
 
     async def read(
         self, channel: str, after: int, limit: int | None, options: NamespaceSettings
@@ -452,6 +476,20 @@ class RedisBackplane:
     ) -> Head:
         # ``converted`` is not sent: each process converts once, for its own subscribers.
         return await self.shard(channel).publish(channel, data, codec, publisher, options)
+
+    async def publish_submit(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        options: NamespaceSettings,
+        converted: dict[Encoding, msgspec.Raw] | None = None,
+        on_settled: Settled | None = None,
+    ) -> asyncio.Future[Head]:
+        return await self.shard(channel).publish_submit(
+            channel, data, codec, publisher, options, on_settled
+        )
 
     def watch(self, channel: str) -> Head | None:
         self.shard(channel).watch(channel)

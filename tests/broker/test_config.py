@@ -196,7 +196,8 @@ def test_unknown_key_lists_the_known_keys_of_its_section(tmp_path: Path) -> None
     path = write_toml(tmp_path, "[queue]\nmax_mesages = 5\n")
     assert config_error(path) == (
         f"{path}: queue.max_mesages = 5: unknown key, did you mean 'max_messages'? "
-        "(known keys: max_messages, max_bytes, overflow, max_batch, max_batch_bytes)"
+        "(known keys: max_messages, max_bytes, overflow, max_batch, max_batch_bytes, "
+        "flush_interval)"
     )
 
 
@@ -314,7 +315,7 @@ def test_unknown_key_in_a_variable_name_lists_the_keys_of_its_section() -> None:
 def test_section_variable_without_a_key_is_an_error() -> None:
     assert config_error(None, {"BROKER_QUEUE": "500"}) == (
         "$BROKER_QUEUE: queue = '500': expected BROKER_QUEUE__<KEY> with KEY one of "
-        "max_messages, max_bytes, overflow, max_batch, max_batch_bytes"
+        "max_messages, max_bytes, overflow, max_batch, max_batch_bytes, flush_interval"
     )
 
 

@@ -1,0 +1,453 @@
+"""``queue.flush_interval``: adaptive write coalescing in the ``FlushScheduler``.
+
+Unit tests run outboxes on a real asyncio loop, with a ``write_through`` that records what each
+flush wrote and when (by the loop's clock); the end-to-end tests run a real uvicorn server and
+real WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import msgspec
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from broker.config import ConfigError, load_settings
+from broker.outbox import FlushScheduler, Outbox
+from broker.settings import OverflowPolicy, QueueSettings, Settings
+from protocol import Encoding, Frame, Publication, Publish, Published, Subscribe, Subscribed
+from tests.conftest import TIMEOUT, RunningBroker, serve_broker
+from tests.wsclient import ProtocolClient, open_client
+
+pytestmark = pytest.mark.anyio
+
+#: Long enough that a flush delayed by it cannot be mistaken for one right after the turn, even on
+#: a busy machine; short enough to keep each test well under a second.
+INTERVAL = 0.05
+#: Slack for the timer: asyncio runs a timer up to its clock resolution early.
+EARLY = 0.002
+
+
+def publication(offset: int) -> Frame:
+    return Frame(b"p%d" % offset, "room", offset)
+
+
+def reply(tag: bytes) -> Frame:
+    """A control frame: no channel."""
+    return Frame(tag)
+
+
+class Link:
+    """An outbox wired as ``Connection`` wires it on the ``TransportLink`` path: a writer without
+    a task (``call_when_ready``) and a ``write_through`` that takes the socket at once. Here the
+    socket is a list: every write, with the loop time it was made at."""
+
+    def __init__(self, flusher: FlushScheduler, *, max_messages: int = 100) -> None:
+        self.outbox = Outbox(
+            max_messages=max_messages, max_bytes=100_000, policy=OverflowPolicy.DISCONNECT
+        )
+        self.outbox.flusher = flusher
+        self.outbox.write_through = self._write_through
+        self.writes: list[tuple[float, list[bytes]]] = []
+        self.written = asyncio.Event()
+        self.woken = asyncio.Event()
+        self.outbox.call_when_ready(self.woken.set, None)
+
+    def _write_through(self) -> bool:
+        frames = self.outbox.drain()
+        assert frames, "an empty write"
+        self.writes.append((asyncio.get_running_loop().time(), [frame.data for frame in frames]))
+        self.written.set()
+        return True
+
+    def offer(self, frame: Frame) -> None:
+        assert self.outbox.offer(frame)
+
+    async def next_write(self) -> tuple[float, list[bytes]]:
+        """The next write, waited for (at most ``TIMEOUT``)."""
+        count = len(self.writes)
+        async with asyncio.timeout(TIMEOUT):
+            while len(self.writes) == count:
+                self.written.clear()
+                await self.written.wait()
+        return self.writes[count]
+
+    @property
+    def contents(self) -> list[list[bytes]]:
+        return [data for _, data in self.writes]
+
+
+async def next_turn() -> None:
+    """Let the loop run the callbacks scheduled so far (a flush ``call_soon``-ed before this)."""
+    await asyncio.sleep(0)
+
+
+@pytest.fixture
+def flusher() -> Iterator[FlushScheduler]:
+    scheduler = FlushScheduler(INTERVAL)
+    yield scheduler
+    scheduler.close()
+
+
+# --- the setting ---------------------------------------------------------------------------------
+
+
+def test_flush_interval_defaults_to_5_ms_and_reads_from_the_environment() -> None:
+    assert Settings().queue.flush_interval == 0.005
+    settings = load_settings(None, {"BROKER_QUEUE__FLUSH_INTERVAL": "0"})
+    assert settings.queue.flush_interval == 0.0
+    settings = load_settings(None, {"BROKER_QUEUE__FLUSH_INTERVAL": "0.002"})
+    assert settings.queue.flush_interval == 0.002
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("-0.001", "expected `float` >= 0.0"),
+        ("nan", "expected `float` >= 0.0"),
+        ("5", "expected `float` <= 1.0"),  # 5 ms meant, surely
+        ("inf", "expected `float` <= 1.0"),
+        ("'soon'", "expected `float`, got `str`"),
+    ],
+)
+def test_a_bad_flush_interval_is_a_config_error_naming_the_key(value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"BROKER_QUEUE__FLUSH_INTERVAL": value})
+    message = str(info.value)
+    assert message.startswith("$BROKER_QUEUE__FLUSH_INTERVAL: queue.flush_interval = "), message
+    assert message.endswith(expected), message
+
+
+# --- the scheduler on a real loop -----------------------------------------------------------------
+
+
+async def test_first_offer_flushes_next_turn_and_a_burst_after_it_waits_for_one_flush(
+    flusher: FlushScheduler,
+) -> None:
+    link = Link(flusher)
+    link.offer(publication(1))
+    await next_turn()
+    assert link.contents == [[b"p1"]]  # quiet before: no added latency
+    first_at = link.writes[0][0]
+    # More offers, each in a turn of its own, in quick succession: none leaves before the
+    # interval is up, then all leave together in one write.
+    for offset in (2, 3, 4):
+        link.offer(publication(offset))
+        await next_turn()
+    assert link.contents == [[b"p1"]]
+    at, data = await link.next_write()
+    assert data == [b"p2", b"p3", b"p4"]
+    assert at >= first_at + INTERVAL - EARLY
+    assert not link.woken.is_set()  # written in the flusher's turn: the writer never woke
+
+
+async def test_a_lone_publication_after_a_quiet_interval_leaves_at_once(
+    flusher: FlushScheduler,
+) -> None:
+    link = Link(flusher)
+    link.offer(publication(1))
+    await next_turn()
+    link.offer(publication(2))
+    await link.next_write()
+    # Quiet for an interval: nothing to wait for but the clock.
+    await asyncio.sleep(INTERVAL)
+    link.offer(publication(3))
+    await next_turn()
+    assert link.contents == [[b"p1"], [b"p2"], [b"p3"]]
+
+
+async def test_under_a_sustained_stream_each_outbox_gets_one_write_per_interval(
+    flusher: FlushScheduler,
+) -> None:
+    link = Link(flusher)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 4 * INTERVAL
+    offset = 0
+    while loop.time() < end:
+        offset += 1
+        link.offer(publication(offset))
+        await asyncio.sleep(INTERVAL / 10)
+    async with asyncio.timeout(TIMEOUT):
+        while sum(map(len, link.contents)) < offset:
+            await link.next_write()
+    times = [at for at, _ in link.writes]
+    assert all(b - a >= INTERVAL - EARLY for a, b in itertools.pairwise(times))
+    assert len(times) <= 6
+    assert [data for write in link.contents for data in write] == [
+        b"p%d" % i for i in range(1, offset + 1)
+    ]
+
+
+async def test_one_timer_flushes_every_waiting_outbox_together(flusher: FlushScheduler) -> None:
+    a, b = Link(flusher), Link(flusher)
+    a.offer(publication(1))
+    await next_turn()
+    b.offer(publication(1))
+    await next_turn()
+    a.offer(publication(2))
+    b_at, b_data = await b.next_write()
+    a_at, a_data = a.writes[-1]
+    assert (a_data, b_data) == ([b"p2"], [b"p1"])
+    assert abs(a_at - b_at) < EARLY  # in the same callback
+
+
+async def test_with_interval_zero_every_turn_flushes() -> None:
+    flusher = FlushScheduler(0.0)
+    link = Link(flusher)
+    for offset in (1, 2, 3):
+        link.offer(publication(offset))
+        await next_turn()
+        assert len(link.writes) == offset
+    # Several offers in one turn still leave in one write.
+    link.offer(publication(4))
+    link.offer(publication(5))
+    await next_turn()
+    assert link.contents[-1] == [b"p4", b"p5"]
+    flusher.close()
+
+
+async def test_a_control_frame_is_not_delayed_and_takes_the_queued_publications_along(
+    flusher: FlushScheduler,
+) -> None:
+    link = Link(flusher)
+    link.offer(publication(1))
+    await next_turn()
+    link.offer(publication(2))
+    await next_turn()
+    assert len(link.writes) == 1  # waiting for the timer
+    link.offer(reply(b"pong"))
+    await next_turn()
+    assert link.contents == [[b"p1"], [b"p2", b"pong"]]  # in order, one write
+    # The timer then finds nothing to write (``Link`` fails on an empty write), and a reply's
+    # flush does not count as one of publications: the next publication is not delayed either.
+    await asyncio.sleep(INTERVAL)
+    link.offer(reply(b"published"))
+    await next_turn()
+    link.offer(publication(3))
+    await next_turn()
+    assert link.contents[2:] == [[b"published"], [b"p3"]]
+
+
+async def test_replies_alone_are_never_delayed(flusher: FlushScheduler) -> None:
+    link = Link(flusher)
+    for i in range(5):
+        link.offer(reply(b"r%d" % i))
+        await next_turn()
+    assert link.contents == [[b"r%d" % i] for i in range(5)]
+
+
+async def test_an_outbox_closed_while_its_flush_waits_is_skipped(flusher: FlushScheduler) -> None:
+    link, other = Link(flusher), Link(flusher)
+    link.offer(publication(1))
+    await next_turn()
+    link.offer(publication(2))
+    other.offer(publication(1))
+    link.outbox.close()
+    await other.next_write()  # the timer has fired
+    assert link.contents == [[b"p1"]]
+    assert link.woken.is_set()  # the close woke the writer, as without coalescing
+
+
+async def test_an_overflow_while_the_flush_waits_wakes_the_writer_at_once(
+    flusher: FlushScheduler,
+) -> None:
+    link = Link(flusher, max_messages=3)
+    link.offer(publication(1))
+    await next_turn()
+    for offset in (2, 3, 4):
+        link.offer(publication(offset))
+    assert not link.outbox.offer(publication(5))
+    async with asyncio.timeout(INTERVAL / 2):
+        await link.woken.wait()
+    assert link.outbox.overflowed
+
+
+async def test_close_cancels_the_timer_and_writes_what_it_was_waiting_for() -> None:
+    flusher = FlushScheduler(10.0)
+    link = Link(flusher)
+    link.offer(publication(1))
+    await next_turn()
+    link.offer(publication(2))
+    await next_turn()
+    assert len(link.writes) == 1
+    flusher.close()
+    assert link.contents == [[b"p1"], [b"p2"]]
+    flusher.close()  # idempotent
+    # Usable again, and not waiting for the old timer.
+    link.offer(publication(3))
+    await next_turn()
+    assert link.contents[-1] == [b"p3"]
+    flusher.close()
+
+
+def test_a_timer_pending_when_its_loop_ends_neither_raises_nor_blocks_the_next_loop() -> None:
+    flusher = FlushScheduler(10.0)
+    holder: list[Link] = []
+
+    async def first_loop() -> None:
+        link = Link(flusher)
+        holder.append(link)
+        link.offer(publication(1))
+        await next_turn()
+        link.offer(publication(2))  # waits for a timer this loop will never run
+
+    asyncio.run(first_loop())
+    flusher.close()  # outside any loop: drops the timer and what waited for it
+    [link] = holder
+    assert link.contents == [[b"p1"]]
+
+    async def second_loop() -> None:
+        link.outbox.drain()
+        link.offer(publication(3))
+        await next_turn()
+        assert link.contents[-1] == [b"p3"]
+        flusher.close()
+
+    asyncio.run(second_loop())
+
+
+# --- end to end, over a real server ---------------------------------------------------------------
+
+
+def coalescing(interval: float) -> Settings:
+    return Settings(queue=QueueSettings(flush_interval=interval))
+
+
+@asynccontextmanager
+async def subscribed(
+    running: RunningBroker, channel: str, encoding: Encoding = Encoding.JSON
+) -> AsyncIterator[ProtocolClient]:
+    async with open_client(running.url(), encoding) as client:
+        await client.send(Subscribe(id=1, channel=channel))
+        await client.expect(Subscribed)
+        yield client
+
+
+async def publish(publisher: ProtocolClient, command_id: int, channel: str, value: int) -> None:
+    """Publish and wait for the ``published`` reply."""
+    encode = msgspec.json.encode if publisher.codec.text else msgspec.msgpack.encode
+    data = msgspec.Raw(encode(value))
+    await publisher.send(Publish(id=command_id, channel=channel, data=data))
+    answer = await publisher.expect(Published)
+    assert answer.id == command_id
+
+
+@pytest.mark.parametrize("encoding", list(Encoding), ids=["json", "msgpack"])
+async def test_v1_a_stream_arrives_whole_in_order_in_batches(encoding: Encoding) -> None:
+    total = 100
+    async with (
+        serve_broker(coalescing(INTERVAL)) as running,
+        subscribed(running, "room", encoding) as subscriber,
+        open_client(running.url(), encoding) as publisher,
+    ):
+        loop = asyncio.get_running_loop()
+        frames_before = subscriber.frames
+        started = loop.time()
+        # One at a time, each after the previous one's reply: each publication reaches the hub
+        # in a turn of its own, so only the flush interval can batch them.
+        for i in range(1, total + 1):
+            await publish(publisher, i, "room", i)
+        # Replies are not held back by the interval, or this would take total * INTERVAL.
+        assert loop.time() - started < total * INTERVAL / 2
+        received = [await subscriber.expect(Publication) for _ in range(total)]
+        assert [message.offset for message in received] == list(range(1, total + 1))
+        assert [subscriber.data(message.data) for message in received] == list(range(1, total + 1))
+        frames = subscriber.frames - frames_before
+        assert frames < total // 2, f"{frames} frames for {total} publications"
+
+
+async def test_v1_a_lone_publication_after_quiet_arrives_without_the_interval() -> None:
+    interval = 0.3
+    async with (
+        serve_broker(coalescing(interval)) as running,
+        subscribed(running, "room") as subscriber,
+        open_client(running.url()) as publisher,
+    ):
+        loop = asyncio.get_running_loop()
+        # A stream first, so that the scheduler has flushed recently...
+        await publish(publisher, 1, "room", 1)
+        await publish(publisher, 2, "room", 2)
+        for offset in (1, 2):
+            assert (await subscriber.expect(Publication)).offset == offset
+        # ...then quiet for an interval (only the clock can tell), then one publication.
+        await asyncio.sleep(interval)
+        sent = loop.time()
+        await publish(publisher, 3, "room", 3)
+        assert (await subscriber.expect(Publication)).offset == 3
+        assert loop.time() - sent < interval / 2
+
+
+async def test_v1_a_publication_right_after_another_waits_for_the_interval() -> None:
+    interval = 0.2
+    async with (
+        serve_broker(coalescing(interval)) as running,
+        subscribed(running, "room") as subscriber,
+        open_client(running.url()) as publisher,
+    ):
+        loop = asyncio.get_running_loop()
+        await publish(publisher, 1, "room", 1)
+        assert (await subscriber.expect(Publication)).offset == 1
+        first = loop.time()
+        await publish(publisher, 2, "room", 2)
+        assert (await subscriber.expect(Publication)).offset == 2
+        # Received at least the interval after the first write, less the first one's trip.
+        assert loop.time() - first >= interval / 2
+
+
+@asynccontextmanager
+async def chat_member(
+    running: RunningBroker, *members: ClientConnection
+) -> AsyncIterator[ClientConnection]:
+    """A client in the room of ``/ws/chat``, which ``members`` heard join."""
+    async with connect(running.url("/ws/chat"), compression=None, open_timeout=TIMEOUT) as ws:
+        await ws.send("here")
+        for member in (*members, ws):
+            assert await receive(member, 1) == ["Client says: here"]
+        yield ws
+
+
+async def receive(ws: ClientConnection, count: int) -> list[str | bytes]:
+    async with asyncio.timeout(TIMEOUT):
+        return [await ws.recv() for _ in range(count)]
+
+
+async def test_chat_a_rapid_stream_arrives_whole_and_in_order() -> None:
+    total = 200
+    async with (
+        serve_broker(coalescing(INTERVAL)) as running,
+        chat_member(running) as listener,
+        chat_member(running, listener) as sender,
+    ):
+
+        async def send_all() -> None:
+            for i in range(total):
+                await sender.send(f"line {i}")
+                if i % 10 == 0:
+                    await asyncio.sleep(0.001)  # spread over many turns of the server
+
+        expected = [f"Client says: line {i}" for i in range(total)]
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(send_all())
+            heard = tasks.create_task(receive(listener, total))
+            echoed = tasks.create_task(receive(sender, total))
+        # The tutorial's chat sends each line to the sender too.
+        assert heard.result() == expected
+        assert echoed.result() == expected
+
+
+async def test_chat_a_line_after_quiet_arrives_without_the_interval() -> None:
+    interval = 0.3
+    async with (
+        serve_broker(coalescing(interval)) as running,
+        chat_member(running) as listener,
+    ):
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(interval)  # quiet: only the clock can tell
+        sent = loop.time()
+        await listener.send("anyone?")
+        assert await receive(listener, 1) == ["Client says: anyone?"]
+        assert loop.time() - sent < interval / 2
