@@ -414,6 +414,16 @@ class Connection:
                 return
             self._wait_writable(self.settings.websocket.close_timeout, link.abort)
             return
+        frames = self._closing_frames(request)
+        try:
+            for run, text in self._encode(frames) if frames else []:
+                link.write_prepared(run, text=text)
+            link.close(request.code, request.reason)
+        except ClientGone:
+            return
+
+    def _closing_frames(self, request: CloseRequest) -> list[Frame]:
+        """What goes out before the close frame: the queue (on a drain), then ``disconnect``."""
         frames = self._take_frames() if request.flush else []
         if self.codec is not None:
             notice = Disconnect(
@@ -423,12 +433,7 @@ class Connection:
                 retry_after=request.retry_after,
             )
             frames.append(Frame(self.codec.encode(notice)))
-        try:
-            for run, text in self._encode(frames) if frames else []:
-                link.write_prepared(run, text=text)
-            link.close(request.code, request.reason)
-        except ClientGone:
-            return
+        return frames
 
     def _wait_writable(self, timeout: float, on_timeout: Callable[[], None]) -> None:
         if self._write_timer is None:  # already waiting: the first deadline stands
@@ -584,15 +589,7 @@ class Connection:
             return
         with anyio.move_on_after(self.settings.websocket.close_timeout) as scope:
             try:
-                frames = self._take_frames() if request.flush else []
-                if self.codec is not None:
-                    notice = Disconnect(
-                        code=request.code,
-                        reason=request.reason,
-                        reconnect=request.reconnect,
-                        retry_after=request.retry_after,
-                    )
-                    frames.append(Frame(self.codec.encode(notice)))
+                frames = self._closing_frames(request)
                 for run, text in self._encode(frames) if frames else []:
                     await self.sink.write([frame.data for frame in run], text=text)
                 await self.sink.close(request.code, request.reason)
