@@ -154,7 +154,7 @@ class RedisShard:
                 if pubsub is not None:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                         try:
-                            await pubsub.aclose()  # type: ignore[no-untyped-call]
+                            await pubsub.aclose()
                         except _FAILURES:
                             pass
             self._failures += 1
