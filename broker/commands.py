@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.backplane.base import BackplaneEvent, Page
+from broker.backplane.base import BackplaneEvent, Head, Page
 from broker.subscriber import Reply, Subscriber
 from protocol import History, Presence, Subscribe, Unsubscribe
 
@@ -77,6 +77,15 @@ class FilledCommand:
     page: Page | None
 
 
+@dataclass(slots=True)
+class HeadReadCommand:
+    """The channel's head as the backplane holds it (None when it could not be read), read for
+    subscribes whose ``since`` this process has not reached."""
+
+    channel: str
+    head: Head | None
+
+
 Command = (
     SubscribeCommand
     | UnsubscribeCommand
@@ -88,5 +97,6 @@ Command = (
     | ChannelsQuery
     | RecoveredCommand
     | FilledCommand
+    | HeadReadCommand
     | BackplaneEvent
 )

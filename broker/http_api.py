@@ -15,7 +15,7 @@ from broker.conversion import UnconvertibleData, convert_for_subscribers
 from broker.dependencies import BrokerDep, HubDep
 from broker.hub import ChannelsQuery, Reply
 from broker.metrics import CONTENT_TYPE, render
-from protocol import JSON, Channel, CloseCode
+from protocol import JSON, Channel, CloseCode, IdempotencyKey
 
 router = APIRouter()
 
@@ -23,6 +23,7 @@ router = APIRouter()
 class PublishBody(msgspec.Struct, frozen=True):
     channel: Channel
     data: msgspec.Raw
+    idempotency_key: IdempotencyKey | None = None
 
 
 _body_decoder = msgspec.json.Decoder(PublishBody)
@@ -60,7 +61,9 @@ async def publish(request: Request, broker: BrokerDep) -> Response:
     except UnconvertibleData as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
     try:
-        head = await broker.publish(body.channel, body.data, JSON, None, converted)
+        head = await broker.publish(
+            body.channel, body.data, JSON, None, converted, body.idempotency_key
+        )
     except BackplaneUnavailable:
         return _json(
             {"error": "unavailable", "message": "the broker cannot publish right now"}, 503

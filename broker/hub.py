@@ -21,7 +21,10 @@ it keeps the offset it delivered last, and:
 Recovery (``subscribe`` with ``since``, PROTOCOL.md §1) reads the missed publications in a task
 while the subscriber's live publications are held in a buffer of its own; the reply carries the
 missed ones up to the offset where the buffer starts, so live messages follow with no gap and no
-duplicate. Reads run in tasks of the hub's task group and come back as commands.
+duplicate. A ``since`` this process has not reached is checked against the channel's head, which
+the process first catches up with. Subscribing, admission and recovery are in
+``broker.hub_admission`` (a mixin of ``Hub``). Reads run in tasks of the hub's task group and come
+back as commands.
 
 The chat room of ``/ws/chat`` (PROTOCOL.md §3) is local to the process: its frames are plain text,
 under a name no client can use.
@@ -48,7 +51,7 @@ from broker.backplane.base import (
     Page,
     RemoteAnnouncement,
 )
-from broker.channel_state import ChannelState, Recovery
+from broker.channel_state import ChannelState
 from broker.commands import (
     ChannelsQuery,
     ChatJoinCommand,
@@ -56,12 +59,14 @@ from broker.commands import (
     Command,
     DetachCommand,
     FilledCommand,
+    HeadReadCommand,
     HistoryCommand,
     PresenceCommand,
     RecoveredCommand,
     SubscribeCommand,
     UnsubscribeCommand,
 )
+from broker.hub_admission import Admission
 from broker.logs import get_logger
 from broker.settings import NamespaceSettings, Settings
 from broker.subscriber import Reply, Subscriber
@@ -74,14 +79,11 @@ from protocol import (
     Gap,
     History,
     HistoryResult,
-    Join,
     Leave,
     Message,
     Presence,
     PresenceResult,
-    Publication,
     PublicationFrames,
-    Subscribe,
     Subscribed,
     Unsubscribe,
     Unsubscribed,
@@ -127,8 +129,9 @@ class HubStatistics:
     gaps: int
 
 
-class Hub:
-    """The hub actor. Start it with ``await task_group.start(hub.run)``."""
+class Hub(Admission):
+    """The hub actor. Start it with ``await task_group.start(hub.run)``. Subscribing (admission,
+    recovery, catching up) is in ``broker.hub_admission``."""
 
     def __init__(self, settings: Settings, backplane: Backplane) -> None:
         self.settings = settings
@@ -215,6 +218,8 @@ class Hub:
                 self._recovered(command)
             case FilledCommand():
                 self._filled(command)
+            case HeadReadCommand():
+                self._head_read(command)
             case ChannelHead(channel=channel, head=head):
                 self._head(channel, head)
             case RemoteAnnouncement(channel=channel, message=message):
@@ -273,143 +278,6 @@ class Hub:
     def _options(self, channel: str) -> NamespaceSettings:
         return self.settings.namespace(namespace_of(channel))
 
-    # --- subscribing ----------------------------------------------------------------------------
-
-    def _subscribe(self, subscriber: Subscriber, request: Subscribe) -> None:
-        if subscriber.detached:
-            return
-        channel = request.channel
-        if channel in subscriber.channels:
-            self._error(
-                subscriber,
-                request.id,
-                ErrorCode.ALREADY_SUBSCRIBED,
-                f"already subscribed to {channel!r}",
-            )
-            return
-        limit = self.settings.limits.max_subscriptions
-        if len(subscriber.channels) >= limit:
-            self._error(
-                subscriber,
-                request.id,
-                ErrorCode.LIMIT_EXCEEDED,
-                f"at most {limit} subscriptions per connection",
-            )
-            return
-        state = self._watch(channel)
-        subscriber.channels.add(channel)
-        subscriber.idle_since = None
-        if state.watching:
-            self._admit(state, subscriber, request)
-        else:
-            state.joining.append((subscriber, request))
-
-    def _watch(self, channel: str) -> ChannelState:
-        state = self._channels.get(channel)
-        if state is None:
-            state = self._channels[channel] = ChannelState(channel, self._options(channel))
-            head = self.backplane.watch(channel)
-            if head is not None:
-                self._start(state, head)
-        return state
-
-    def _start(self, state: ChannelState, head: Head) -> None:
-        state.watching = True
-        state.epoch, state.offset = head.epoch, head.offset
-
-    def _admit(self, state: ChannelState, subscriber: Subscriber, request: Subscribe) -> None:
-        """Answer ``request`` at the channel's current position, or start its recovery."""
-        since = request.since
-        if since is not None and since.epoch == state.epoch and since.offset < state.offset:
-            state.recovering[subscriber] = Recovery(request)
-            self._spawn(self._read_missed, subscriber, request, state.offset, state.options)
-            return
-        recovered = (
-            since is not None and since.epoch == state.epoch and since.offset == state.offset
-        )
-        self._reply(
-            subscriber,
-            Subscribed(
-                id=request.id,
-                channel=state.name,
-                epoch=state.epoch,
-                offset=state.offset,
-                recovered=recovered,
-            ),
-        )
-        self._go_live(state, subscriber)
-
-    async def _read_missed(
-        self, subscriber: Subscriber, request: Subscribe, upto: int, options: NamespaceSettings
-    ) -> None:
-        assert request.since is not None
-        page: Page | None = None
-        try:
-            page = await self.backplane.read(
-                request.channel, request.since.offset, upto - request.since.offset, options
-            )
-        except BackplaneUnavailable:
-            pass
-        except Exception:
-            log.exception("hub.recovery_read_failed", channel=request.channel)
-        # Always answered: without a page, the reply says ``recovered: false``.
-        await self.submit(RecoveredCommand(subscriber, request, upto, page))
-
-    def _recovered(self, command: RecoveredCommand) -> None:
-        subscriber, request, upto = command.subscriber, command.request, command.upto
-        state = self._channels.get(request.channel)
-        if state is None or subscriber not in state.recovering:
-            return  # It left (or was dropped) while the read was in flight.
-        held = state.recovering.pop(subscriber).held
-        since = request.since
-        assert since is not None and subscriber.encoding is not None
-        missed: list[PublicationFrames] = []
-        page = command.page
-        if page is not None and page.head.epoch == since.epoch:
-            missed = [p for p in page.publications if since.offset < p.offset <= upto]
-        # Recovered only when every publication from ``since`` to ``upto`` is there: a client
-        # must never be fed a partial set (PROTOCOL.md §1).
-        recovered = [p.offset for p in missed] == list(range(since.offset + 1, upto + 1))
-        encoding = subscriber.encoding
-        publications: list[Publication] = []
-        if recovered:
-            try:
-                publications = [p.message(encoding) for p in missed]
-            except (ValueError, TypeError, OverflowError):
-                # A payload this encoding cannot carry (stored by another broker version):
-                # the set would be partial, so nothing is recovered.
-                recovered = False
-        self._reply(
-            subscriber,
-            Subscribed(
-                id=request.id,
-                channel=state.name,
-                epoch=since.epoch if recovered else state.epoch,
-                offset=upto,
-                recovered=recovered,
-                publications=publications,
-            ),
-        )
-        for publication in held:
-            if subscriber.detached:
-                return
-            if not subscriber.outbox.offer(publication.frame(encoding)):
-                self._detach(subscriber)
-                return
-        self._go_live(state, subscriber)
-
-    def _go_live(self, state: ChannelState, subscriber: Subscriber) -> None:
-        if subscriber.detached:
-            return
-        options = state.options
-        if options.join_leave:
-            join = Join(channel=state.name, client=subscriber.id, user=subscriber.user)
-            self._broadcast_control(state, join)
-            self.backplane.announce(state.name, join)
-        if options.presence:
-            self.backplane.presence_add(state.name, subscriber.info())
-        state.add(subscriber)
-
     def _unsubscribe(self, subscriber: Subscriber, request: Unsubscribe) -> None:
         channel = request.channel
         if channel not in subscriber.channels:
@@ -428,7 +296,7 @@ class Hub:
         if state is None:
             return
         was_live = subscriber in state.live.get(subscriber.encoding, {})
-        pending = [r for s, r in state.joining if s is subscriber]
+        pending = [r for s, r in state.joining + state.waiting if s is subscriber]
         recovery = state.recovering.get(subscriber)
         if recovery is not None:
             pending.append(recovery.request)
@@ -581,6 +449,8 @@ class Hub:
             state.offset = command.upto
         state.filling = False
         self._resequence(state)
+        if state.waiting:
+            self._release_waiting(state)
 
     def _resequence(self, state: ChannelState) -> None:
         """Sequence the publications held back while a range was read."""
@@ -629,13 +499,7 @@ class Hub:
             return
         # Live delivery was re-established (after an outage): catch up on what was missed,
         # from the start of the stream when it is a new one.
-        if head.epoch != state.epoch:
-            state.epoch, state.offset = head.epoch, 0
-        if head.offset > state.offset and not state.filling:
-            state.filling = True
-            self._spawn(
-                self._read_range, channel, state.epoch, state.offset, head.offset, state.options
-            )
+        self._catch_up(state, head)
 
     # --- history and presence -------------------------------------------------------------------
 

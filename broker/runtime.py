@@ -73,11 +73,15 @@ class Broker:
         codec: Codec,
         publisher: str | None,
         converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head:
-        """Publish into ``channel``: its offset and epoch once the backplane has it. Raises
+        """Publish into ``channel``: its offset and epoch once the backplane has it (for a
+        repeated ``idempotency_key``, the first publication's, without publishing again). Raises
         ``BackplaneUnavailable``."""
         options = self.settings.namespace(namespace_of(channel))
-        return await self.backplane.publish(channel, data, codec, publisher, options, converted)
+        return await self.backplane.publish(
+            channel, data, codec, publisher, options, converted, idempotency_key
+        )
 
     async def publish_submit(
         self,
@@ -87,6 +91,7 @@ class Broker:
         publisher: str | None,
         converted: dict[Encoding, msgspec.Raw] | None = None,
         on_settled: Callable[[], None] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head | asyncio.Future[Head]:
         """``publish`` for a publisher that goes on before the result: the head when the
         backplane has it at once (in memory), otherwise a future that ends with it or with
@@ -98,7 +103,7 @@ class Broker:
         not ready)."""
         options = self.settings.namespace(namespace_of(channel))
         return await self.backplane.publish_submit(
-            channel, data, codec, publisher, options, converted, on_settled
+            channel, data, codec, publisher, options, converted, on_settled, idempotency_key
         )
 
     @asynccontextmanager

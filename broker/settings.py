@@ -154,6 +154,10 @@ class BackplaneSettings(_Section, frozen=True):
     #: Publishes per Redis server queued or in flight in this process's publish pipeline; a
     #: publisher waits for room beyond it.
     publish_queue: PositiveInt = 1024
+    #: Seconds a publish's ``idempotency_key`` is remembered (per channel): a repeat within it is
+    #: answered with the first publication's offset and epoch and not published again. It must
+    #: outlast the longest a publisher retries (the Python client: ``publish_retry_for``).
+    idempotency_window: Seconds = 300.0
 
 
 class LogSettings(_Section, frozen=True):

@@ -48,7 +48,7 @@ from protocol import (
 
 log = get_logger("broker.v1")
 
-_UNAVAILABLE = "the broker cannot publish right now"
+_UNAVAILABLE = "the broker cannot publish right now; a retry with the same idempotency_key is safe"
 #: A publish whose result is not known yet (its future, ``id`` and channel), or a reply frame
 #: waiting for the replies to earlier publishes.
 _Held = tuple["asyncio.Future[Head]", int | None, str] | bytes
@@ -184,7 +184,13 @@ class V1Reader:
             return
         try:
             outcome = await self.broker.publish_submit(
-                channel, message.data, self.codec, self.connection.id, converted, self.settle
+                channel,
+                message.data,
+                self.codec,
+                self.connection.id,
+                converted,
+                self.settle,
+                message.idempotency_key,
             )
         except BackplaneUnavailable:
             self.error(message.id, ErrorCode.UNAVAILABLE, _UNAVAILABLE)

@@ -35,7 +35,9 @@ from protocol import ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames
 
 
 class BackplaneUnavailable(Exception):
-    """The backplane cannot serve the request now (Redis down, say). Nothing was published."""
+    """The backplane cannot serve the request now (Redis down, say). A publish that fails with it
+    may have been published all the same (the reply is what was lost): a retry with the same
+    ``idempotency_key`` is safe."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +108,13 @@ class Backplane(Protocol):
         publisher: str | None,
         options: NamespaceSettings,
         converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head:
         """Append a publication to ``channel``; returns its offset and epoch once it is in the
-        stream (and on its way to every process). Raises ``BackplaneUnavailable``."""
+        stream (and on its way to every process). With an ``idempotency_key`` already used on
+        ``channel`` within ``backplane.idempotency_window``, nothing is published and the first
+        publication's head is returned (checked atomically with publishing). Raises
+        ``BackplaneUnavailable``."""
 
     async def publish_submit(
         self,
@@ -119,6 +125,7 @@ class Backplane(Protocol):
         options: NamespaceSettings,
         converted: dict[Encoding, msgspec.Raw] | None = None,
         on_settled: Callable[[], None] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head | asyncio.Future[Head]:
         """``publish`` without waiting for the result when the backplane can do without: either
         the head at once, or a future that ends with it (or with ``BackplaneUnavailable``), in

@@ -105,6 +105,8 @@ class RedisShard:
             timeout=settings.timeout,
             ready=lambda: self.ready,
         )
+        #: The command the publish script publishes with (``SPUBLISH`` on Redis Cluster).
+        self.publish_command = "PUBLISH"
         self.watched: set[str] = set()
         self._subscribed: set[str] = set()
         self._changed = anyio.Event()
@@ -282,13 +284,20 @@ class RedisShard:
         publisher: str | None,
         options: NamespaceSettings,
         on_settled: Settled | None = None,
+        idempotency_key: str | None = None,
     ) -> asyncio.Future[Head]:
         """Queue the publication in the pipeline (waiting only while it is full); the future
         ends with its head or ``BackplaneUnavailable``, then ``on_settled`` is called. Raises
         ``BackplaneUnavailable`` at once, without trying Redis, while the shard is not ready."""
         if not self.ready:
             raise BackplaneUnavailable("redis is not reachable")
-        keys = (self.keys.meta(channel), self.keys.stream(channel), self.keys.live(channel))
+        keys: tuple[str, ...] = (
+            self.keys.meta(channel),
+            self.keys.stream(channel),
+            self.keys.live(channel),
+        )
+        if idempotency_key is not None:
+            keys += (self.keys.idempotency(channel, idempotency_key),)
         args = (
             secrets.token_urlsafe(6),
             options.history_size,
@@ -298,6 +307,8 @@ class RedisShard:
             _ENCODING_TAGS[codec.encoding],
             publisher or "",
             bytes(data),
+            int(self.settings.idempotency_window * 1000),
+            self.publish_command,
         )
         return await self.pipeline.submit(keys, args, on_settled)
 
@@ -308,8 +319,11 @@ class RedisShard:
         codec: Codec,
         publisher: str | None,
         options: NamespaceSettings,
+        idempotency_key: str | None = None,
     ) -> Head:
-        future = await self.publish_submit(channel, data, codec, publisher, options)
+        future = await self.publish_submit(
+            channel, data, codec, publisher, options, idempotency_key=idempotency_key
+        )
         # Cancelled while waiting (an HTTP client gone): the future is cancelled with it, and the
         # pipeline does not send it unless its batch is already on its way.
         return await future
@@ -473,9 +487,12 @@ class RedisBackplane:
         publisher: str | None,
         options: NamespaceSettings,
         converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head:
         # ``converted`` is not sent: each process converts once, for its own subscribers.
-        return await self.shard(channel).publish(channel, data, codec, publisher, options)
+        return await self.shard(channel).publish(
+            channel, data, codec, publisher, options, idempotency_key
+        )
 
     async def publish_submit(
         self,
@@ -486,9 +503,10 @@ class RedisBackplane:
         options: NamespaceSettings,
         converted: dict[Encoding, msgspec.Raw] | None = None,
         on_settled: Settled | None = None,
+        idempotency_key: str | None = None,
     ) -> asyncio.Future[Head]:
         return await self.shard(channel).publish_submit(
-            channel, data, codec, publisher, options, on_settled
+            channel, data, codec, publisher, options, on_settled, idempotency_key
         )
 
     def watch(self, channel: str) -> Head | None:

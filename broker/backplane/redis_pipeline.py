@@ -60,7 +60,7 @@ BATCH = 256
 # What a broken connection, a timeout or a Redis that went away raise in redis-py.
 _FAILURES = (RedisError, OSError, TimeoutError)
 
-Keys = tuple[str, str, str]
+Keys = tuple[str, ...]
 Args = tuple[str | int | bytes, ...]
 Settled = Callable[[], None]
 
@@ -196,7 +196,8 @@ class PublishPipeline:
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:
                 commands: list[tuple[str | int | bytes, ...]] = [
-                    ("EVALSHA", self._sha, 3, *entry.keys, *entry.args) for entry in entries
+                    ("EVALSHA", self._sha, len(entry.keys), *entry.keys, *entry.args)
+                    for entry in entries
                 ]
                 if load:
                     commands.insert(0, ("SCRIPT", "LOAD", self._script))

@@ -20,8 +20,11 @@ and full jitter (``backoff.py``). Each subscription is then sent again with ``si
 live ones, ``recovered: false`` makes the subscription raise ``ResyncNeeded`` once.
 
 Requests in flight when the connection drops fail with ``ConnectionLost`` (they may or may not
-have been done, so they are not replayed: a replayed ``publish`` would publish twice). Requests
-made while disconnected wait for the next connection, within their timeout.
+have been done, so they are not replayed). Requests made while disconnected wait for the next
+connection, within their timeout. ``publish`` is the exception: every publish carries an
+``idempotency_key`` (random, or the caller's), so the broker publishes it once however often it
+is sent, and ``publish`` sends it again, with the same key, after ``unavailable``, a lost
+connection or a timeout, for up to ``publish_retry_for`` seconds.
 
 The transport is the ``websockets`` asyncio client, so the client runs on asyncio (anyio's
 asyncio backend included), not on trio.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 from collections.abc import Callable
 from functools import partial
 from types import TracebackType
@@ -108,6 +112,7 @@ def connect(
     backoff: Backoff | None = None,
     max_attempts: int | None = None,
     max_frame_bytes: int | None = 64 * 1024 * 1024,
+    publish_retry_for: float = 30.0,
 ) -> Client:
     """A client for the broker at ``url`` (a ``/v1/ws`` endpoint); use it as
     ``async with connect(url) as client:``.
@@ -116,7 +121,9 @@ def connect(
     ``request_timeout`` bounds each request, waiting for a connection included. ``queue_size``
     is each subscription's default queue bound. ``backoff`` spaces reconnection attempts;
     ``max_attempts`` failed attempts in a row close the client with ``ConnectFailed`` (None: try
-    for ever; 0: never reconnect).
+    for ever; 0: never reconnect). ``publish_retry_for`` bounds the seconds a ``publish`` is
+    retried (with its idempotency key) after ``unavailable``, a lost connection or a timeout; keep
+    it below the broker's ``backplane.idempotency_window``.
     """
     return Client(
         url,
@@ -128,6 +135,7 @@ def connect(
         backoff=backoff or Backoff(),
         max_attempts=max_attempts,
         max_frame_bytes=max_frame_bytes,
+        publish_retry_for=publish_retry_for,
     )
 
 
@@ -146,8 +154,10 @@ class Client:
         backoff: Backoff,
         max_attempts: int | None,
         max_frame_bytes: int | None,
+        publish_retry_for: float = 30.0,
     ) -> None:
         self.url = url
+        self.publish_retry_for = publish_retry_for
         self.encoding = encoding
         self.request_timeout = request_timeout
         self.open_timeout = open_timeout
@@ -714,32 +724,82 @@ class Client:
 
     @overload
     async def publish(
-        self, channel: str, data: Any, *, wait: Literal[True] = True
+        self,
+        channel: str,
+        data: Any,
+        *,
+        wait: Literal[True] = True,
+        idempotency_key: str | None = None,
     ) -> Published: ...
 
     @overload
-    async def publish(self, channel: str, data: Any, *, wait: Literal[False]) -> None: ...
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        wait: Literal[False],
+        idempotency_key: str | None = None,
+    ) -> None: ...
 
-    async def publish(self, channel: str, data: Any, *, wait: bool = True) -> Published | None:
-        """Publish ``data`` (any value the encoding can carry) to ``channel``.
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        wait: bool = True,
+        idempotency_key: str | None = None,
+    ) -> Published | None:
+        """Publish ``data`` (any value the encoding can carry) to ``channel``, once.
 
-        With ``wait``, returns the ``published`` reply (the publication's offset and epoch) and
-        raises ``RequestError`` if it was refused. Without, returns once the frame is sent: a
-        refusal is only logged, and a publish sent just before the connection drops may be lost.
+        Every publish carries ``idempotency_key`` (a random one unless given): the broker
+        publishes a key once within its idempotency window and answers a repeat with the first
+        publication's offset and epoch. With ``wait``, returns the ``published`` reply; after
+        ``unavailable``, a lost connection or a timeout it sends the publish again with the same
+        key (backing off) for up to ``publish_retry_for`` seconds, then raises the last error;
+        other refusals raise ``RequestError`` at once. Without ``wait``, returns once the frame
+        is sent: a refusal is only logged, and a publish sent just before the connection drops
+        may be lost.
         """
         payload = self._codec.encode_payload(data)
+        key = idempotency_key or secrets.token_urlsafe(16)
         if wait:
-            reply = await self._request(lambda rid: Publish(id=rid, channel=channel, data=payload))
-            assert isinstance(reply, Published), reply
-            return reply
+            return await self._publish_until_answered(channel, payload, key)
         self._check_open()
         try:
             with anyio.fail_after(self.request_timeout):
                 link = await self._wait_link()
         except TimeoutError:
             raise RequestTimeout(f"no connection within {self.request_timeout} s") from None
-        await self._send(link, Publish(channel=channel, data=payload))
+        await self._send(link, Publish(channel=channel, data=payload, idempotency_key=key))
         return None
+
+    async def _publish_until_answered(
+        self, channel: str, payload: msgspec.Raw, key: str
+    ) -> Published:
+        deadline = anyio.current_time() + self.publish_retry_for
+        attempt = 0
+        while True:
+            error: ClientError
+            try:
+                reply = await self._request(
+                    lambda rid: Publish(id=rid, channel=channel, data=payload, idempotency_key=key)
+                )
+            except RequestError as exc:
+                if exc.code != ErrorCode.UNAVAILABLE:
+                    raise
+                error = exc
+            except (ConnectionLost, RequestTimeout) as exc:
+                error = exc
+            else:
+                assert isinstance(reply, Published), reply
+                return reply
+            delay = self.backoff.delay(attempt)
+            attempt += 1
+            if anyio.current_time() + delay >= deadline:
+                raise error
+            log.info("publish.retry", extra={"channel": channel, "error": str(error)})
+            await anyio.sleep(delay)
 
     async def history(
         self, channel: str, *, since: StreamPosition | None = None, limit: int | None = None

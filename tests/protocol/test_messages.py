@@ -50,7 +50,7 @@ CODECS = [pytest.param(JSON, id="json"), pytest.param(MSGPACK, id="msgpack")]
 CLIENT_CONTRACT: dict[str, set[str]] = {
     "subscribe": {"id", "channel", "since"},
     "unsubscribe": {"id", "channel"},
-    "publish": {"id", "channel", "data"},
+    "publish": {"id", "channel", "data", "idempotency_key"},
     "history": {"id", "channel", "since", "limit"},
     "presence": {"id", "channel"},
     "ping": {"id"},
