@@ -57,6 +57,15 @@ class ChannelsQuery:
 
 
 @dataclass(slots=True)
+class UnsubscribeUserCommand:
+    """Unsubscribe every connection of ``user`` here from ``channel``; replies with how many."""
+
+    user: str
+    channel: str
+    reply: Reply[int]
+
+
+@dataclass(slots=True)
 class RecoveredCommand:
     """The result of a recovery read (None when the backplane could not be read)."""
 
@@ -95,6 +104,7 @@ Command = (
     | ChatJoinCommand
     | ChatSayCommand
     | ChannelsQuery
+    | UnsubscribeUserCommand
     | RecoveredCommand
     | FilledCommand
     | HeadReadCommand

@@ -11,11 +11,11 @@ import msgspec
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from broker.backplane import BackplaneUnavailable
+from broker.backplane.control import DisconnectClient
 from broker.conversion import UnconvertibleData, convert_for_subscribers
-from broker.dependencies import BrokerDep, HubDep
-from broker.hub import ChannelsQuery, Reply
+from broker.dependencies import BrokerDep
 from broker.metrics import CONTENT_TYPE, render
-from protocol import JSON, Channel, CloseCode, IdempotencyKey
+from protocol import JSON, Channel, IdempotencyKey
 
 router = APIRouter()
 
@@ -72,27 +72,23 @@ async def publish(request: Request, broker: BrokerDep) -> Response:
 
 
 @router.get("/v1/channels")
-async def channels(hub: HubDep) -> Response:
-    reply: Reply[list[tuple[str, int]]] = Reply()
-    await hub.submit(ChannelsQuery(reply))
-    listing = await reply.wait()
-    return _json(
-        {
-            "channels": [
-                {"channel": name, "subscribers": count}
-                for name, count in listing
-                if not name.startswith("#")
-            ]
-        }
-    )
+async def channels(broker: BrokerDep) -> Response:
+    # For the whole broker: every process answers (on Redis, over the backplane's bus).
+    try:
+        listing = await broker.control.channels()
+    except BackplaneUnavailable:
+        return _json({"error": "unavailable", "message": "the broker cannot list channels"}, 503)
+    return _json({"channels": [{"channel": name, "subscribers": n} for name, n in listing]})
 
 
 @router.post("/v1/clients/{client}/disconnect")
 async def disconnect(client: str, broker: BrokerDep) -> Response:
-    connection = broker.connections.get(client)
-    if connection is not None:
-        connection.request_close(CloseCode.DISCONNECTED_BY_OPERATOR)
-    return _json({"client": client, "disconnected": connection is not None})
+    # On whichever process the client is connected to.
+    try:
+        count = await broker.control.count(DisconnectClient(client))
+    except BackplaneUnavailable:
+        return _json({"error": "unavailable", "message": "the broker cannot reach it"}, 503)
+    return _json({"client": client, "disconnected": count > 0})
 
 
 @router.get("/healthz")

@@ -26,8 +26,8 @@ the process first catches up with. Subscribing, admission and recovery are in
 ``broker.hub_admission`` (a mixin of ``Hub``). Reads run in tasks of the hub's task group and come
 back as commands.
 
-The chat room of ``/ws/chat`` (PROTOCOL.md §3) is local to the process: its frames are plain text,
-under a name no client can use.
+The chat room of ``/ws/chat`` (PROTOCOL.md §3) is in ``broker.hub_chat``: its frames are plain
+text, under a name no client can use, and on Redis they reach the members on every process.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from broker.backplane.base import (
     LivePublication,
     Page,
     RemoteAnnouncement,
+    RoomFrame,
 )
 from broker.channel_state import ChannelState
 from broker.commands import (
@@ -65,8 +66,10 @@ from broker.commands import (
     RecoveredCommand,
     SubscribeCommand,
     UnsubscribeCommand,
+    UnsubscribeUserCommand,
 )
 from broker.hub_admission import Admission
+from broker.hub_chat import CHAT_LEFT, CHAT_ROOM, ChatRoom
 from broker.logs import get_logger
 from broker.settings import NamespaceSettings, Settings
 from broker.subscriber import Reply, Subscriber
@@ -92,12 +95,10 @@ from protocol import (
 
 log = get_logger(__name__)
 
-#: The chat room's channel name: ``#`` is outside the client alphabet, so no client can reach it.
-CHAT_ROOM = "#chat"
-CHAT_LEFT = b"A client has left the chat."
 
 # Re-exported: the hub's public vocabulary, so that callers import it from one place.
 __all__ = [
+    "CHAT_LEFT",
     "CHAT_ROOM",
     "ChannelState",
     "ChannelsQuery",
@@ -129,7 +130,7 @@ class HubStatistics:
     gaps: int
 
 
-class Hub(Admission):
+class Hub(Admission, ChatRoom):
     """The hub actor. Start it with ``await task_group.start(hub.run)``. Subscribing (admission,
     recovery, catching up) is in ``broker.hub_admission``."""
 
@@ -236,6 +237,11 @@ class Hub(Admission):
                 self._chat_join(subscriber)
             case ChatSayCommand(subscriber=subscriber, text=text):
                 self._chat_say(subscriber, text)
+            case RoomFrame(room=room, payload=payload):
+                if room == CHAT_ROOM:
+                    self._chat_broadcast(Frame(payload, CHAT_ROOM))
+            case UnsubscribeUserCommand(user=user, channel=channel, reply=reply):
+                reply.set(self._unsubscribe_user(user, channel))
             case ChannelsQuery(reply=reply):
                 reply.set(
                     [(name, len(state)) for name, state in self._channels.items() if len(state)]
@@ -288,6 +294,21 @@ class Hub(Admission):
         self._leave(subscriber, channel)
         self._reply(subscriber, Unsubscribed(id=request.id, channel=channel))
 
+    def _unsubscribe_user(self, user: str, channel: str) -> int:
+        """Unsubscribe every connection of ``user`` from ``channel``; how many there were."""
+        state = self._channels.get(channel)
+        if state is None or channel == CHAT_ROOM:
+            return 0
+        members = [s for group in state.live.values() for s in group]
+        members += list(state.recovering) + [s for s, _ in state.joining + state.waiting]
+        targets = {s: None for s in members if s.user == user and not s.detached}
+        for subscriber in targets:
+            self._leave(subscriber, channel)
+            # ``id`` 0: no request of the client's asked for it (the Python client's ids start
+            # at 1).
+            self._reply(subscriber, Unsubscribed(id=0, channel=channel))
+        return len(targets)
+
     def _leave(self, subscriber: Subscriber, channel: str) -> None:
         subscriber.channels.discard(channel)
         if not subscriber.channels:
@@ -339,7 +360,7 @@ class Hub(Admission):
         for channel in list(subscriber.channels):
             self._leave(subscriber, channel)
             if channel == CHAT_ROOM:
-                self._chat_broadcast(Frame(CHAT_LEFT, CHAT_ROOM))
+                self._chat_said(CHAT_LEFT)
 
     def _broadcast_control(self, state: ChannelState, message: Message) -> None:
         """Send a message that is not a publication (``join``, ``leave``, ``gap``) to a
@@ -576,34 +597,6 @@ class Hub(Admission):
         self._reply(
             subscriber, PresenceResult(id=request.id, channel=request.channel, clients=members)
         )
-
-    # --- the chat room of /ws/chat --------------------------------------------------------------
-
-    def _chat_join(self, subscriber: Subscriber) -> None:
-        if subscriber.detached:
-            return
-        state = self._channels.get(CHAT_ROOM)
-        if state is None:
-            state = ChannelState(CHAT_ROOM, self.settings.default_namespace)
-            state.watching = True
-            self._channels[CHAT_ROOM] = state
-        state.add(subscriber)
-        subscriber.channels.add(CHAT_ROOM)
-
-    def _chat_say(self, subscriber: Subscriber, text: str) -> None:
-        if subscriber.detached:
-            return
-        self._chat_broadcast(Frame(f"Client says: {text}".encode(), CHAT_ROOM))
-
-    def _chat_broadcast(self, frame: Frame) -> None:
-        state = self._channels.get(CHAT_ROOM)
-        if state is None:
-            return
-        group = state.live.get(None, {})
-        refused = [subscriber for subscriber in group if not subscriber.outbox.offer(frame)]
-        self._deliveries += len(group) - len(refused)
-        for subscriber in refused:
-            self._detach(subscriber)
 
     # --- observation ----------------------------------------------------------------------------
 

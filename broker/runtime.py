@@ -8,6 +8,7 @@ accepted before the hub takes commands.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from anyio.abc import TaskStatus
 
 from broker.backplane import Backplane, Head, create_backplane
 from broker.connection import Connection, ConnectionStatistics
+from broker.control import BrokerControl
 from broker.hub import Hub
 from broker.logs import get_logger
 from broker.outbox import FlushScheduler
@@ -46,6 +48,10 @@ class Broker:
         self.settings = settings
         self.backplane = backplane or create_backplane(settings)
         self.hub = Hub(settings, self.backplane)
+        #: This process's name in control answers.
+        self.process_id = secrets.token_urlsafe(9)
+        #: The cross-process control path: requests about the whole broker.
+        self.control = BrokerControl(self)
         #: Flushes the outboxes fed during a turn of the event loop: right after it, or (for
         #: publications under a sustained stream) once per ``queue.flush_interval``.
         self.flusher = FlushScheduler(settings.queue.flush_interval)
@@ -58,7 +64,8 @@ class Broker:
         take requests."""
         async with anyio.create_task_group() as tasks:
             await tasks.start(self.hub.run)
-            await tasks.start(self.backplane.run, self.hub.submit)
+            await tasks.start(self.control.run)
+            await tasks.start(self.backplane.run, self.control.deliver)
             task_status.started()
 
     @property

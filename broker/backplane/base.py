@@ -5,6 +5,10 @@ every process that serves a channel see the same publications in the same order.
 channel's stream: it assigns each publication its offset atomically with storing it, keeps the
 history the namespace asks for, and tells the hub of publications as they happen.
 
+It also carries what is about the whole broker rather than one channel: frames of the plain chat
+room (``room_publish``) and control commands every process carries out (``control``, see
+``broker.backplane.control``).
+
 Two implementations, one behaviour (the same test suite runs over both):
 
 * ``memory``: one process is the whole broker; the stream is a deque in this process.
@@ -30,6 +34,7 @@ from typing import Protocol
 import msgspec
 from anyio.abc import TaskStatus
 
+from broker.backplane.control import Control, ControlAnswer, ControlRequest
 from broker.settings import NamespaceSettings
 from protocol import ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames
 
@@ -83,7 +88,23 @@ class RemoteAnnouncement:
     message: Join | Leave
 
 
-BackplaneEvent = LivePublication | ChannelHead | RemoteAnnouncement
+@dataclass(slots=True)
+class RoomFrame:
+    """A frame for a plain-text room (the chat of ``/ws/chat``) sent on another process."""
+
+    room: str
+    payload: bytes
+
+
+@dataclass(slots=True)
+class ControlEvent:
+    """A cross-process control request (``broker.backplane.control``) to carry out here and
+    answer with ``Backplane.answer``."""
+
+    request: ControlRequest
+
+
+BackplaneEvent = LivePublication | ChannelHead | RemoteAnnouncement | RoomFrame | ControlEvent
 Deliver = Callable[[BackplaneEvent], Awaitable[None]]
 
 
@@ -159,3 +180,15 @@ class Backplane(Protocol):
 
     def announce(self, channel: str, message: Join | Leave) -> None:
         """Tell the other processes of a ``join`` or ``leave`` made here."""
+
+    def room_publish(self, room: str, payload: bytes) -> None:
+        """Send a frame of a plain-text room, delivered here already, to the other processes
+        (they get a ``RoomFrame``). Best effort: lost while Redis is unreachable."""
+
+    async def control(self, command: Control) -> list[ControlAnswer]:
+        """Have every process of the broker (this one included) carry ``command`` out, and
+        return their answers (those in within ``backplane.timeout``). Each process gets a
+        ``ControlEvent``. Raises ``BackplaneUnavailable``."""
+
+    def answer(self, answer: ControlAnswer) -> None:
+        """Send the answer to a ``ControlEvent``'s request to the process that asked."""

@@ -29,7 +29,15 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
-from broker.backplane.base import Deliver, Head, LivePublication, Page
+from broker.backplane.base import (
+    BackplaneUnavailable,
+    ControlEvent,
+    Deliver,
+    Head,
+    LivePublication,
+    Page,
+)
+from broker.backplane.control import Control, ControlAnswer, ControlRequest, Gathering
 from broker.settings import NamespaceSettings, Settings
 from protocol import ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames, namespace_of
 
@@ -71,6 +79,7 @@ class MemoryBackplane:
         #: (channel, idempotency key) -> the head it was published at, and the order of expiry.
         self._keys: dict[tuple[str, str], Head] = {}
         self._key_expiry: deque[tuple[float, tuple[str, str]]] = deque()
+        self._gatherings: dict[str, Gathering] = {}
 
     @property
     def ready(self) -> bool:
@@ -239,3 +248,24 @@ class MemoryBackplane:
 
     def announce(self, channel: str, message: Join | Leave) -> None:
         pass  # No other process to tell.
+
+    def room_publish(self, room: str, payload: bytes) -> None:
+        pass  # No other process to tell.
+
+    async def control(self, command: Control) -> list[ControlAnswer]:
+        deliver = self._deliver
+        if deliver is None:
+            raise BackplaneUnavailable("the backplane is not running")
+        request = ControlRequest(id=secrets.token_urlsafe(9), origin=self.kind, command=command)
+        gathering = self._gatherings[request.id] = Gathering()
+        gathering.expect(1)  # this process is the whole broker
+        try:
+            await deliver(ControlEvent(request))
+            return await gathering.wait(self._settings.backplane.timeout)
+        finally:
+            del self._gatherings[request.id]
+
+    def answer(self, answer: ControlAnswer) -> None:
+        gathering = self._gatherings.get(answer.id)
+        if gathering is not None:
+            gathering.add(answer)

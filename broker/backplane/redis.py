@@ -30,7 +30,7 @@ import random
 import secrets
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -43,11 +43,22 @@ from redis.exceptions import RedisError
 from broker.backplane.base import (
     BackplaneUnavailable,
     ChannelHead,
+    ControlEvent,
     Deliver,
     Head,
     LivePublication,
     Page,
     RemoteAnnouncement,
+    RoomFrame,
+)
+from broker.backplane.control import (
+    Control,
+    ControlAnswer,
+    ControlRequest,
+    Gathering,
+    answer_decoder,
+    request_decoder,
+    request_encoder,
 )
 from broker.backplane.redis_pipeline import PublishPipeline, Settled
 from broker.backplane.redis_scripts import HEAD_SCRIPT, PUBLISH_SCRIPT, RedisKeys
@@ -117,6 +128,8 @@ class RedisShard:
         self._presence: dict[str, dict[str, ClientInfo]] = {}
         self._deliver: Deliver | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
+        #: Set on the shard that carries the broker's bus (the first): handles its messages.
+        self.on_bus: Callable[[bytes], Awaitable[None]] | None = None
 
     @property
     def ready(self) -> bool:
@@ -166,7 +179,8 @@ class RedisShard:
     async def _serve_link(self) -> None:
         pubsub = self.redis.pubsub()
         self._pubsub = pubsub
-        await pubsub.subscribe(self.keys.health(self.process))
+        extra = [self.keys.bus()] if self.on_bus is not None else []
+        await pubsub.subscribe(self.keys.health(self.process), *extra)
         self._connected = True
         self._failures = 0
         log.info("backplane.link_up", url=redact_text(self.url))
@@ -222,6 +236,9 @@ class RedisShard:
         data: bytes = message["data"]
         if channel_key == self.keys.health(self.process):
             self._last_echo = time.monotonic()
+            return
+        if self.on_bus is not None and channel_key == self.keys.bus():
+            await self.on_bus(data)
             return
         channel = self.keys.channel_of(channel_key)
         if data.startswith(b"p|"):
@@ -464,6 +481,11 @@ class RedisBackplane:
         self.process = secrets.token_urlsafe(9)
         urls = settings.redis_urls or [settings.redis_url]
         self.shards = [RedisShard(url, settings, self.process) for url in urls]
+        #: The first shard carries the bus (control requests, room frames).
+        self.bus = self.shards[0]
+        self.bus.on_bus = self._on_bus
+        self._gatherings: dict[str, Gathering] = {}
+        self._deliver: Deliver | None = None
 
     def shard(self, channel: str) -> RedisShard:
         # crc32, not hash(): the same on every process and every run.
@@ -474,6 +496,7 @@ class RedisBackplane:
         return all(shard.ready for shard in self.shards)
 
     async def run(self, deliver: Deliver, *, task_status: TaskStatus[None]) -> None:
+        self._deliver = deliver
         async with anyio.create_task_group() as tasks:
             for shard in self.shards:
                 await tasks.start(shard.run, deliver)
@@ -535,3 +558,53 @@ class RedisBackplane:
 
     def announce(self, channel: str, message: Join | Leave) -> None:
         self.shard(channel).announce(channel, message)
+
+    # --- the bus: plain-text rooms and control requests -----------------------------------------
+
+    def room_publish(self, room: str, payload: bytes) -> None:
+        body = b"m|" + self.process.encode() + b"|" + room.encode() + b"|" + payload
+        self.bus._spawn(self.bus._publish_raw, self.bus.keys.bus(), body)
+
+    async def control(self, command: Control) -> list[ControlAnswer]:
+        bus = self.bus
+        if not bus.ready:
+            raise BackplaneUnavailable("redis is not reachable")
+        request = ControlRequest(id=secrets.token_urlsafe(9), origin=self.process, command=command)
+        gathering = self._gatherings[request.id] = Gathering()
+        try:
+            try:
+                with anyio.fail_after(self.settings.timeout):
+                    receivers = await bus.redis.publish(
+                        bus.keys.bus(), b"q|" + request_encoder.encode(request)
+                    )
+            except _FAILURES as exc:
+                raise BackplaneUnavailable(str(exc) or type(exc).__name__) from None
+            # Every process listens on the bus with one connection: that many answers.
+            gathering.expect(int(receivers))
+            return await gathering.wait(self.settings.timeout)
+        finally:
+            del self._gatherings[request.id]
+
+    def answer(self, answer: ControlAnswer) -> None:
+        body = b"y|" + request_encoder.encode(answer)
+        self.bus._spawn(self.bus._publish_raw, self.bus.keys.bus(), body)
+
+    async def _on_bus(self, data: bytes) -> None:
+        deliver = self._deliver
+        assert deliver is not None
+        kind, body = data[:2], data[2:]
+        try:
+            if kind == b"m|":
+                process, room, payload = body.split(b"|", 2)
+                if process.decode() != self.process:
+                    await deliver(RoomFrame(room.decode(), payload))
+            elif kind == b"q|":
+                await deliver(ControlEvent(request_decoder.decode(body)))
+            elif kind == b"y|":
+                answer = answer_decoder.decode(body)
+                gathering = self._gatherings.get(answer.id)
+                if answer.to == self.process and gathering is not None:
+                    gathering.add(answer)
+        except (msgspec.DecodeError, ValueError) as exc:
+            # Another broker version on the same prefix, say: skip it, once per message.
+            log.warning("backplane.bus_message_ignored", error=str(exc))

@@ -107,5 +107,10 @@ class RedisKeys:
         part = live_key[len(self.prefix) + 3 :]
         return part[1:-1] if self.tagged else part
 
+    def bus(self) -> str:
+        """The pub/sub channel every process listens to: control requests and answers, and the
+        frames of plain-text rooms."""
+        return f"{self.prefix}:bus"
+
     def health(self, process: str) -> str:
         return f"{self.prefix}:health:{process}"
