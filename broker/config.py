@@ -48,7 +48,7 @@ from typing import Any, Final
 import msgspec
 
 from broker.logs import SECRET_MASK, is_secret_key, redact_text
-from broker.settings import BackplaneKind, Settings
+from broker.settings import BackplaneKind, Settings, sentinel_address
 
 __all__ = ["CONFIG_PATH_ENV", "ConfigError", "load_settings", "validate"]
 
@@ -414,6 +414,25 @@ def _problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:
                     url,
                     "expected a redis://, rediss:// or unix:// URL (backplane.kind is 'redis')",
                 )
+        for index, address in enumerate(backplane.redis_sentinels):
+            if sentinel_address(address) is None:
+                yield (
+                    ("backplane", "redis_sentinels", index),
+                    address,
+                    "expected a Sentinel's host:port, such as '10.0.0.5:26379'",
+                )
+        if backplane.redis_sentinels and backplane.redis_cluster:
+            yield (
+                ("backplane", "redis_cluster"),
+                True,
+                "expected false with redis_sentinels (a cluster fails over by itself)",
+            )
+        if backplane.redis_sentinels and backplane.redis_urls:
+            yield (
+                ("backplane", "redis_urls"),
+                backplane.redis_urls,
+                "expected [] with redis_sentinels (one master, found through the Sentinels)",
+            )
 
 
 def _urlsplit(url: str) -> urllib.parse.SplitResult | None:

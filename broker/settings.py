@@ -142,6 +142,15 @@ class BackplaneSettings(_Section, frozen=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Several Redis instances to shard channels across; overrides ``redis_url`` when not empty.
     redis_urls: list[str] = msgspec.field(default_factory=list)
+    #: Redis Sentinels (``host:port``) that name the master of ``redis_sentinel_master``; when
+    #: not empty, the backplane connects to that master, and ``redis_url`` gives only the user,
+    #: password, database and TLS of the master's connections.
+    redis_sentinels: list[str] = msgspec.field(default_factory=list)
+    #: The master's name in the Sentinels' configuration (``sentinel monitor <name> ...``).
+    redis_sentinel_master: str = "mymaster"
+    #: Redis Cluster: ``redis_url`` (or each of ``redis_urls``) is a node to discover it from;
+    #: channels hash to slots and live publications use sharded pub/sub (Redis 7 or newer).
+    redis_cluster: bool = False
     #: Prefix of every Redis key and pub/sub channel, so several brokers can share one Redis.
     key_prefix: str = "broker"
     #: Seconds a Redis command may take before the backplane counts Redis as down.
@@ -181,3 +190,12 @@ class Settings(_Section, frozen=True):
     def namespace(self, name: str) -> NamespaceSettings:
         """Options of namespace ``name``; the default namespace's when it is not configured."""
         return self.namespaces.get(name, self.default_namespace)
+
+
+def sentinel_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a Sentinel's ``host:port``; None when it is not one."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)

@@ -35,7 +35,6 @@ from typing import Any
 
 import anyio
 import msgspec
-import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
@@ -60,6 +59,7 @@ from broker.backplane.control import (
     request_decoder,
     request_encoder,
 )
+from broker.backplane.redis_connect import connect
 from broker.backplane.redis_pipeline import PublishPipeline, Settled
 from broker.backplane.redis_scripts import HEAD_SCRIPT, PUBLISH_SCRIPT, RedisKeys
 from broker.logs import get_logger, redact_text
@@ -75,8 +75,6 @@ _HEAD_KEEP_MS = 24 * 3600 * 1000
 _announcement = msgspec.json.Decoder(Join | Leave)
 _member_encoder = msgspec.json.Encoder()
 _member_decoder = msgspec.json.Decoder(ClientInfo)
-#: Connections per shard and process (the pub/sub connection included).
-_POOL_SIZE = 100
 # What a broken connection, a timeout or a Redis that went away raise in redis-py.
 _FAILURES = (RedisError, OSError, TimeoutError)
 
@@ -95,19 +93,10 @@ class RedisShard:
         self.settings = settings
         self.process = process
         self.keys = RedisKeys(settings.key_prefix)
-        # A blocking pool: a burst of more concurrent commands than connections (publishes from
-        # many clients at once) waits for a free connection, up to ``timeout``. redis-py's default
-        # pool raises "Too many connections" at once, which would answer ``unavailable`` to
-        # publishes while Redis is perfectly healthy.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=_POOL_SIZE,
-            timeout=settings.timeout,
-            socket_timeout=settings.timeout,
-            socket_connect_timeout=settings.timeout,
-            health_check_interval=0,
-        )
-        self.redis = aioredis.Redis.from_pool(pool)
+        self.connected = connect(url, settings)
+        #: For logs: the URL with its password masked, or the Sentinels.
+        self.name = self.connected.name
+        self.redis = self.connected.redis
         self._head = self.redis.register_script(HEAD_SCRIPT)
         self.pipeline = PublishPipeline(
             self.redis,
@@ -150,7 +139,7 @@ class RedisShard:
         finally:
             self._tasks = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                await self.redis.aclose()
+                await self.connected.aclose()
 
     async def _link(self) -> None:
         """Keep the pub/sub link up: connect, subscribe, listen; on failure, back off and redo."""
@@ -183,7 +172,7 @@ class RedisShard:
         await pubsub.subscribe(self.keys.health(self.process), *extra)
         self._connected = True
         self._failures = 0
-        log.info("backplane.link_up", url=redact_text(self.url))
+        log.info("backplane.link_up", url=self.name)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._reconcile, pubsub)
             tasks.start_soon(self._check_health)
