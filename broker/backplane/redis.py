@@ -1,5 +1,9 @@
 """The Redis backplane: any number of broker processes, on one machine or many, as one broker.
 
+On one Redis server, on several (client-side shards), on the master that Redis Sentinels name, or
+on a Redis Cluster (hash-tagged keys, sharded pub/sub): see ``redis_connect`` and
+docs/scaleout.md.
+
 Per shard (one Redis server; channels are spread over ``backplane.redis_urls`` by a stable hash
 of their name, so every process puts a channel on the same server):
 
@@ -59,6 +63,7 @@ from broker.backplane.control import (
     request_decoder,
     request_encoder,
 )
+from broker.backplane.redis_cluster_pipeline import ClusterPublishPipeline
 from broker.backplane.redis_connect import connect
 from broker.backplane.redis_pipeline import PublishPipeline, Settled
 from broker.backplane.redis_scripts import HEAD_SCRIPT, PUBLISH_SCRIPT, RedisKeys
@@ -92,13 +97,16 @@ class RedisShard:
         self.url = url
         self.settings = settings
         self.process = process
-        self.keys = RedisKeys(settings.key_prefix)
+        #: Redis Cluster: keys of a channel share a hash tag, pub/sub is sharded.
+        self.cluster = settings.redis_cluster
+        self.keys = RedisKeys(settings.key_prefix, tagged=self.cluster)
         self.connected = connect(url, settings)
         #: For logs: the URL with its password masked, or the Sentinels.
         self.name = self.connected.name
         self.redis = self.connected.redis
         self._head = self.redis.register_script(HEAD_SCRIPT)
-        self.pipeline = PublishPipeline(
+        pipeline = ClusterPublishPipeline if self.cluster else PublishPipeline
+        self.pipeline = pipeline(
             self.redis,
             PUBLISH_SCRIPT,
             size=settings.publish_queue,
@@ -106,7 +114,7 @@ class RedisShard:
             ready=lambda: self.ready,
         )
         #: The command the publish script publishes with (``SPUBLISH`` on Redis Cluster).
-        self.publish_command = "PUBLISH"
+        self.publish_command = "SPUBLISH" if self.cluster else "PUBLISH"
         self.watched: set[str] = set()
         self._subscribed: set[str] = set()
         self._changed = anyio.Event()
@@ -166,10 +174,15 @@ class RedisShard:
             await anyio.sleep(random.uniform(0, min(5.0, 0.1 * 2**self._failures)))
 
     async def _serve_link(self) -> None:
+        if self.cluster and self._failures:
+            # After a failover the pub/sub client would go on trying the dead node: read the
+            # cluster's topology again first.
+            cluster: Any = self.redis
+            await cluster.nodes_manager.initialize()
         pubsub = self.redis.pubsub()
         self._pubsub = pubsub
         extra = [self.keys.bus()] if self.on_bus is not None else []
-        await pubsub.subscribe(self.keys.health(self.process), *extra)
+        await self._subscribe(pubsub, self.keys.health(self.process), *extra)
         self._connected = True
         self._failures = 0
         log.info("backplane.link_up", url=self.name)
@@ -180,7 +193,7 @@ class RedisShard:
             # now rather than at the next renewal.
             tasks.start_soon(self._write_all_presence)
             while True:
-                message = await pubsub.get_message(timeout=self.settings.health_interval)
+                message = await self._next_message(pubsub, self.settings.health_interval)
                 if message is not None:
                     await self._on_message(message)
 
@@ -191,20 +204,47 @@ class RedisShard:
             new = wanted - self._subscribed
             gone = self._subscribed - wanted
             if new:
-                await pubsub.subscribe(*(self.keys.live(c) for c in new))
+                await self._subscribe(pubsub, *(self.keys.live(c) for c in new))
                 self._subscribed |= new
             if gone:
-                await pubsub.unsubscribe(*(self.keys.live(c) for c in gone))
+                await self._unsubscribe(pubsub, *(self.keys.live(c) for c in gone))
                 self._subscribed -= gone
             if wanted == self.watched:
                 self._changed = anyio.Event()
                 await self._changed.wait()
 
+    # --- pub/sub: plain, or sharded on Redis Cluster ----------------------------------------------
+
+    async def _subscribe(self, pubsub: PubSub, *channels: str) -> None:
+        if self.cluster:
+            await pubsub.ssubscribe(*channels)
+        else:
+            await pubsub.subscribe(*channels)
+
+    async def _unsubscribe(self, pubsub: PubSub, *channels: str) -> None:
+        if self.cluster:
+            await pubsub.sunsubscribe(*channels)
+        else:
+            await pubsub.unsubscribe(*channels)
+
+    async def _next_message(self, pubsub: PubSub, timeout: float) -> dict[str, Any] | None:  # noqa: ASYNC109
+        if self.cluster:
+            message: dict[str, Any] | None = await pubsub.get_sharded_message(timeout=timeout)
+            return message
+        plain: dict[str, Any] | None = await pubsub.get_message(timeout=timeout)
+        return plain
+
+    async def publish_raw(self, channel: str, body: bytes) -> int:
+        """``PUBLISH`` (``SPUBLISH`` on a cluster) ``body``; how many connections received it."""
+        if self.cluster:
+            return int(await self.redis.spublish(channel, body))
+        return int(await self.redis.publish(channel, body))
+
     async def _check_health(self) -> None:
         channel = self.keys.health(self.process)
         while True:
             with anyio.fail_after(self.settings.timeout):
-                await self.redis.publish(channel, str(time.monotonic()))
+                await self.publish_raw(channel, str(time.monotonic()).encode())
             await anyio.sleep(self.settings.health_interval)
 
     async def _on_message(self, message: dict[str, Any]) -> None:
@@ -212,15 +252,15 @@ class RedisShard:
         assert deliver is not None
         kind = message["type"]
         channel_key = message["channel"].decode()
-        if kind == "subscribe":
-            if channel_key.startswith(self.keys.live("")):
+        if kind in ("subscribe", "ssubscribe"):
+            if channel_key.startswith(self.keys.live_prefix()):
                 channel = self.keys.channel_of(channel_key)
                 # Subscribed: every later publication arrives live. The head read now tells the
                 # hub where live delivery starts (and, after an outage, what it missed).
                 assert self._tasks is not None
                 self._tasks.start_soon(self._report_head, channel)
             return
-        if kind != "message":
+        if kind not in ("message", "smessage"):
             return
         data: bytes = message["data"]
         if channel_key == self.keys.health(self.process):
@@ -450,7 +490,7 @@ class RedisShard:
 
     async def _publish_raw(self, key: str, body: bytes) -> None:
         try:
-            await self.redis.publish(key, body)
+            await self.publish_raw(key, body)
         except _FAILURES as exc:
             log.info("backplane.announce_failed", error=str(exc))
 
@@ -469,6 +509,8 @@ class RedisBackplane:
         #: This process's id in announcements and health checks.
         self.process = secrets.token_urlsafe(9)
         urls = settings.redis_urls or [settings.redis_url]
+        if settings.redis_cluster:
+            urls = urls[:1]  # one cluster, discovered from its first node
         self.shards = [RedisShard(url, settings, self.process) for url in urls]
         #: The first shard carries the bus (control requests, room frames).
         self.bus = self.shards[0]
@@ -563,7 +605,7 @@ class RedisBackplane:
         try:
             try:
                 with anyio.fail_after(self.settings.timeout):
-                    receivers = await bus.redis.publish(
+                    receivers = await bus.publish_raw(
                         bus.keys.bus(), b"q|" + request_encoder.encode(request)
                     )
             except _FAILURES as exc:

@@ -6,6 +6,7 @@ for it in logs (passwords masked):
 * a plain server (``redis_url``): a blocking pool of up to ``POOL_SIZE`` connections, so that a
   burst of more concurrent commands than connections waits for one (up to ``timeout``) instead of
   failing with redis-py's "Too many connections";
+* with ``redis_cluster``: redis-py's cluster client, discovering the cluster from the URL's node;
 * with ``redis_sentinels``: redis-py's ``SentinelConnectionPool`` for the master named
   ``redis_sentinel_master``. Each new connection asks the Sentinels where the master is, so after
   a failover the next connection (the pub/sub link's reconnection, the publish pipeline's next
@@ -18,9 +19,10 @@ from __future__ import annotations
 
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from broker.logs import redact_text
@@ -36,9 +38,13 @@ class Connected:
     #: For logs: the URL (password masked), or the Sentinels and master name.
     name: str
     sentinel: Sentinel | None = None
+    cluster: bool = False
 
     async def aclose(self) -> None:
-        await self.redis.aclose(close_connection_pool=True)
+        if self.cluster:
+            await self.redis.aclose()  # the cluster client's closes its nodes' pools
+        else:
+            await self.redis.aclose(close_connection_pool=True)
         if self.sentinel is not None:
             for client in self.sentinel.sentinels:
                 await client.aclose()
@@ -68,6 +74,13 @@ def connect(url: str, settings: BackplaneSettings) -> Connected:
         )
         name = f"sentinel://{','.join(settings.redis_sentinels)}/{settings.redis_sentinel_master}"
         return Connected(redis, name, sentinel)
+    if settings.redis_cluster:
+        # The cluster client offers every command the shard uses (routed by key slot), sharded
+        # pub/sub included; it is typed as a plain client here for the shard's sake.
+        cluster = RedisCluster.from_url(
+            url, max_connections=POOL_SIZE, health_check_interval=0, **timeouts
+        )
+        return Connected(cast(aioredis.Redis, cluster), f"cluster:{redact_text(url)}", cluster=True)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=POOL_SIZE,

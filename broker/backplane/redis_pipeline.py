@@ -95,7 +95,7 @@ class PublishPipeline:
         timeout: float,
         ready: Callable[[], bool],
     ) -> None:
-        self._pool = redis.connection_pool
+        self._redis = redis
         self._script = script
         self._sha = hashlib.sha1(script.encode()).hexdigest()
         self._timeout = timeout
@@ -189,7 +189,7 @@ class PublishPipeline:
         ``timeout``, and settle each entry as its reply is read. Returns the entries answered
         ``NOSCRIPT`` after which no script ran: they may be sent again, in order."""
         self._round_trips += 1
-        pool = self._pool
+        pool = self._redis.connection_pool
         noscript: list[_Entry] = []
         failures: list[ResponseError] = []
         with anyio.fail_after(self._timeout):

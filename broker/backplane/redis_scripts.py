@@ -100,6 +100,10 @@ class RedisKeys:
     def live(self, channel: str) -> str:
         return f"{self.prefix}:c:{self._part(channel)}"
 
+    def live_prefix(self) -> str:
+        """What every live pub/sub channel's name starts with."""
+        return f"{self.prefix}:c:"
+
     def idempotency(self, channel: str, key: str) -> str:
         return f"{self.prefix}:i:{self._part(channel)}#{key}"
 
