@@ -46,23 +46,14 @@ from redis.exceptions import RedisError
 from broker.backplane.base import (
     BackplaneUnavailable,
     ChannelHead,
-    ControlEvent,
     Deliver,
     Head,
     LivePublication,
     Page,
     RemoteAnnouncement,
-    RoomFrame,
 )
-from broker.backplane.control import (
-    Control,
-    ControlAnswer,
-    ControlRequest,
-    Gathering,
-    answer_decoder,
-    request_decoder,
-    request_encoder,
-)
+from broker.backplane.control import Control, ControlAnswer
+from broker.backplane.redis_bus import RedisBus
 from broker.backplane.redis_cluster_pipeline import ClusterPublishPipeline
 from broker.backplane.redis_connect import connect
 from broker.backplane.redis_pipeline import PublishPipeline, Settled
@@ -512,11 +503,8 @@ class RedisBackplane:
         if settings.redis_cluster:
             urls = urls[:1]  # one cluster, discovered from its first node
         self.shards = [RedisShard(url, settings, self.process) for url in urls]
-        #: The first shard carries the bus (control requests, room frames).
-        self.bus = self.shards[0]
-        self.bus.on_bus = self._on_bus
-        self._gatherings: dict[str, Gathering] = {}
-        self._deliver: Deliver | None = None
+        #: The broker's bus (control requests, room frames), on the first shard.
+        self.bus = RedisBus(self.shards[0], settings, self.process)
 
     def shard(self, channel: str) -> RedisShard:
         # crc32, not hash(): the same on every process and every run.
@@ -527,7 +515,7 @@ class RedisBackplane:
         return all(shard.ready for shard in self.shards)
 
     async def run(self, deliver: Deliver, *, task_status: TaskStatus[None]) -> None:
-        self._deliver = deliver
+        self.bus.deliver = deliver
         async with anyio.create_task_group() as tasks:
             for shard in self.shards:
                 await tasks.start(shard.run, deliver)
@@ -590,52 +578,13 @@ class RedisBackplane:
     def announce(self, channel: str, message: Join | Leave) -> None:
         self.shard(channel).announce(channel, message)
 
-    # --- the bus: plain-text rooms and control requests -----------------------------------------
+    # --- the bus (``redis_bus``) ----------------------------------------------------------------
 
     def room_publish(self, room: str, payload: bytes) -> None:
-        body = b"m|" + self.process.encode() + b"|" + room.encode() + b"|" + payload
-        self.bus._spawn(self.bus._publish_raw, self.bus.keys.bus(), body)
+        self.bus.room_publish(room, payload)
 
     async def control(self, command: Control) -> list[ControlAnswer]:
-        bus = self.bus
-        if not bus.ready:
-            raise BackplaneUnavailable("redis is not reachable")
-        request = ControlRequest(id=secrets.token_urlsafe(9), origin=self.process, command=command)
-        gathering = self._gatherings[request.id] = Gathering()
-        try:
-            try:
-                with anyio.fail_after(self.settings.timeout):
-                    receivers = await bus.publish_raw(
-                        bus.keys.bus(), b"q|" + request_encoder.encode(request)
-                    )
-            except _FAILURES as exc:
-                raise BackplaneUnavailable(str(exc) or type(exc).__name__) from None
-            # Every process listens on the bus with one connection: that many answers.
-            gathering.expect(int(receivers))
-            return await gathering.wait(self.settings.timeout)
-        finally:
-            del self._gatherings[request.id]
+        return await self.bus.control(command)
 
     def answer(self, answer: ControlAnswer) -> None:
-        body = b"y|" + request_encoder.encode(answer)
-        self.bus._spawn(self.bus._publish_raw, self.bus.keys.bus(), body)
-
-    async def _on_bus(self, data: bytes) -> None:
-        deliver = self._deliver
-        assert deliver is not None
-        kind, body = data[:2], data[2:]
-        try:
-            if kind == b"m|":
-                process, room, payload = body.split(b"|", 2)
-                if process.decode() != self.process:
-                    await deliver(RoomFrame(room.decode(), payload))
-            elif kind == b"q|":
-                await deliver(ControlEvent(request_decoder.decode(body)))
-            elif kind == b"y|":
-                answer = answer_decoder.decode(body)
-                gathering = self._gatherings.get(answer.id)
-                if answer.to == self.process and gathering is not None:
-                    gathering.add(answer)
-        except (msgspec.DecodeError, ValueError) as exc:
-            # Another broker version on the same prefix, say: skip it, once per message.
-            log.warning("backplane.bus_message_ignored", error=str(exc))
+        self.bus.answer(answer)

@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-import secrets
 from collections.abc import Callable
 from functools import partial
 from types import TracebackType
-from typing import Any, Final, Literal, overload
+from typing import Final, Literal, overload
 
 import anyio
 import msgspec
@@ -56,10 +55,10 @@ from broker.client.errors import (
     RequestTimeout,
 )
 from broker.client.link import FINAL_CLOSE_CODES, OPEN_ERRORS, Link, Pending, Refused, open_link
-from broker.client.messages import HistoryPage, Message, PresenceChange
+from broker.client.messages import Message, PresenceChange
+from broker.client.requests import Requests
 from broker.client.subscription import AnySubscription, Subscription
 from protocol import (
-    ClientInfo,
     ClientMessage,
     Codec,
     Disconnect,
@@ -73,10 +72,8 @@ from protocol import (
     Leave,
     Ping,
     Pong,
-    Presence,
     PresenceResult,
     Publication,
-    Publish,
     Published,
     ServerMessage,
     StreamPosition,
@@ -139,8 +136,9 @@ def connect(
     )
 
 
-class Client:
-    """A connection to the broker that survives disconnections. See the module docstring."""
+class Client(Requests):
+    """A connection to the broker that survives disconnections. See the module docstring.
+    ``publish``, ``history``, ``presence`` and ``ping`` are in ``broker.client.requests``."""
 
     def __init__(
         self,
@@ -719,115 +717,6 @@ class Client:
                 sub.history_unavailable()
         elif isinstance(reply, HistoryResult):
             sub.caught_up(reply)
-
-    # --- other requests -------------------------------------------------------------------------
-
-    @overload
-    async def publish(
-        self,
-        channel: str,
-        data: Any,
-        *,
-        wait: Literal[True] = True,
-        idempotency_key: str | None = None,
-    ) -> Published: ...
-
-    @overload
-    async def publish(
-        self,
-        channel: str,
-        data: Any,
-        *,
-        wait: Literal[False],
-        idempotency_key: str | None = None,
-    ) -> None: ...
-
-    async def publish(
-        self,
-        channel: str,
-        data: Any,
-        *,
-        wait: bool = True,
-        idempotency_key: str | None = None,
-    ) -> Published | None:
-        """Publish ``data`` (any value the encoding can carry) to ``channel``, once.
-
-        Every publish carries ``idempotency_key`` (a random one unless given): the broker
-        publishes a key once within its idempotency window and answers a repeat with the first
-        publication's offset and epoch. With ``wait``, returns the ``published`` reply; after
-        ``unavailable``, a lost connection or a timeout it sends the publish again with the same
-        key (backing off) for up to ``publish_retry_for`` seconds, then raises the last error;
-        other refusals raise ``RequestError`` at once. Without ``wait``, returns once the frame
-        is sent: a refusal is only logged, and a publish sent just before the connection drops
-        may be lost.
-        """
-        payload = self._codec.encode_payload(data)
-        key = idempotency_key or secrets.token_urlsafe(16)
-        if wait:
-            return await self._publish_until_answered(channel, payload, key)
-        self._check_open()
-        try:
-            with anyio.fail_after(self.request_timeout):
-                link = await self._wait_link()
-        except TimeoutError:
-            raise RequestTimeout(f"no connection within {self.request_timeout} s") from None
-        await self._send(link, Publish(channel=channel, data=payload, idempotency_key=key))
-        return None
-
-    async def _publish_until_answered(
-        self, channel: str, payload: msgspec.Raw, key: str
-    ) -> Published:
-        deadline = anyio.current_time() + self.publish_retry_for
-        attempt = 0
-        while True:
-            error: ClientError
-            try:
-                reply = await self._request(
-                    lambda rid: Publish(id=rid, channel=channel, data=payload, idempotency_key=key)
-                )
-            except RequestError as exc:
-                if exc.code != ErrorCode.UNAVAILABLE:
-                    raise
-                error = exc
-            except (ConnectionLost, RequestTimeout) as exc:
-                error = exc
-            else:
-                assert isinstance(reply, Published), reply
-                return reply
-            delay = self.backoff.delay(attempt)
-            attempt += 1
-            if anyio.current_time() + delay >= deadline:
-                raise error
-            log.info("publish.retry", extra={"channel": channel, "error": str(error)})
-            await anyio.sleep(delay)
-
-    async def history(
-        self, channel: str, *, since: StreamPosition | None = None, limit: int | None = None
-    ) -> HistoryPage:
-        """The publications ``channel`` retains: after ``since`` (when its epoch is current),
-        at most ``limit`` of them (the oldest after ``since``, else the latest)."""
-        reply = await self._request(
-            lambda rid: History(id=rid, channel=channel, since=since, limit=limit)
-        )
-        assert isinstance(reply, HistoryResult), reply
-        return HistoryPage(
-            channel=reply.channel,
-            epoch=reply.epoch,
-            offset=reply.offset,
-            publications=[self._decode(p) for p in reply.publications],
-        )
-
-    async def presence(self, channel: str) -> list[ClientInfo]:
-        """The clients subscribed to ``channel`` (where its namespace enables presence)."""
-        reply = await self._request(lambda rid: Presence(id=rid, channel=channel))
-        assert isinstance(reply, PresenceResult), reply
-        return list(reply.clients)
-
-    async def ping(self) -> float:
-        """Round-trip time of a ``ping``, in seconds."""
-        started = anyio.current_time()
-        await self._request(lambda rid: Ping(id=rid))
-        return anyio.current_time() - started
 
 
 def _history_request(channel: str, since: StreamPosition, limit: int) -> Callable[[int], History]:
