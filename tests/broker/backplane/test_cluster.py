@@ -10,13 +10,24 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from broker.backplane.control import DisconnectClient
 from broker.client import Backoff, connect
 from broker.settings import BackplaneKind, BackplaneSettings, NamespaceSettings, Settings
-from protocol import Encoding, Publication
-from tests.broker.backplane.test_behaviour import clients, serve_ready, subscribe
+from protocol import Disconnect, Encoding, Join, Publication
+from tests.broker.backplane.test_behaviour import (
+    client_id,
+    clients,
+    history,
+    publish,
+    receive,
+    serve_ready,
+    subscribe,
+)
+from tests.broker.backplane.test_redis import eventually, presence_of
 from tests.conftest import TIMEOUT
 from tests.redis_cluster import RedisClusterServers
 from tests.wsclient import ProtocolClient
@@ -111,3 +122,40 @@ async def _keyslot(cluster: RedisClusterServers, key: str) -> int:
         return int(await client.execute_command("CLUSTER", "KEYSLOT", key))  # type: ignore[no-untyped-call]
     finally:
         await client.aclose()
+
+
+async def test_presence_history_the_channel_list_and_chat_work_across_brokers_on_a_cluster() -> (
+    None
+):
+    async with RedisClusterServers() as cluster:
+        settings = on_cluster(cluster)
+        settings = msgspec.structs.replace(
+            settings,
+            namespaces={
+                **settings.namespaces,
+                "p": NamespaceSettings(presence=True, join_leave=True, history_size=10),
+            },
+        )
+        async with (
+            serve_ready(settings) as a,
+            serve_ready(settings) as b,
+            clients(a.url(), Encoding.JSON) as (on_a,),
+            clients(b.url(), Encoding.JSON) as (on_b,),
+        ):
+            await subscribe(on_a, "p:lobby")
+            await subscribe(on_b, "p:lobby")
+            assert await on_a.expect(Join) == Join(channel="p:lobby", client=client_id(on_b))
+            both = sorted([client_id(on_a), client_id(on_b)])
+
+            async def both_present() -> bool:
+                return await presence_of(on_a, "p:lobby") == both
+
+            await eventually(both_present)  # b writes its member to Redis in the background
+            await publish(on_b, "p:lobby", "hello", 7)
+            assert [m.offset for m in await receive(on_a, 1)] == [1]
+            assert [m.offset for m in await receive(on_b, 1)] == [1]
+            page = await history(on_a, "p:lobby")
+            assert [on_a.data(p.data) for p in page.publications] == ["hello"]
+            assert await a.broker.control.channels() == [("p:lobby", 2)]
+            assert await a.broker.control.count(DisconnectClient(client_id(on_b))) == 1
+            assert (await on_b.expect(Disconnect)).code == 4010
