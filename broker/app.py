@@ -21,10 +21,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from broker import http_api, websocket_routes
+from broker.backplane import Backplane
 from broker.dependencies import get_broker, get_hub, get_settings
 from broker.metrics import make_registry
 from broker.runtime import Broker
@@ -56,6 +58,18 @@ class BrokerApp(FastAPI):
                 broker: Broker = self.state.broker
                 await endpoint(WebSocket(scope, receive, send), broker, broker.settings)
                 return
+            if endpoint is None and not any(
+                route.matches(scope)[0] is Match.FULL for route in self.router.routes
+            ):
+                # Starlette would answer a bare 403, which reads like an authentication failure.
+                path = _route_path(scope)
+                paths = ", ".join(websocket_routes.ENDPOINTS)
+                await websocket_routes.deny(
+                    WebSocket(scope, receive, send),
+                    404,
+                    f"no WebSocket endpoint at {path}; the endpoints are {paths}",
+                )
+                return
         await super().__call__(scope, receive, send)
 
 
@@ -68,16 +82,22 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
-def create_app(settings: Settings | None = None) -> BrokerApp:
-    """The broker app for ``settings`` (defaults when None). Its state holds ``broker``."""
-    broker = Broker(settings or Settings())
+def create_app(
+    settings: Settings | None = None, *, backplane: Backplane | None = None
+) -> BrokerApp:
+    """The broker app for ``settings`` (defaults when None). Its state holds ``broker``.
+
+    ``backplane`` replaces the one ``settings.backplane`` names: any object that implements
+    ``broker.backplane.Backplane``.
+    """
+    broker = Broker(settings or Settings(), backplane)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with broker.running():
             yield
 
-    app = BrokerApp(title="broker", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = BrokerApp(title="broker", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.broker = broker
     app.state.metrics_registry = make_registry(broker)
     app.include_router(websocket_routes.router)

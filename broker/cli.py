@@ -81,14 +81,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
 
     from broker.logs import configure_logging
-    from broker.server import serve, serve_workers
+    from broker.server import StartupError, serve, serve_workers
 
     configure_logging(settings.log)
-    if args.workers > 1:
-        serve_workers(settings, args.workers, args.config)
-    else:
-        serve(settings)
-    return 0
+    try:
+        if args.workers > 1:
+            serve_workers(settings, args.workers, args.config)
+            return 0
+        return serve(settings)
+    except StartupError as exc:
+        print(f"broker: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_CONFIG_ERROR
 
 
 if __name__ == "__main__":

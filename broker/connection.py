@@ -368,7 +368,9 @@ class Connection:
         """Record that the client closed (or lost) the connection."""
         if self.close_code is None:
             self.close_code = code
-            self.close_reason = reason or "client closed"
+            # 1012 comes from an ASGI server that shut down without the broker's transport to
+            # drain the connection first (a host app under plain uvicorn): not the client's doing.
+            self.close_reason = reason or ("server shutdown" if code == 1012 else "client closed")
 
     # --- the writer, without a task (TransportLink) ---------------------------------------------
 

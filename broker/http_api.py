@@ -15,7 +15,7 @@ from broker.conversion import UnconvertibleData, convert_for_subscribers
 from broker.dependencies import BrokerDep, HubDep
 from broker.hub import ChannelsQuery, Reply
 from broker.metrics import CONTENT_TYPE, render
-from protocol import JSON, Channel, CloseCode
+from protocol import JSON, Channel, CloseCode, explain_channel_errors
 
 router = APIRouter()
 
@@ -54,7 +54,7 @@ async def publish(request: Request, broker: BrokerDep) -> Response:
     try:
         body = _body_decoder.decode(raw)
     except (msgspec.DecodeError, RecursionError) as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from None
+        raise HTTPException(status_code=400, detail=explain_channel_errors(str(exc))) from None
     try:
         converted = convert_for_subscribers(body.data, JSON)
     except UnconvertibleData as exc:
@@ -93,7 +93,11 @@ async def disconnect(client: str, broker: BrokerDep) -> Response:
 
 
 @router.get("/healthz")
-async def healthz() -> Response:
+async def healthz(broker: BrokerDep) -> Response:
+    """200 while the broker works; 503 with the reason once it has failed (its hub or backplane
+    stopped): restart it."""
+    if broker.failure is not None:
+        return _json({"status": "failed", "reason": broker.failure}, 503)
     return _json({"status": "ok"})
 
 

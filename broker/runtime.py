@@ -1,25 +1,29 @@
 """``Broker``: one process's broker, the object every route reaches through ``Depends``.
 
 It owns the hub, knows every live connection (for ``max_connections``, the HTTP API's
-``disconnect`` and metrics) and admits or refuses new ones. ``serve`` runs the hub; nothing is
-accepted before the hub takes commands.
+``disconnect`` and metrics) and admits or refuses new ones. ``serve`` runs the hub and the
+backplane; nothing is accepted before both take commands, and if either stops later the broker
+has failed (``Broker.fail``): it says so in the log and on ``/healthz`` instead of living on
+half-alive.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import anyio
 import msgspec
+import structlog
 from anyio.abc import TaskStatus
 
 from broker.backplane import Backplane, Head, create_backplane
 from broker.connection import Connection, ConnectionStatistics
 from broker.hub import Hub
-from broker.logs import get_logger
+from broker.logs import configure_logging, get_logger
 from broker.outbox import FlushScheduler
 from broker.settings import Settings
 from protocol import Codec, Encoding, namespace_of
@@ -42,6 +46,9 @@ class Totals:
 
 
 class Broker:
+    #: Called with the broker when one fails (``fail``), in the event loop's thread.
+    failure_hooks: ClassVar[list[Callable[[Broker], None]]] = []
+
     def __init__(self, settings: Settings, backplane: Backplane | None = None) -> None:
         self.settings = settings
         self.backplane = backplane or create_backplane(settings)
@@ -52,19 +59,64 @@ class Broker:
         self.connections: dict[str, Connection] = {}
         self.totals = Totals()
         self.close_codes: dict[int, int] = {}
+        #: Why the broker stopped working (``fail``); None while it works.
+        self.failure: str | None = None
+        self._started = False
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the hub and the backplane until cancelled; ``task_status.started()`` once both
-        take requests."""
+        take requests.
+
+        Both must run as long as the broker does. Once started, if either ends (an exception, or
+        a return nobody asked for), the broker has failed: see ``fail``. A failure while
+        starting is raised, so that start-up fails.
+        """
         async with anyio.create_task_group() as tasks:
-            await tasks.start(self.hub.run)
-            await tasks.start(self.backplane.run, self.hub.submit)
+            await tasks.start(self._essential, "hub", self.hub.run)
+            await tasks.start(self._essential, "backplane", self.backplane.run, self.hub.submit)
+            self._started = True
             task_status.started()
+
+    async def _essential(
+        self,
+        name: str,
+        run: Callable[..., Awaitable[None]],
+        *args: Any,
+        task_status: TaskStatus[None],
+    ) -> None:
+        try:
+            await run(*args, task_status=task_status)
+        except Exception as exc:
+            if not self._started:
+                raise
+            self.fail(name, exc)
+        else:
+            if self._started:
+                self.fail(name, None)
+
+    def fail(self, task: str, error: BaseException | None) -> None:
+        """The broker cannot go on: ``task`` ended. Log it once at error level, turn ``/healthz``
+        and ``/readyz`` to 503, and call every hook in ``Broker.failure_hooks`` (the broker's own
+        server installs one that stops the process, so that its supervisor starts a new one).
+        Mounted in a host app, ending the process is the host's decision: its health check
+        sees the 503."""
+        if self.failure is not None:
+            return
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]  # the task groups it went through say nothing
+        self.failure = (
+            f"{task} stopped: {type(error).__name__}: {error}"
+            if error
+            else (f"{task} stopped unexpectedly")
+        )
+        log.error("broker.failed", task=task, reason=self.failure, exc_info=error)
+        for hook in Broker.failure_hooks:
+            hook(self)
 
     @property
     def ready(self) -> bool:
         """Ready to take traffic: the hub runs and the backplane is connected (``/readyz``)."""
-        return self.hub.running and self.backplane.ready
+        return self.failure is None and self.hub.running and self.backplane.ready
 
     async def publish(
         self,
@@ -103,7 +155,14 @@ class Broker:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Broker]:
-        """Run the broker for the duration of the block (for a host app's lifespan)."""
+        """Run the broker for the duration of the block (for a host app's lifespan).
+
+        When nothing has configured structlog yet (a host app run by plain ``uvicorn``), the
+        broker's ``[log]`` settings are applied first, so that its lines are JSON when stdout
+        is not a terminal, as under ``broker serve``.
+        """
+        if not structlog.is_configured():
+            configure_logging(self.settings.log)
         async with anyio.create_task_group() as tasks:
             await tasks.start(self.serve)
             try:

@@ -24,6 +24,21 @@ Channel = Annotated[
 _CHANNEL_RE: Final = re.compile(CHANNEL_PATTERN)
 
 
+#: What a channel name is, in words, for error messages (clients and operators read them).
+CHANNEL_RULE: Final = (
+    "a channel name: 1 to 255 characters, each a letter, a digit or one of _ - : . @ /"
+)
+
+_PATTERN_IN_ERRORS: Final = re.compile(r"`str` matching regex '[^']*'")
+
+
+def explain_channel_errors(message: str) -> str:
+    """``message`` (a msgspec validation error) with the channel name pattern said in words."""
+    if "regex" not in message:
+        return message
+    return _PATTERN_IN_ERRORS.sub(CHANNEL_RULE, message)
+
+
 def is_valid_channel(name: str) -> bool:
     """Whether ``name`` is a channel name a client may use."""
     # The pattern admits only ASCII, so its length in characters is its length in bytes.

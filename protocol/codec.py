@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
+from protocol.channels import explain_channel_errors
 from protocol.messages import ClientMessage, Message, ServerMessage
 
 _Decoder = msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]
@@ -95,7 +96,7 @@ class Codec:
         try:
             return self._client.decode(frame)  # type: ignore[no-any-return]
         except msgspec.ValidationError as exc:
-            return DecodeFailure(self._request_id(frame), str(exc))
+            return DecodeFailure(self._request_id(frame), explain_channel_errors(str(exc)))
         except _DECODE_ERRORS as exc:
             if isinstance(exc, RecursionError):
                 return DecodeFailure(None, "message is nested too deeply")

@@ -57,10 +57,13 @@ def free_socket() -> socket.socket:
 
 
 @asynccontextmanager
-async def serve_broker(settings: Settings | None = None) -> AsyncIterator[RunningBroker]:
-    """Serve a broker until the block ends; the server accepts connections once this yields."""
+async def serve_broker(
+    settings: Settings | None = None, *, app: FastAPI | None = None
+) -> AsyncIterator[RunningBroker]:
+    """Serve a broker (or ``app``, made with ``create_app``) until the block ends; the server
+    accepts connections once this yields."""
     sock = free_socket()
-    config = uvicorn_config(settings or Settings())
+    config = uvicorn_config(settings or Settings(), app=app)
     server = uvicorn.Server(config)
     # uvicorn installs signal handlers in the main thread; tests stop it through should_exit.
     server.capture_signals = _no_signals  # type: ignore[method-assign]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import secrets
 import time
 import zlib
@@ -40,6 +39,7 @@ from anyio.abc import TaskStatus
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from broker.backoff import Backoff
 from broker.backplane.base import (
     BackplaneUnavailable,
     ChannelHead,
@@ -56,6 +56,10 @@ from broker.settings import BackplaneSettings, NamespaceSettings
 from protocol import CODECS, ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames
 
 log = get_logger("broker.backplane.redis")
+
+#: Delays between attempts to bring the pub/sub link back: up to 0.2 s after the first failure,
+#: never more than 5 s, however long Redis stays away.
+_RECONNECT = Backoff(base=0.1, cap=5.0)
 
 _ENCODING_TAGS = {Encoding.JSON: b"j", Encoding.MSGPACK: b"m"}
 _TAG_CODECS = {tag: CODECS[encoding] for encoding, tag in _ENCODING_TAGS.items()}
@@ -147,6 +151,15 @@ class RedisShard:
                     error = str(failures.exceptions[0])
                     log.warning("backplane.link_lost", url=redact_text(self.url), error=error)
                 self._connected = False
+            except* Exception as failures:
+                # A bug, not an outage: say so loudly, once per failure, and reconnect as for an
+                # outage rather than leave the process up without its link.
+                log.error(
+                    "backplane.link_failed",
+                    url=redact_text(self.url),
+                    exc_info=failures.exceptions[0],
+                )
+                self._connected = False
             finally:
                 self._connected = False
                 self._subscribed.clear()
@@ -159,7 +172,7 @@ class RedisShard:
                             pass
             self._failures += 1
             # Full jitter, capped: many processes must not all hammer a Redis that comes back.
-            await anyio.sleep(random.uniform(0, min(5.0, 0.1 * 2**self._failures)))
+            await anyio.sleep(_RECONNECT.delay(self._failures))
 
     async def _serve_link(self) -> None:
         pubsub = self.redis.pubsub()

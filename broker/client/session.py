@@ -41,7 +41,7 @@ import msgspec
 from anyio.abc import TaskGroup
 from websockets.exceptions import ConnectionClosed
 
-from broker.client.backoff import Backoff
+from broker.backoff import Backoff
 from broker.client.errors import (
     ClientClosed,
     ClientError,
