@@ -83,6 +83,30 @@ ALL_BLOCKS = [block for page in PAGES for block in blocks(page)]
 RUN_BLOCKS = [b for b in ALL_BLOCKS if b.language in RUN_LANGUAGES and b.not_run is None]
 
 
+def shown_output(block: Block) -> str | None:
+    """The ```text block right after ``block`` (blank lines between allowed): its output."""
+    lines = block.page.read_text(encoding="utf-8").splitlines()
+    end = block.line + block.code.count("\n")  # index of the closing fence
+    following = [line for line in lines[end + 1 : end + 4] if line.strip()]
+    if not following or following[0].strip() != "```text":
+        return None
+    return next(b.code for b in ALL_BLOCKS if b.page == block.page and b.line > block.line)
+
+
+def json_shapes(text: str) -> list[list[str]] | None:
+    """The keys of each line when every line is a JSON object; None otherwise."""
+    shapes: list[list[str]] = []
+    for line in text.splitlines():
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(value, dict):
+            return None
+        shapes.append(sorted(value))
+    return shapes or None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -182,6 +206,12 @@ def test_code_block_runs_as_printed(block: Block, served: ServedBroker) -> None:
     assert process.returncode == 0, (
         f"{block.name} exited {process.returncode}:\n{code}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     )
+    # Output shown as JSON lines after the block: the same lines with the same keys (the values,
+    # offsets and ids, differ from run to run).
+    shown = shown_output(block)
+    expected = json_shapes(shown) if shown is not None else None
+    if expected is not None:
+        assert json_shapes(stdout) == expected, f"{block.name} printed:\n{stdout}\nshown:\n{shown}"
 
 
 def test_every_block_that_is_not_run_says_why_and_every_marker_marks_a_block() -> None:
