@@ -6,13 +6,13 @@ socket, everything queued per wake-up, in one write. Under ``broker serve`` (the
 ``TransportLink`` fast path) the writer is a set of callbacks: the outbox calls it when frames
 arrive (``call_when_ready``), the protocol when the socket takes more, and timers for its
 deadlines. An idle connection thus holds one task and no writer state beyond a callback (memory
-per connection, docs/performance.md). Under another server (plain ASGI) the writer is a task
-beside the reader in one task group, as before.
+per connection: docs/design.md). Without ``TransportLink`` (another ASGI server, or uvicorn
+without ``BrokerWebSocketProtocol``) the writer is a task beside the reader in one task group.
 
 Every server-initiated close goes through ``request_close``: the writer sends ``disconnect`` (on
 ``/v1/ws``) and the close frame within ``websocket.close_timeout``, and resets the socket if the
 client does not take them. A write stuck for ``websocket.write_timeout`` marks a slow consumer,
-and so does an outbox overflow (PROTOCOL.md close code 4008). When the writer closes or resets
+and so does an outbox overflow (docs/protocol.md, close code 4008). When the writer closes or resets
 the socket, the server hands the reader a disconnect, and the reader ends; cleanup then closes
 the outbox and the hub forgets the connection, so nothing is left behind.
 

@@ -18,12 +18,12 @@ it keeps the offset it delivered last, and:
   tells subscribers of what could not be found with ``gap``;
 * a new epoch means the stream was lost and started again: the hub follows the new stream.
 
-Recovery (``subscribe`` with ``since``, PROTOCOL.md §1) reads the missed publications in a task
+Recovery (``subscribe`` with ``since``, docs/protocol.md §1) reads the missed publications in a task
 while the subscriber's live publications are held in a buffer of its own; the reply carries the
 missed ones up to the offset where the buffer starts, so live messages follow with no gap and no
 duplicate. Reads run in tasks of the hub's task group and come back as commands.
 
-The chat room of ``/ws/chat`` (PROTOCOL.md §3) is local to the process: its frames are plain text,
+The chat room of ``/ws/chat`` (docs/protocol.md §3) is local to the process: its frames are text,
 under a name no client can use.
 """
 
@@ -368,7 +368,7 @@ class Hub:
         if page is not None and page.head.epoch == since.epoch:
             missed = [p for p in page.publications if since.offset < p.offset <= upto]
         # Recovered only when every publication from ``since`` to ``upto`` is there: a client
-        # must never be fed a partial set (PROTOCOL.md §1).
+        # must never be fed a partial set (docs/protocol.md §1).
         recovered = [p.offset for p in missed] == list(range(since.offset + 1, upto + 1))
         encoding = subscriber.encoding
         publications: list[Publication] = []
@@ -433,7 +433,7 @@ class Hub:
         if recovery is not None:
             pending.append(recovery.request)
         for request in pending:
-            # Every subscribe is answered (PROTOCOL.md §1), even one overtaken by its undoing.
+            # Every subscribe is answered (docs/protocol.md §1), even one overtaken by its undoing.
             self._reply(
                 subscriber,
                 Subscribed(id=request.id, channel=channel, epoch=state.epoch, offset=state.offset),

@@ -144,7 +144,7 @@ _JSON_ENCODER: Final = msgspec.json.Encoder(enc_hook=str)
 
 
 def _dumps(obj: Any, default: Any = None, **_kwargs: Any) -> str:
-    """Serializer for ``JSONRenderer``; ignores the ``default=`` it passes (FINDINGS.md).
+    """Serializer for ``JSONRenderer``; ignores the ``default=`` it passes (docs/stack-findings.md).
 
     ``enc_hook`` does the job ``default`` would do. The result is ``str`` because the stdlib
     handler writes text.

@@ -1,6 +1,6 @@
 """Running the broker app under uvicorn with the settings' limits applied.
 
-uvicorn's own defaults suit a web app, not a broker (../shared/FINDINGS.md): permessage-deflate on
+uvicorn's own defaults suit a web app, not a broker (docs/stack-findings.md): permessage-deflate on
 and 16 MiB messages. Here the WebSocket protocol is ``BrokerWebSocketProtocol`` (the fast write
 path and socket reset), messages are capped at ``websocket.max_message_bytes`` at the frame
 parser, compression follows config, and SIGTERM/SIGINT drain connections within

@@ -1,7 +1,7 @@
 """Writing frames to a client's socket, with the fast path below ASGI where uvicorn allows it.
 
 The hub's design pays off only when a writer hands the socket every queued frame in one write (one
-syscall) and can cut a stuck client loose (../shared/FINDINGS.md). ASGI offers neither: ``send``
+syscall) and can cut a stuck client loose (docs/stack-findings.md). ASGI offers neither: ``send``
 takes one message at a time, and nothing in it can abort a transport. So
 ``BrokerWebSocketProtocol``, a small subclass of uvicorn's websockets-sansio protocol, publishes
 a ``TransportLink`` in the ASGI scope's ``extensions`` under ``"broker.transport"``:

@@ -1,6 +1,6 @@
 """The reader of ``/v1/ws``: client frames in, hub commands (or direct replies) out.
 
-PROTOCOL.md §1. Answers it can give alone (``pong``, ``error`` for a bad frame or the rate limit)
+docs/protocol.md §1. Answers it can give alone (``pong``, ``error`` for a bad frame or rate limit)
 go straight to the connection's outbox; everything touching channels goes to the hub. A bad frame
 never ends the connection: it gets ``error`` ``bad_request``. Only the wrong frame kind for the
 negotiated encoding (1003) and an oversized message (1009) close it.

@@ -1,4 +1,4 @@
-"""The WebSocket endpoints: ``/v1/ws`` (PROTOCOL.md §1) and the plain ``/ws``, ``/ws/data`` and
+"""The WebSocket endpoints: ``/v1/ws`` (docs/protocol.md §1) and the plain ``/ws``, ``/ws/data`` and
 ``/ws/chat`` (§3). Each admits the client, runs a ``Connection`` with the endpoint's reader, and
 leaves nothing behind when it ends.
 
@@ -94,7 +94,7 @@ async def _run(
 async def serve_v1(websocket: WebSocket, broker: Broker, settings: Settings) -> None:
     codec = codec_for_subprotocols(websocket.scope.get("subprotocols") or [])
     if codec is None:
-        # Only unknown subprotocols offered: refuse the handshake.
+        # Only unknown subprotocols offered: refuse the handshake (docs/protocol.md §1).
         offered = ", ".join(websocket.scope.get("subprotocols") or [])
         await deny(
             websocket,

@@ -1,4 +1,4 @@
-"""The broker's wire protocol (PROTOCOL.md): message types, codecs and channel names. No I/O."""
+"""The broker's wire protocol (docs/protocol.md): message types, codecs, channel names. No I/O."""
 
 from protocol.channels import (
     CHANNEL_RULE,

@@ -1,4 +1,4 @@
-"""Channel names (PROTOCOL.md §1, "Channels, offsets, epochs and recovery").
+"""Channel names (docs/protocol.md §1, "Channels, offsets, epochs and recovery").
 
 A name is 1 to 255 bytes of ``A-Z a-z 0-9 _ - : . @ /``. The part before the first ``:`` is the
 namespace whose options come from config; a name without ``:`` belongs to the default namespace,
