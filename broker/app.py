@@ -17,9 +17,11 @@ broker from its own::
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
@@ -29,6 +31,7 @@ from broker import http_api, websocket_routes
 from broker.backplane import Backplane
 from broker.dependencies import get_broker, get_hub, get_settings
 from broker.metrics import make_registry
+from broker.monitor.workers import publish_snapshots
 from broker.runtime import Broker
 from broker.settings import Settings
 
@@ -70,6 +73,17 @@ class BrokerApp(FastAPI):
                     f"no WebSocket endpoint at {path}; the endpoints are {paths}",
                 )
                 return
+        if scope["type"] == "http":
+            # Request duration by route template (metrics); measured here, not in a middleware,
+            # because any user middleware sends WebSocket connections the slow way.
+            started = time.perf_counter()
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                instruments = self.state.broker.hub.instruments
+                instruments.http_request(route, time.perf_counter() - started)
+            return
         await super().__call__(scope, receive, send)
 
 
@@ -94,12 +108,19 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with broker.running():
+        async with broker.running(), anyio.create_task_group() as tasks:
+            workers_dir: str | None = app.state.metrics_workers_dir
+            if workers_dir is not None:
+                # broker serve --workers N: share this worker's figures with the others.
+                await tasks.start(publish_snapshots, app.state.metrics_registry, workers_dir)
             yield
+            tasks.cancel_scope.cancel()
 
     app = BrokerApp(title="broker", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.broker = broker
     app.state.metrics_registry = make_registry(broker)
+    #: Set by ``broker serve --workers N`` (``broker.monitor.workers``); None: this process only.
+    app.state.metrics_workers_dir = None
     app.include_router(websocket_routes.router)
     app.include_router(http_api.router)
     return app

@@ -56,6 +56,9 @@ __all__ = ["CONFIG_PATH_ENV", "ConfigError", "load_settings", "validate"]
 CONFIG_PATH_ENV: Final = "BROKER_CONFIG"
 _ENV_PREFIX: Final = "BROKER_"
 _ENV_SEPARATOR: Final = "__"
+#: ``BROKER_*`` variables that are not overrides: the config file's path, and the directory
+#: ``broker serve --workers N`` hands its workers for their metrics.
+_NOT_SETTINGS: Final = frozenset({CONFIG_PATH_ENV, "BROKER_METRICS_DIR"})
 _MAX_VALUE_CHARS: Final = 80
 _DEFAULTS: Final = "defaults"
 
@@ -148,7 +151,7 @@ def _apply_environment(
     # Sorted: deterministic, and a table (BROKER_NAMESPACES__CHAT) comes before its keys.
     for name in sorted(environ):
         upper = name.upper()
-        if not upper.startswith(_ENV_PREFIX) or upper == CONFIG_PATH_ENV:
+        if not upper.startswith(_ENV_PREFIX) or upper in _NOT_SETTINGS:
             continue
         text = environ[name]
         key_path = _env_key_path(name, text)

@@ -35,6 +35,7 @@ from starlette.websockets import WebSocket
 
 from broker.hub import DetachCommand, Hub, Subscriber
 from broker.logs import get_logger
+from broker.monitor.instruments import PLAIN
 from broker.outbox import FlushScheduler, Outbox
 from broker.settings import Settings
 from broker.transport import (
@@ -93,6 +94,7 @@ class Connection:
         "_context",
         "_heartbeat_timer",
         "_last_heard",
+        "_latency",
         "_log_budget",
         "_write_scope",
         "_write_timer",
@@ -150,6 +152,10 @@ class Connection:
         self._heartbeat_timer: asyncio.TimerHandle | None = None
         self._last_heard = 0.0
         encoding: Encoding | None = None if codec is None else codec.encoding
+        #: The delivery latency histogram of this connection's encoding (``_encode``).
+        self._latency = hub.instruments.latency(
+            PLAIN if encoding is None else encoding.name.lower()
+        )
         self.subscriber = Subscriber(id=self.id, encoding=encoding, outbox=self.outbox)
         self.stats = ConnectionStatistics()
         self.started = time.monotonic()
@@ -515,6 +521,7 @@ class Connection:
         frames = outbox.drain()
         codec = self.codec
         if skipped and codec is not None:
+            self.hub.instruments.gap_messages += len(skipped)
             # The gaps come first: they stand where the dropped publications stood.
             gaps = [
                 Frame(codec.encode(Gap(channel=s.channel, from_offset=s.first, to_offset=s.last)))
@@ -533,6 +540,11 @@ class Connection:
         """
         stats = self.stats
         stats.messages_out += len(frames)
+        for frame in frames:
+            if frame.accepted:
+                # Delivery latency: the oldest publication in this write (metrics).
+                self._latency.observe(time.monotonic() - frame.accepted)
+                break
         codec = self.codec
         if codec is None:
             runs: list[tuple[list[Frame], bool]] = []

@@ -14,7 +14,7 @@ from broker.backplane import BackplaneUnavailable
 from broker.conversion import UnconvertibleData, convert_for_subscribers
 from broker.dependencies import BrokerDep, HubDep
 from broker.hub import ChannelsQuery, Reply
-from broker.metrics import CONTENT_TYPE, render
+from broker.metrics import CONTENT_TYPE, scrape
 from protocol import JSON, Channel, CloseCode, explain_channel_errors
 
 router = APIRouter()
@@ -109,4 +109,6 @@ async def readyz(broker: BrokerDep) -> Response:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(render(request.app.state.metrics_registry), media_type=CONTENT_TYPE)
+    state = request.app.state
+    body = await scrape(state.metrics_registry, state.metrics_workers_dir)
+    return Response(body, media_type=CONTENT_TYPE)

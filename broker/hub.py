@@ -63,6 +63,7 @@ from broker.commands import (
     UnsubscribeCommand,
 )
 from broker.logs import get_logger
+from broker.monitor.instruments import Instruments
 from broker.settings import NamespaceSettings, Settings
 from broker.subscriber import Reply, Subscriber
 from protocol import (
@@ -143,6 +144,8 @@ class Hub:
         self._publications = 0
         self._deliveries = 0
         self._gaps = 0
+        #: Histograms and counters for metrics, fed here and by the connections.
+        self.instruments = Instruments()
         self._running = False
         #: Subscribers waiting to be detached, and whether a detach is under way: detaching one
         #: broadcasts its departure, which may find more departed subscribers, so detaching is a
@@ -571,6 +574,8 @@ class Hub:
         found = []
         if page is not None and page.head.epoch == state.epoch:
             found = [p for p in page.publications if state.offset < p.offset <= command.upto]
+        self.instruments.fills += 1
+        self.instruments.filled_publications += len(found)
         for publication in found:
             if publication.offset > state.offset + 1:
                 self._gap(state, state.offset + 1, publication.offset - 1)
@@ -600,6 +605,7 @@ class Hub:
         last: int,
     ) -> None:
         self._gaps += 1
+        self.instruments.gap_messages += len(group)
         frame = Frame(
             CODECS[encoding].encode(Gap(channel=channel, from_offset=first, to_offset=last))
         )
@@ -610,6 +616,9 @@ class Hub:
     def _gap(self, state: ChannelState, first: int, last: int) -> None:
         """Publications ``first`` to ``last`` are lost to this process: say so."""
         self._gaps += 1
+        self.instruments.gap_messages += sum(
+            len(group) for encoding, group in state.live.items() if encoding is not None
+        )
         log.warning("hub.gap", channel=state.name, from_offset=first, to_offset=last)
         self._broadcast_control(state, Gap(channel=state.name, from_offset=first, to_offset=last))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import anyio
@@ -24,6 +24,7 @@ from broker.backplane import Backplane, Head, create_backplane
 from broker.connection import Connection, ConnectionStatistics
 from broker.hub import Hub
 from broker.logs import configure_logging, get_logger
+from broker.monitor.loopwatch import LoopWatch
 from broker.outbox import FlushScheduler
 from broker.settings import Settings
 from protocol import Codec, Encoding, namespace_of
@@ -43,6 +44,8 @@ class Totals:
     bytes_out: int = 0
     protocol_errors: int = 0
     slow_consumers: int = 0
+    #: Slow consumers by cause (``outbox_full``, ``write_timeout``, ``replies_held``).
+    slow_consumer_causes: dict[str, int] = field(default_factory=dict)
 
 
 class Broker:
@@ -62,6 +65,13 @@ class Broker:
         #: Why the broker stopped working (``fail``); None while it works.
         self.failure: str | None = None
         self._started = False
+        monitor = settings.monitor
+        #: The blocked-loop watch: event-loop lag histogram and ``loop.blocked`` warnings.
+        self.loopwatch = LoopWatch(
+            interval=monitor.loop_check_interval,
+            warning=monitor.loop_lag_warning,
+            describe=self.describe,
+        )
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the hub and the backplane until cancelled; ``task_status.started()`` once both
@@ -74,6 +84,7 @@ class Broker:
         async with anyio.create_task_group() as tasks:
             await tasks.start(self._essential, "hub", self.hub.run)
             await tasks.start(self._essential, "backplane", self.backplane.run, self.hub.submit)
+            await tasks.start(self.loopwatch.run)
             self._started = True
             task_status.started()
 
@@ -201,10 +212,25 @@ class Broker:
         totals.messages_out += stats.messages_out
         totals.bytes_out += stats.bytes_out
         totals.protocol_errors += stats.protocol_errors
-        if connection.slow_consumer is not None:
+        cause = connection.slow_consumer
+        if cause is not None:
             totals.slow_consumers += 1
-        code = connection.close_code or 1005
+            causes = totals.slow_consumer_causes
+            causes[cause] = causes.get(cause, 0) + 1
+        # No close code known: the connection ended without a close frame (RFC 6455: 1006).
+        code = connection.close_code or 1006
         self.close_codes[code] = self.close_codes.get(code, 0) + 1
+
+    def describe(self) -> dict[str, int]:
+        """What the broker is doing now, in a few figures (the ``loop.blocked`` warning)."""
+        hub = self.hub.statistics()
+        return {
+            "connections": len(self.connections),
+            "hub_mailbox_queued": hub.mailbox_queued,
+            "channels": hub.channels,
+            "subscriptions": hub.subscriptions,
+            "publications": hub.publications,
+        }
 
     def live_statistics(self) -> ConnectionStatistics:
         """Totals of closed connections plus those of the live ones."""

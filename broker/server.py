@@ -10,9 +10,11 @@ parser, compression follows config, and SIGTERM/SIGINT drain connections within
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from types import FrameType
 
 import uvicorn
@@ -23,6 +25,7 @@ from uvicorn.supervisors import Multiprocess
 from broker.app import create_app
 from broker.config import CONFIG_PATH_ENV, load_settings
 from broker.logs import configure_logging, get_logger
+from broker.monitor.workers import METRICS_DIR_ENV
 from broker.runtime import Broker
 from broker.settings import Settings
 from broker.transport import BrokerWebSocketProtocol, configure_protocol
@@ -76,7 +79,9 @@ def app_from_environment() -> FastAPI:
         transport_buffer_bytes=websocket.transport_buffer_bytes,
         close_timeout=websocket.close_timeout,
     )
-    return create_app(settings)
+    app = create_app(settings)
+    app.state.metrics_workers_dir = os.environ.get(METRICS_DIR_ENV)
+    return app
 
 
 def serve_workers(settings: Settings, workers: int, config_path: str | None) -> None:
@@ -95,7 +100,13 @@ def serve_workers(settings: Settings, workers: int, config_path: str | None) -> 
         backplane=settings.backplane.kind.value,
     )
     sock = listen(settings.server.host, settings.server.port)
-    Multiprocess(config, sockets=[sock]).run()
+    # Where the workers share their figures, so that /metrics answers for all of them.
+    metrics_dir = tempfile.mkdtemp(prefix="broker-metrics-")
+    os.environ[METRICS_DIR_ENV] = metrics_dir
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     log.info("broker.stopped")
 
 

@@ -163,6 +163,14 @@ class LogSettings(_Section, frozen=True):
     max_protocol_errors_logged: NonNegativeInt = 3
 
 
+class MonitorSettings(_Section, frozen=True):
+    #: Seconds between the blocked-loop watch's wake-ups (each measures how late it woke).
+    loop_check_interval: Annotated[float, msgspec.Meta(ge=0.01, le=10)] = 0.1
+    #: Seconds of event-loop lag above which ``loop.blocked`` is logged (at most one warning per
+    #: 10 s; every such stall is counted in ``broker_event_loop_stalls_total``).
+    loop_lag_warning: Seconds = 0.25
+
+
 class Settings(_Section, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     websocket: WebSocketSettings = msgspec.field(default_factory=WebSocketSettings)
@@ -173,6 +181,7 @@ class Settings(_Section, frozen=True):
     namespaces: dict[NamespaceName, NamespaceSettings] = msgspec.field(default_factory=dict)
     backplane: BackplaneSettings = msgspec.field(default_factory=BackplaneSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
+    monitor: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
 
     def namespace(self, name: str) -> NamespaceSettings:
         """Options of namespace ``name``; the default namespace's when it is not configured."""

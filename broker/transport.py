@@ -234,6 +234,11 @@ class _ReceiveQueue:
     def empty(self) -> bool:
         return not self._items
 
+    def relabel_last_disconnect(self, code: int) -> None:
+        """Give the last queued ``websocket.disconnect`` message ``code``."""
+        if self._items and self._items[-1].get("type") == "websocket.disconnect":
+            self._items[-1] = {**self._items[-1], "code": code}
+
 
 class _Flag:
     """What uvicorn needs of its per-connection ``asyncio.Event`` (``writable``), without the
@@ -296,7 +301,12 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         self._notify_writable()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # No close frame came (a reset, a vanished peer): RFC 6455 §7.1.5 calls that 1006.
+        # uvicorn reports 1005, which the RFC reserves for a close frame without a status code.
+        lost = self.handshake_complete and self.conn.close_rcvd is None
         super().connection_lost(exc)
+        if lost:
+            self.queue.relabel_last_disconnect(1006)  # type: ignore[attr-defined]
         self._notify_writable()
 
     def _notify_writable(self) -> None:

@@ -166,6 +166,7 @@ class V1Reader:
                 self.connection.protocol_error("protocol.rate_limit_abuse", strikes=self.strikes)
                 self.connection.request_close(CloseCode.RATE_LIMIT_ABUSE)
                 return
+            self.hub.instruments.rate_limited += 1
             self.error(message.id, ErrorCode.RATE_LIMITED, "publish rate limit exceeded")
             return
         self.strikes = 0

@@ -52,6 +52,7 @@ from broker.backplane.base import (
 from broker.backplane.redis_pipeline import PublishPipeline, Settled
 from broker.backplane.redis_scripts import HEAD_SCRIPT, PUBLISH_SCRIPT, RedisKeys
 from broker.logs import get_logger, redact_text
+from broker.monitor.histogram import Histogram
 from broker.settings import BackplaneSettings, NamespaceSettings
 from protocol import CODECS, ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames
 
@@ -119,6 +120,11 @@ class RedisShard:
         self._presence: dict[str, dict[str, ClientInfo]] = {}
         self._deliver: Deliver | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
+        #: For metrics: pub/sub links established, live publications received over pub/sub,
+        #: and seconds per history read (``read``, ``latest``).
+        self.links = 0
+        self.received = 0
+        self.read_seconds = Histogram()
 
     @property
     def ready(self) -> bool:
@@ -180,6 +186,7 @@ class RedisShard:
         await pubsub.subscribe(self.keys.health(self.process))
         self._connected = True
         self._failures = 0
+        self.links += 1
         log.info("backplane.link_up", url=redact_text(self.url))
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._reconcile, pubsub)
@@ -236,6 +243,7 @@ class RedisShard:
             return
         channel = self.keys.channel_of(channel_key)
         if data.startswith(b"p|"):
+            self.received += 1
             _, offset, epoch, tag, publisher, payload = data.split(b"|", 5)
             await deliver(
                 LivePublication(
@@ -330,6 +338,7 @@ class RedisShard:
     async def read(
         self, channel: str, after: int, limit: int | None, options: NamespaceSettings
     ) -> Page:
+        started = time.monotonic()
         head = await self.head(channel, options)
         key = self.keys.stream(channel)
         publications: list[PublicationFrames] = []
@@ -348,9 +357,12 @@ class RedisShard:
                 batch = max(limit - len(publications), 2 * batch)
         except _FAILURES as exc:
             raise BackplaneUnavailable(str(exc)) from None
+        finally:
+            self.read_seconds.observe(time.monotonic() - started)
         return Page(head, publications if limit is None else publications[:limit])
 
     async def latest(self, channel: str, limit: int | None, options: NamespaceSettings) -> Page:
+        started = time.monotonic()
         head = await self.head(channel, options)
         if limit == 0:
             return Page(head, [])
@@ -360,6 +372,8 @@ class RedisShard:
             )
         except _FAILURES as exc:
             raise BackplaneUnavailable(str(exc)) from None
+        finally:
+            self.read_seconds.observe(time.monotonic() - started)
         return Page(head, self._publications(channel, head, list(reversed(entries or [])), options))
 
     def _publications(
