@@ -48,9 +48,13 @@ def parse(text: str) -> Scrape:
     return Scrape(samples, families)
 
 
-async def scrape(base: str) -> Scrape:
-    """``GET {base}/metrics``, parsed."""
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+async def scrape(base: str, client: httpx.AsyncClient | None = None) -> Scrape:
+    """``GET {base}/metrics``, parsed; with a new client unless given one (making an
+    ``httpx.AsyncClient`` loads CA certificates, which blocks the event loop for a moment)."""
+    if client is None:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as new_client:
+            response = await new_client.get(f"{base}/metrics")
+    else:
         response = await client.get(f"{base}/metrics")
     response.raise_for_status()
     return parse(response.text)

@@ -19,8 +19,7 @@ pytestmark = pytest.mark.anyio
 
 def per_worker(result: Scrape, name: str) -> dict[str, float]:
     return {
-        worker: result.value(name, worker=worker)
-        for worker in result.label_values(name, "worker")
+        worker: result.value(name, worker=worker) for worker in result.label_values(name, "worker")
     }
 
 
