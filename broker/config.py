@@ -39,6 +39,7 @@ import enum
 import math
 import os
 import re
+import ssl
 import tomllib
 import typing
 import urllib.parse
@@ -401,6 +402,8 @@ def _problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:
                 "expected an origin, scheme://host[:port], without path, query or trailing '/'",
             )
 
+    yield from _tls_problems(settings)
+
     backplane = settings.backplane
     if backplane.kind is BackplaneKind.REDIS:
         urls: list[tuple[KeyPath, str]] = (
@@ -417,6 +420,49 @@ def _problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:
                     url,
                     "expected a redis://, rediss:// or unix:// URL (backplane.kind is 'redis')",
                 )
+
+
+def _tls_problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:
+    """The TLS files must exist and load, so that a mistake stops start-up with a clear line
+    rather than a traceback from uvicorn."""
+    server = settings.server
+    if not server.tls_certfile:
+        for key in ("tls_keyfile", "tls_keyfile_password", "tls_ca_certs"):
+            if getattr(server, key):
+                yield (
+                    ("server", key),
+                    getattr(server, key),
+                    "expected server.tls_certfile to be set as well",
+                )
+        return
+    for key in ("tls_certfile", "tls_keyfile", "tls_ca_certs"):
+        path = getattr(server, key)
+        if path and not os.path.isfile(path):
+            yield ("server", key), path, "expected a readable file (not found)"
+            return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(
+            server.tls_certfile,
+            server.tls_keyfile or None,
+            server.tls_keyfile_password or None,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        yield (
+            ("server", "tls_certfile"),
+            server.tls_certfile,
+            f"expected a PEM certificate chain that loads with server.tls_keyfile: {exc}",
+        )
+        return
+    if server.tls_ca_certs:
+        try:
+            context.load_verify_locations(server.tls_ca_certs)
+        except (OSError, ssl.SSLError) as exc:
+            yield (
+                ("server", "tls_ca_certs"),
+                server.tls_ca_certs,
+                f"expected PEM CA certificates: {exc}",
+            )
 
 
 def _urlsplit(url: str) -> urllib.parse.SplitResult | None:

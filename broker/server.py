@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import sys
+import ssl
 import tempfile
 from types import FrameType
 
@@ -56,6 +57,12 @@ def uvicorn_config(
         ws_ping_interval=websocket.heartbeat,
         ws_ping_timeout=websocket.heartbeat + websocket.heartbeat_grace,
         timeout_graceful_shutdown=max(1, round(settings.server.shutdown_grace)),
+        # TLS when server.tls_certfile is set (checked by broker.config before this runs).
+        ssl_certfile=settings.server.tls_certfile or None,
+        ssl_keyfile=settings.server.tls_keyfile or None,
+        ssl_keyfile_password=settings.server.tls_keyfile_password or None,
+        ssl_ca_certs=settings.server.tls_ca_certs or None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if settings.server.tls_ca_certs else ssl.CERT_NONE,
         lifespan="on",
         # Logging is configured by broker.logs; uvicorn's loggers go through the same renderer.
         log_config=None,
@@ -98,6 +105,7 @@ def serve_workers(settings: Settings, workers: int, config_path: str | None) -> 
         port=settings.server.port,
         workers=workers,
         backplane=settings.backplane.kind.value,
+        tls=bool(settings.server.tls_certfile),
     )
     sock = listen(settings.server.host, settings.server.port)
     # Where the workers share their figures, so that /metrics answers for all of them.
@@ -191,6 +199,7 @@ def serve(
         port=sock.getsockname()[1],
         backplane=settings.backplane.kind.value,
         workers=1,
+        tls=bool(settings.server.tls_certfile),
     )
     Broker.failure_hooks.append(_stop_on_failure)
     try:

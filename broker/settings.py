@@ -64,6 +64,16 @@ class ServerSettings(_Section, frozen=True):
     shutdown_grace: Seconds = 10.0
     #: Browser origins allowed to open a WebSocket; empty allows any origin.
     allowed_origins: list[str] = msgspec.field(default_factory=list)
+    #: TLS (``wss://``, ``https://``) without a proxy: the certificate chain file (PEM); empty
+    #: serves plain ``ws://`` and ``http://``.
+    tls_certfile: str = ""
+    #: The private key file (PEM); empty when the key is in ``tls_certfile``.
+    tls_keyfile: str = ""
+    #: The password of an encrypted private key; empty when it is not encrypted.
+    tls_keyfile_password: str = ""
+    #: CA certificates (PEM): when set, every client must present a certificate they signed
+    #: (mutual TLS); empty asks clients for none.
+    tls_ca_certs: str = ""
 
 
 class WebSocketSettings(_Section, frozen=True):
