@@ -22,7 +22,7 @@ from protocol import (
     Disconnect,
     Encoding,
     Error,
-    Message,
+    Publication,
     Publish,
     Published,
     Subscribe,
@@ -78,7 +78,7 @@ async def test_publications_move_the_delivery_latency_of_each_encoding_and_http_
             await http_publish(running, "news", {"n": i})
         for client in (json_client, msgpack_client):
             for _ in range(5):
-                await client.expect(Message)
+                await client.expect(Publication)
     after = await scrape(running.http(""))
     for encoding in ("json", "msgpack"):
         writes = after.value("broker_delivery_latency_seconds_count", encoding=encoding)
@@ -191,7 +191,7 @@ async def test_redis_backplane_figures_move_with_publications_and_a_reconnect(
             for i in range(3):
                 await http_publish(running, "news", i)
             for _ in range(3):
-                await client.expect(Message)
+                await client.expect(Publication)
         after = await scrape(running.http(""))
         # The first round trip finds the script not loaded yet and is sent again after a load.
         assert 3 <= after.value("broker_backplane_pipeline_publishes_total", server=server) <= 4

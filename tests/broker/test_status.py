@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from protocol import Message, Subscribe, Subscribed
+from protocol import Publication, Subscribe, Subscribed
 from tests.broker.test_cli import broker_process, free_port
 from tests.broker.test_metrics import http_publish
 from tests.conftest import TIMEOUT, RunningBroker
@@ -38,7 +38,7 @@ async def test_status_once_prints_the_figures_of_a_running_broker(running: Runni
             await http_publish(running, "news", i)
         for client in (one, two):
             for _ in range(3):
-                await client.expect(Message)
+                await client.expect(Publication)
         code, screen, err = await status("--url", running.http(""), "--once")
     assert (code, err) == (0, "")
     assert screen.startswith(f"broker at {running.http('')}  (1 process)")

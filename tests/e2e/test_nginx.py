@@ -20,7 +20,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from protocol import Disconnect, Message, Subscribe, Subscribed
+from protocol import Disconnect, Publication, Subscribe, Subscribed
 from tests.broker.test_cli import ROOT, broker_process, free_port, wait_healthy
 from tests.conftest import TIMEOUT
 from tests.wsclient import open_client
@@ -133,7 +133,7 @@ async def test_through_nginx_a_client_subscribes_receives_and_sees_the_drain(
                         f"http://{front}/v1/publish", json={"channel": "news", "data": "via nginx"}
                     )
                     assert response.status_code == 200, response.text
-                message = await client.expect(Message)
+                message = await client.expect(Publication)
                 assert client.data(message.data) == "via nginx"
                 broker.send_signal(signal.SIGTERM)
                 notice = await client.expect(Disconnect)
