@@ -234,10 +234,10 @@ class _ReceiveQueue:
     def empty(self) -> bool:
         return not self._items
 
-    def relabel_last_disconnect(self, code: int) -> None:
-        """Give the last queued ``websocket.disconnect`` message ``code``."""
+    def relabel_last_disconnect(self, code: int, reason: str) -> None:
+        """Give the last queued ``websocket.disconnect`` message ``code`` and ``reason``."""
         if self._items and self._items[-1].get("type") == "websocket.disconnect":
-            self._items[-1] = {**self._items[-1], "code": code}
+            self._items[-1] = {**self._items[-1], "code": code, "reason": reason}
 
 
 class _Flag:
@@ -306,7 +306,7 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         lost = self.handshake_complete and self.conn.close_rcvd is None
         super().connection_lost(exc)
         if lost:
-            self.queue.relabel_last_disconnect(1006)  # type: ignore[attr-defined]
+            self.queue.relabel_last_disconnect(1006, "connection lost")  # type: ignore[attr-defined]
         self._notify_writable()
 
     def _notify_writable(self) -> None:
