@@ -15,6 +15,7 @@ from broker.settings import (
     BackplaneKind,
     BackplaneSettings,
     LimitSettings,
+    QueueSettings,
     Settings,
     WebSocketSettings,
 )
@@ -28,6 +29,7 @@ from protocol import (
     Subscribe,
     Subscribed,
 )
+from tests.broker.test_connection import publish_many, subscribe_raw
 from tests.conftest import TIMEOUT, RunningBroker, serve_broker, wait_until
 from tests.rawclient import masked_frame, open_raw
 from tests.redis_server import RedisServer
@@ -209,3 +211,35 @@ async def test_redis_backplane_figures_move_with_publications_and_a_reconnect(
             running, lambda s: s.value("broker_backplane_up", server=server) == 1
         )
         assert after.value("broker_backplane_reconnects_total", server=server) == 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "reason"),
+    [
+        (Settings(queue=QueueSettings(max_messages=100, max_bytes=256 * 1024)), "outbox_overflow"),
+        (
+            Settings(
+                queue=QueueSettings(max_messages=100_000, max_bytes=64 * 1024 * 1024),
+                websocket=WebSocketSettings(write_timeout=0.5),
+            ),
+            "write_timeout",
+        ),
+    ],
+)
+async def test_a_stalled_subscriber_counts_as_a_drop_of_its_cause(
+    settings: Settings, reason: str
+) -> None:
+    async with serve_broker(settings) as running:
+        stalled = await subscribe_raw(running, "busy")
+        try:
+            async with open_client(running.url()) as pub:
+                await wait_until(lambda: running.broker.hub.subscriber_count("busy") == 1)
+                await publish_many(pub, "busy", 4000, [])
+                after = await scrape_until(
+                    running, lambda s: s.value("broker_drops_total", reason=reason) == 1
+                )
+        finally:
+            stalled.reset()
+    assert after.value("broker_drops_total") == 1
+    assert after.value("broker_slow_consumers_total") == 1
+    assert after.value("broker_connections_closed_total", code="4008") == 1
