@@ -13,8 +13,8 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import ssl
+import sys
 import tempfile
 from types import FrameType
 
