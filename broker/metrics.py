@@ -103,7 +103,7 @@ class BrokerCollector(Collector):
         yield CounterMetricFamily(
             "broker_protocol_errors", "Bad client frames.", value=stats.protocol_errors
         )
-        yield from self._drops(stats.protocol_errors)
+        yield from self._drops()
         instruments = broker.hub.instruments
         yield CounterMetricFamily(
             "broker_gap_messages",
@@ -151,24 +151,13 @@ class BrokerCollector(Collector):
         )
         yield from backplane_families(broker.backplane)
 
-    def _drops(self, protocol_errors: int) -> Iterator[Metric]:
-        broker = self.broker
-        totals = broker.totals
-        causes = totals.slow_consumer_causes
+    def _drops(self) -> Iterator[Metric]:
         drops = CounterMetricFamily(
             "broker_drops",
             "Clients dropped and requests refused, by reason.",
             labels=["reason"],
         )
-        for reason, value in (
-            ("outbox_overflow", causes.get("outbox_full", 0) + causes.get("replies_held", 0)),
-            ("write_timeout", causes.get("write_timeout", 0)),
-            ("rate_limit", broker.hub.instruments.rate_limited),
-            ("connection_limit", totals.connections_refused),
-            ("heartbeat", broker.close_codes.get(4009, 0)),
-            ("protocol_error", protocol_errors),
-            ("auth_failure", broker.close_codes.get(4001, 0)),
-        ):
+        for reason, value in self.broker.drops().items():
             drops.add_metric([reason], value)
         yield drops
 

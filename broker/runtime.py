@@ -221,6 +221,20 @@ class Broker:
         code = connection.close_code or 1006
         self.close_codes[code] = self.close_codes.get(code, 0) + 1
 
+    def drops(self) -> dict[str, int]:
+        """Clients dropped and requests refused so far, by reason (``broker_drops_total``);
+        every reason is present."""
+        causes = self.totals.slow_consumer_causes
+        return {
+            "outbox_overflow": causes.get("outbox_full", 0) + causes.get("replies_held", 0),
+            "write_timeout": causes.get("write_timeout", 0),
+            "rate_limit": self.hub.instruments.rate_limited,
+            "connection_limit": self.totals.connections_refused,
+            "heartbeat": self.close_codes.get(4009, 0),
+            "protocol_error": self.live_statistics().protocol_errors,
+            "auth_failure": self.close_codes.get(4001, 0),
+        }
+
     def describe(self) -> dict[str, int]:
         """What the broker is doing now, in a few figures (the ``loop.blocked`` warning)."""
         hub = self.hub.statistics()

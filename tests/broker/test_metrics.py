@@ -15,6 +15,7 @@ from broker.settings import (
     BackplaneKind,
     BackplaneSettings,
     LimitSettings,
+    OverflowPolicy,
     QueueSettings,
     Settings,
     WebSocketSettings,
@@ -31,7 +32,7 @@ from protocol import (
 )
 from tests.broker.test_connection import publish_many, subscribe_raw
 from tests.conftest import TIMEOUT, RunningBroker, serve_broker, wait_until
-from tests.rawclient import masked_frame, open_raw
+from tests.rawclient import masked_frame, open_raw, read_frames
 from tests.redis_server import RedisServer
 from tests.scrape import Scrape, scrape
 from tests.wsclient import open_client
@@ -243,3 +244,27 @@ async def test_a_stalled_subscriber_counts_as_a_drop_of_its_cause(
     assert after.value("broker_drops_total") == 1
     assert after.value("broker_slow_consumers_total") == 1
     assert after.value("broker_connections_closed_total", code="4008") == 1
+
+
+async def test_gap_messages_of_drop_oldest_are_counted_as_sent() -> None:
+    settings = Settings(
+        queue=QueueSettings(
+            max_messages=100, max_bytes=256 * 1024, overflow=OverflowPolicy.DROP_OLDEST
+        ),
+    )
+    async with serve_broker(settings) as running:
+        stalled = await subscribe_raw(running, "busy")
+        try:
+            async with open_client(running.url()) as pub:
+                await wait_until(lambda: running.broker.hub.subscriber_count("busy") == 1)
+                # 8 MB: more than the kernel buffers and the outbox hold, so the oldest are
+                # dropped; then the client reads again and gets a gap where they were.
+                await publish_many(pub, "busy", 4000, [])
+                frames = await read_frames(stalled, idle=1.0)
+                gaps = sum(payload.count(b'"type":"gap"') for _, payload in frames)
+                assert gaps >= 1
+                after = await scrape(running.http(""))
+        finally:
+            stalled.reset()
+    assert after.value("broker_gap_messages_total") == gaps
+    assert after.value("broker_drops_total") == 0
