@@ -11,6 +11,7 @@ import httpx
 import pytest
 import trustme
 from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidMessage
 
 from broker.client import connect
 from broker.config import ConfigError, load_settings
@@ -114,3 +115,27 @@ def test_tls_mistakes_stop_start_up_naming_the_key(
         {"BROKER_SERVER__TLS_CERTFILE": str(chain), "BROKER_SERVER__TLS_KEYFILE": str(key)},
     )
     assert settings.server.tls_certfile == str(chain)
+
+
+async def test_with_tls_ca_certs_only_clients_with_a_certificate_it_signed_get_in(
+    ca: trustme.CA, cert_files: tuple[Path, Path, Path]
+) -> None:
+    chain, key, ca_file = cert_files
+    settings = Settings(
+        server=ServerSettings(
+            tls_certfile=str(chain), tls_keyfile=str(key), tls_ca_certs=str(ca_file)
+        )
+    )
+    async with serve_broker(settings) as running:
+        wss = f"wss://127.0.0.1:{running.port}/v1/ws"
+        without = ssl.create_default_context(cafile=str(ca_file))
+        # TLS 1.3 reports the refusal after the handshake: as an alert, or the connection closed.
+        with pytest.raises((ssl.SSLError, OSError, ConnectionClosed, InvalidMessage)) as refused:
+            async with ws_connect(wss, ssl=without, open_timeout=TIMEOUT) as connection:
+                await connection.recv()
+        assert not isinstance(refused.value, TimeoutError), refused.value
+        with_cert = ssl.create_default_context(cafile=str(ca_file))
+        ca.issue_cert("client@example").configure_cert(with_cert)
+        async with open_client(wss, ssl=with_cert) as client:
+            await client.send(Subscribe(id=1, channel="news"))
+            await client.expect(Subscribed)
