@@ -18,7 +18,7 @@ it keeps the offset it delivered last, and:
   tells subscribers of what could not be found with ``gap``;
 * a new epoch means the stream was lost and started again: the hub follows the new stream.
 
-Recovery (``subscribe`` with ``since``, PROTOCOL.md §1) reads the missed publications in a task
+Recovery (``subscribe`` with ``since``, docs/protocol.md §1) reads the missed publications in a task
 while the subscriber's live publications are held in a buffer of its own; the reply carries the
 missed ones up to the offset where the buffer starts, so live messages follow with no gap and no
 duplicate. A ``since`` this process has not reached is checked against the channel's head, which
@@ -26,7 +26,7 @@ the process first catches up with. Subscribing, admission and recovery are in
 ``broker.hub_admission`` (a mixin of ``Hub``). Reads run in tasks of the hub's task group and come
 back as commands.
 
-The chat room of ``/ws/chat`` (PROTOCOL.md §3) is in ``broker.hub_chat``: its frames are plain
+The chat room of ``/ws/chat`` (docs/protocol.md §3) is in ``broker.hub_chat``: its frames are
 text, under a name no client can use, and on Redis they reach the members on every process.
 """
 
@@ -71,6 +71,7 @@ from broker.commands import (
 from broker.hub_admission import Admission
 from broker.hub_chat import CHAT_LEFT, CHAT_ROOM, ChatRoom
 from broker.logs import get_logger
+from broker.monitor.instruments import Instruments
 from broker.settings import NamespaceSettings, Settings
 from broker.subscriber import Reply, Subscriber
 from protocol import (
@@ -147,6 +148,8 @@ class Hub(Admission, ChatRoom):
         self._publications = 0
         self._deliveries = 0
         self._gaps = 0
+        #: Histograms and counters for metrics, fed here and by the connections.
+        self.instruments = Instruments()
         self._running = False
         #: Subscribers waiting to be detached, and whether a detach is under way: detaching one
         #: broadcasts its departure, which may find more departed subscribers, so detaching is a
@@ -322,7 +325,7 @@ class Hub(Admission, ChatRoom):
         if recovery is not None:
             pending.append(recovery.request)
         for request in pending:
-            # Every subscribe is answered (PROTOCOL.md §1), even one overtaken by its undoing.
+            # Every subscribe is answered (docs/protocol.md §1), even one overtaken by its undoing.
             self._reply(
                 subscriber,
                 Subscribed(id=request.id, channel=channel, epoch=state.epoch, offset=state.offset),
@@ -460,6 +463,8 @@ class Hub(Admission, ChatRoom):
         found = []
         if page is not None and page.head.epoch == state.epoch:
             found = [p for p in page.publications if state.offset < p.offset <= command.upto]
+        self.instruments.fills += 1
+        self.instruments.filled_publications += len(found)
         for publication in found:
             if publication.offset > state.offset + 1:
                 self._gap(state, state.offset + 1, publication.offset - 1)
@@ -491,6 +496,7 @@ class Hub(Admission, ChatRoom):
         last: int,
     ) -> None:
         self._gaps += 1
+        self.instruments.gap_messages += len(group)
         frame = Frame(
             CODECS[encoding].encode(Gap(channel=channel, from_offset=first, to_offset=last))
         )
@@ -501,6 +507,9 @@ class Hub(Admission, ChatRoom):
     def _gap(self, state: ChannelState, first: int, last: int) -> None:
         """Publications ``first`` to ``last`` are lost to this process: say so."""
         self._gaps += 1
+        self.instruments.gap_messages += sum(
+            len(group) for encoding, group in state.live.items() if encoding is not None
+        )
         log.warning("hub.gap", channel=state.name, from_offset=first, to_offset=last)
         self._broadcast_control(state, Gap(channel=state.name, from_offset=first, to_offset=last))
 

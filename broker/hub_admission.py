@@ -229,7 +229,7 @@ class Admission:
         if page is not None and page.head.epoch == since.epoch:
             missed = [p for p in page.publications if since.offset < p.offset <= upto]
         # Recovered only when every publication from ``since`` to ``upto`` is there: a client
-        # must never be fed a partial set (PROTOCOL.md §1).
+        # must never be fed a partial set (docs/protocol.md §1).
         recovered = [p.offset for p in missed] == list(range(since.offset + 1, upto + 1))
         encoding = subscriber.encoding
         publications: list[Publication] = []

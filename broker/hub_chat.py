@@ -1,4 +1,4 @@
-"""The chat room of ``/ws/chat`` (PROTOCOL.md §3), part of the hub.
+"""The chat room of ``/ws/chat`` (docs/protocol.md §3), part of the hub.
 
 ``ChatRoom`` is a mixin of ``broker.hub.Hub``. The room is a channel of plain-text frames under a
 name no client can use (``#`` is outside the client alphabet), with each frame built once for the

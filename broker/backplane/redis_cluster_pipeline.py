@@ -14,6 +14,7 @@ answered ``unavailable``, so nothing is published out of order. The cluster clie
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,14 +35,18 @@ class ClusterPublishPipeline(PublishPipeline):
         self._round_trips += 1
         cluster: Any = self._redis
         noscript: list[_Entry] = []
-        with anyio.fail_after(self._timeout):
-            if load:
-                await cluster.script_load(self._script)
-            pipe = cluster.pipeline(transaction=False)
-            for entry in entries:
-                pipe.evalsha(self._sha, len(entry.keys), *entry.keys, *entry.args)
-            self._sent += len(entries)
-            results = await pipe.execute(raise_on_error=False)
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(self._timeout):
+                if load:
+                    await cluster.script_load(self._script)
+                pipe = cluster.pipeline(transaction=False)
+                for entry in entries:
+                    pipe.evalsha(self._sha, len(entry.keys), *entry.keys, *entry.args)
+                self._sent += len(entries)
+                results = await pipe.execute(raise_on_error=False)
+        finally:
+            self.round_trip_seconds.observe(time.monotonic() - started)
         failures: list[ResponseError] = []
         for entry, result in zip(entries, results, strict=True):
             if isinstance(result, NoScriptError):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import anyio
 import msgspec
 
-from broker.client.backoff import Backoff
+from broker.backoff import Backoff
 from broker.client.errors import (
     ClientError,
     ConnectionLost,

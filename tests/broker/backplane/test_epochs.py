@@ -1,4 +1,4 @@
-"""An epoch changes only when history is lost (PROTOCOL.md §1), over both backplanes: a channel
+"""An epoch changes only when history is lost (docs/protocol.md §1), over both backplanes: a channel
 of a history namespace keeps its epoch while it is empty and nobody is subscribed, so a client
 that left it at offset 0 recovers everything published since."""
 
