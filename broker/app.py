@@ -25,6 +25,9 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from broker import http_api, websocket_routes
+from broker.auth import Auth, Authenticate, Authorize
+from broker.auth.startup import log_posture
+from broker.config import ConfigError, validate
 from broker.dependencies import get_broker, get_hub, get_settings
 from broker.metrics import make_registry
 from broker.runtime import Broker
@@ -68,16 +71,38 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
-def create_app(settings: Settings | None = None) -> BrokerApp:
-    """The broker app for ``settings`` (defaults when None). Its state holds ``broker``."""
-    broker = Broker(settings or Settings())
+def create_app(
+    settings: Settings | None = None,
+    *,
+    authenticate: Authenticate | None = None,
+    authorize: Authorize | None = None,
+) -> BrokerApp:
+    """The broker app for ``settings`` (defaults when None). Its state holds ``broker``.
+
+    ``authenticate``: the host app's authentication (an async callable given the handshake's
+    ``HTTPConnection``, returning an ``Identity`` or None to refuse); it replaces ``auth.mode``.
+    Cookie-authenticated WebSockets are only safe with an ``Origin`` check, so it cannot be
+    combined with ``allowed_origins = ["*"]``. ``authorize(identity, channel, action)``: the
+    host app's per-channel decision (True, False, or None for the config's answer). Raises
+    ``ConfigError`` for settings that break a rule (``broker.config.validate``).
+    """
+    settings = settings or Settings()
+    validate(settings)
+    if authenticate is not None and "*" in settings.server.allowed_origins:
+        raise ConfigError(
+            "settings: server.allowed_origins = ['*']: expected specific origins when the host "
+            "app authenticates WebSockets (any web page could use its visitors' cookies)"
+        )
+    auth = Auth(settings, authenticate=authenticate, authorize=authorize)
+    broker = Broker(settings, auth=auth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log_posture(settings, host_authentication=authenticate is not None)
         async with broker.running():
             yield
 
-    app = BrokerApp(title="broker", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = BrokerApp(title="broker", lifespan=lifespan, redoc_url=None)
     app.state.broker = broker
     app.state.metrics_registry = make_registry(broker)
     app.include_router(websocket_routes.router)

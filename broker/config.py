@@ -47,6 +47,7 @@ from typing import Any, Final
 
 import msgspec
 
+from broker.auth.startup import problems as security_problems
 from broker.logs import SECRET_MASK, is_secret_key, redact_text
 from broker.settings import BackplaneKind, Settings
 
@@ -397,6 +398,8 @@ def _problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:
                 origin,
                 "expected an origin, scheme://host[:port], without path, query or trailing '/'",
             )
+
+    yield from security_problems(settings)
 
     backplane = settings.backplane
     if backplane.kind is BackplaneKind.REDIS:

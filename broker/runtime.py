@@ -16,6 +16,8 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
+from broker.auth import Auth
+from broker.auth.origin import origin_allowed
 from broker.backplane import Backplane, Head, create_backplane
 from broker.connection import Connection, ConnectionStatistics
 from broker.hub import Hub
@@ -42,8 +44,12 @@ class Totals:
 
 
 class Broker:
-    def __init__(self, settings: Settings, backplane: Backplane | None = None) -> None:
+    def __init__(
+        self, settings: Settings, backplane: Backplane | None = None, *, auth: Auth | None = None
+    ) -> None:
         self.settings = settings
+        #: Authentication, permissions and API keys (broker/auth).
+        self.auth = auth or Auth(settings)
         self.backplane = backplane or create_backplane(settings)
         self.hub = Hub(settings, self.backplane)
         #: Flushes the outboxes fed during a turn of the event loop: right after it, or (for
@@ -125,10 +131,13 @@ class Broker:
             refused_total=self.totals.connections_refused,
         )
 
-    def origin_allowed(self, origin: str | None) -> bool:
-        allowed = self.settings.server.allowed_origins
-        # Non-browser clients send no Origin; browsers always do (RFC 6455 §4.1, §10.2).
-        return not allowed or origin is None or origin in allowed
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """Whether a handshake from ``origin`` to ``host`` may go on (broker/auth/origin.py)."""
+        return origin_allowed(origin, host, self.settings.server.allowed_origins)
+
+    def connections_of(self, user: str) -> list[Connection]:
+        """This process's connections of ``user``."""
+        return [c for c in self.connections.values() if c.subscriber.user == user]
 
     def add(self, connection: Connection) -> None:
         self.connections[connection.id] = connection
