@@ -51,7 +51,7 @@ from broker.auth.startup import problems as security_problems
 from broker.logs import SECRET_MASK, is_secret_key, redact_text
 from broker.settings import BackplaneKind, Settings
 
-__all__ = ["CONFIG_PATH_ENV", "ConfigError", "load_settings", "validate"]
+__all__ = ["CONFIG_PATH_ENV", "ConfigError", "load_settings", "redacted_settings", "validate"]
 
 #: The environment variable the CLI reads the config file path from; never an override.
 CONFIG_PATH_ENV: Final = "BROKER_CONFIG"
@@ -118,6 +118,11 @@ def validate(settings: Settings) -> None:
     if (problem := next(_problems(settings), None)) is not None:
         key_path, value, expected = problem
         raise ConfigError(_message("settings", key_path, value, expected))
+
+
+def redacted_settings(settings: Settings) -> Any:
+    """``settings`` as plain data with every secret masked (``check-config``, logs)."""
+    return {key: _redacted((key,), value) for key, value in msgspec.to_builtins(settings).items()}
 
 
 # --- Reading the sources

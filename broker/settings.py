@@ -253,7 +253,7 @@ class AuthSettings(_Section, frozen=True):
     #: In ``jwt`` mode, accept connections without a token as anonymous.
     anonymous_connect: bool = False
     #: Verified tokens remembered, so a reconnecting client costs no signature check.
-    token_cache_size: NonNegativeInt = 10_000
+    verified_cache_size: NonNegativeInt = 10_000
     claims: ClaimNames = msgspec.field(default_factory=ClaimNames)
 
 

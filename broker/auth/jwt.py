@@ -6,7 +6,7 @@ picks among them, ``none`` is never accepted, and the keys tried depend on the a
 ``nbf`` and ``iat`` are checked when present, ``aud`` and ``iss`` when configured, all with
 ``auth.leeway`` seconds of tolerance.
 
-Verified connection tokens are cached (up to ``auth.token_cache_size``, until they expire): a
+Verified connection tokens are cached (up to ``auth.verified_cache_size``, until they expire): a
 client that reconnects with the same token costs a dictionary lookup, not a signature check.
 """
 
@@ -62,7 +62,7 @@ class TokenVerifier:
             subs=_strings(claims, names.subs),
             expires_at=float(claims["exp"]),
         )
-        size = self.settings.token_cache_size
+        size = self.settings.verified_cache_size
         if size:
             if len(self._cache) >= size:
                 # Forget the oldest half: amortised O(1), no per-entry bookkeeping.

@@ -115,7 +115,7 @@ class ConnectionAuth:
         except Refused as refusal:
             error = Error(id=message.id, code=ErrorCode.UNAUTHORIZED, message=refusal.reason)
             self.connection.send_frame(self.codec.encode(error))
-            self.refuse(refusal.reason, reconnect=refusal.reconnect)
+            self.refuse(refusal.reason, reconnect=refusal.reconnect, flush=True)
             return None
         # Permissions follow the new token; presence info stays what it was at connect.
         self.identity = Identity(
@@ -131,9 +131,12 @@ class ConnectionAuth:
             return None
         return self.codec.encode(Refreshed(id=message.id, expires_at=identity.expires_at))
 
-    def refuse(self, reason: str, *, reconnect: bool = False) -> None:
+    def refuse(self, reason: str, *, reconnect: bool = False, flush: bool = False) -> None:
+        """Close with 4001 for ``reason``; ``flush`` sends what is queued (a reply) first."""
         log.info("auth.refused", reason=reason, remote=self.connection.remote)
-        self.connection.request_close(CloseCode.UNAUTHORIZED, reason=reason, reconnect=reconnect)
+        self.connection.request_close(
+            CloseCode.UNAUTHORIZED, reason=reason, reconnect=reconnect, flush=flush
+        )
 
     def close(self) -> None:
         if self.timer is not None:
