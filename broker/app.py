@@ -26,7 +26,6 @@ from starlette.websockets import WebSocket
 
 from broker import http_api, websocket_routes
 from broker.auth import Auth, Authenticate, Authorize
-from broker.auth.startup import log_posture
 from broker.config import ConfigError, validate
 from broker.dependencies import get_broker, get_hub, get_settings
 from broker.metrics import make_registry
@@ -98,7 +97,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log_posture(settings, host_authentication=authenticate is not None)
         async with broker.running():
             yield
 

@@ -105,7 +105,8 @@ def load_settings(
         raise ConfigError(_message(source, key_path, _lookup(raw, key_path), expected)) from None
     if (problem := next(_problems(settings), None)) is not None:
         key_path, value, expected = problem
-        raise ConfigError(_message(_origin(origins, key_path), key_path, value, expected))
+        shown = _MISSING if value is None else value  # None: a missing setting, nothing to show
+        raise ConfigError(_message(_origin(origins, key_path), key_path, shown, expected))
     return settings
 
 
@@ -117,7 +118,8 @@ def validate(settings: Settings) -> None:
     """
     if (problem := next(_problems(settings), None)) is not None:
         key_path, value, expected = problem
-        raise ConfigError(_message("settings", key_path, value, expected))
+        shown = _MISSING if value is None else value
+        raise ConfigError(_message("settings", key_path, shown, expected))
 
 
 def redacted_settings(settings: Settings) -> Any:

@@ -18,6 +18,7 @@ from anyio.abc import TaskStatus
 
 from broker.auth import Auth
 from broker.auth.origin import origin_allowed
+from broker.auth.startup import log_posture
 from broker.backplane import Backplane, Head, create_backplane
 from broker.connection import Connection, ConnectionStatistics
 from broker.hub import Hub
@@ -110,6 +111,7 @@ class Broker:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Broker]:
         """Run the broker for the duration of the block (for a host app's lifespan)."""
+        log_posture(self.settings, host_authentication=self.auth.authenticate is not None)
         async with anyio.create_task_group() as tasks:
             await tasks.start(self.serve)
             try:

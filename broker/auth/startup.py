@@ -45,7 +45,7 @@ def problems(settings: Settings) -> Iterator[Problem]:
     if not (api.keys or api.keys_file or api.publish_keys) and exposed:
         yield (
             ("api", "keys"),
-            [],
+            None,
             f"expected at least one API key when server.host ({host!r}) is not a loopback "
             "address (or set auth.insecure_allow_anonymous = true for an open HTTP API)",
         )
@@ -55,19 +55,19 @@ def problems(settings: Settings) -> Iterator[Problem]:
             yield (("auth", "algorithms", index), algorithm, f"expected one of {known}")
     if auth.mode is AuthMode.JWT:
         if not auth.algorithms:
-            yield (("auth", "algorithms"), [], "expected at least one algorithm")
+            yield (("auth", "algorithms"), None, "expected at least one algorithm")
         hmac = [a for a in auth.algorithms if a in HMAC_ALGORITHMS]
         asymmetric = [a for a in auth.algorithms if a in ASYMMETRIC_ALGORITHMS]
         if hmac and not auth.hmac_secrets:
             yield (
                 ("auth", "hmac_secrets"),
-                [],
+                None,
                 f"expected at least one secret for the algorithms {', '.join(hmac)}",
             )
         if asymmetric and not (auth.public_keys or auth.public_key_files or auth.jwks):
             yield (
                 ("auth", "public_keys"),
-                [],
+                None,
                 f"expected public keys (public_keys, public_key_files or jwks) for the "
                 f"algorithms {', '.join(asymmetric)}",
             )
