@@ -52,7 +52,7 @@ class UnsubscribeBody(msgspec.Struct, frozen=True):
 
 
 _encoder = msgspec.json.Encoder()
-_UNAVAILABLE = {"detail": "the broker cannot serve this right now"}
+_UNAVAILABLE = {"error": "unavailable", "message": "the broker cannot serve this right now"}
 
 
 def _json(value: object, status: int = 200) -> Response:

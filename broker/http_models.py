@@ -113,6 +113,11 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+class Unavailable(BaseModel):
+    error: str = "unavailable"
+    message: str
+
+
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The ``responses`` of a route that may answer with these error codes."""
     text = {
@@ -124,4 +129,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         415: "Body not application/json.",
         503: "The backplane cannot serve this right now.",
     }
-    return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
+    return {
+        code: {"model": Unavailable if code == 503 else ErrorBody, "description": text[code]}
+        for code in codes
+    }
