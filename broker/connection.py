@@ -636,7 +636,7 @@ class Connection:
             code=self.close_code,
             reason=self.close_reason,
         )
-        structlog.contextvars.unbind_contextvars("client")
+        structlog.contextvars.unbind_contextvars("client", "user")
 
 
 def _remote(websocket: WebSocket) -> str | None:

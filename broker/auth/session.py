@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import structlog
+
 from broker.auth import Auth
 from broker.auth.identity import Identity, Refused
 from broker.connection import Connection
@@ -78,7 +80,9 @@ class ConnectionAuth:
         subscriber.user = identity.user
         subscriber.details = identity.info
         if identity.user is not None:
-            log.info("auth.authenticated", user=identity.user, expires_at=identity.expires_at)
+            # Every later line of this connection, ``connection.closed`` included, names the user.
+            structlog.contextvars.bind_contextvars(user=identity.user)
+            log.info("auth.authenticated", expires_at=identity.expires_at)
         return self._schedule_expiry(identity.expires_at)
 
     def _schedule_expiry(self, expires_at: float | None) -> bool:

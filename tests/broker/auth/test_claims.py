@@ -7,9 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 import pytest
 
-from broker.settings import NamespaceSettings, PublishPolicy, SubscribePolicy
+from broker.settings import (
+    BackplaneKind,
+    BackplaneSettings,
+    NamespaceSettings,
+    PublishPolicy,
+    SubscribePolicy,
+)
 from protocol import (
     Connect,
     Disconnect,
@@ -31,6 +38,7 @@ from protocol import (
 from tests.broker.auth.helpers import authed_client, closed_code, jwt_settings, raw_client
 from tests.broker.auth.tokens import claims, hs256
 from tests.conftest import serve_broker
+from tests.redis_server import RedisServer
 from tests.wsclient import ProtocolClient
 
 pytestmark = pytest.mark.anyio
@@ -214,3 +222,26 @@ async def test_a_refresh_with_another_users_token_is_refused_and_closes() -> Non
             notice = await client.expect(Disconnect)
             assert (notice.code, notice.reconnect) == (4001, False)
             assert await closed_code(client) == 4001
+
+
+async def test_on_redis_presence_carries_user_and_info_between_brokers(
+    redis_server: RedisServer,
+) -> None:
+    settings = msgspec.structs.replace(
+        jwt_settings({"room": NamespaceSettings(presence=True)}),
+        backplane=BackplaneSettings(kind=BackplaneKind.REDIS, redis_url=redis_server.url),
+    )
+    alice = hs256(claims(sub="alice", channels=["room:*"], info={"name": "Alice"}))
+    bob = hs256(claims(sub="bob", channels=["room:*"]))
+    async with serve_broker(settings) as first, serve_broker(settings) as second:
+        async with authed_client(first.url(), alice) as a, authed_client(second.url(), bob) as b:
+            await a.send(Subscribe(id=1, channel="room:1"))
+            await a.expect(Subscribed)
+            await b.send(Subscribe(id=1, channel="room:1"))
+            await b.expect(Subscribed)
+            await b.send(Presence(id=2, channel="room:1"))
+            members = (await b.expect(PresenceResult)).clients
+            assert sorted((m.user, m.info) for m in members) == [
+                ("alice", {"name": "Alice"}),
+                ("bob", None),
+            ]

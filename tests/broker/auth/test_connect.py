@@ -7,6 +7,8 @@ import urllib.parse
 
 import pytest
 import structlog
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from broker.settings import AuthMode, AuthSettings, Settings
 from protocol import Connect, Disconnect, Ping, Pong, Welcome
@@ -26,7 +28,7 @@ from tests.broker.auth.tokens import (
     hs256,
     unsigned,
 )
-from tests.conftest import serve_broker
+from tests.conftest import serve_broker, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -211,3 +213,28 @@ async def test_a_refused_client_gets_the_disconnect_before_the_close() -> None:
             message = await client.recv()
             assert isinstance(message, Disconnect)
             assert message.code == 4001
+
+
+async def test_the_user_is_named_in_the_connections_log_lines() -> None:
+    async with serve_broker(jwt_settings()) as running:
+        with structlog.testing.capture_logs(
+            processors=[structlog.contextvars.merge_contextvars]
+        ) as logs:
+            async with authed_client(running.url(), hs256(claims(sub="ann"))):
+                pass
+            await wait_until(lambda: any(e["event"] == "connection.closed" for e in logs))
+    closed = next(e for e in logs if e["event"] == "connection.closed")
+    assert closed["user"] == "ann"
+
+
+async def test_the_plain_endpoints_need_a_token_in_the_handshake_when_auth_is_on() -> None:
+    async with serve_broker(jwt_settings()) as running:
+        async with connect(running.url("/ws/chat"), open_timeout=10) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd is not None
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4001, "no token")
+        url = running.url("/ws") + "?token=" + hs256(claims())
+        async with connect(url, open_timeout=10) as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "Echo: hi"
