@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 
 from broker.auth.apikeys import ApiKeys, Scope
@@ -81,7 +82,10 @@ class Auth:
         """The identity the handshake proves; None when a ``connect`` message must bring the
         token. Raises ``Refused``."""
         if self.authenticate is not None:
-            identity = await self.authenticate(connection)
+            try:
+                identity = await self.authenticate(connection)
+            except HTTPException as exc:  # the host app's usual way of refusing
+                raise Refused(str(exc.detail)[:120]) from None
             if identity is None:
                 raise Refused("not authenticated")
             return identity
