@@ -5,6 +5,12 @@ go straight to the connection's outbox; everything touching channels goes to the
 never ends the connection: it gets ``error`` ``bad_request``. Only the wrong frame kind for the
 negotiated encoding (1003) and an oversized message (1009) close it.
 
+Authentication (broker/auth/session.py) comes first: ``welcome`` is sent once the connection's
+identity is known, from the handshake or a ``connect`` message, followed by the identity's
+server-side subscriptions. Every ``subscribe``, ``publish``, ``history`` and ``presence`` is then
+checked against the identity (``Auth.permit``), unless nothing can forbid it (no authentication,
+no ``authorize`` hook, no user-limited channel): that check is a few attribute reads.
+
 On the Redis backplane the reader does not wait for a publish's result before it reads the next
 frame (``Broker.publish_submit``, docs/scaleout.md): the reply follows from a callback, and the
 replies to publishes, with the errors the reader makes itself, leave in the order of the requests.
