@@ -78,8 +78,10 @@ def create_app(
 ) -> BrokerApp:
     """The broker app for ``settings`` (defaults when None). Its state holds ``broker``.
 
-    ``authenticate``: the host app's authentication (an async callable given the handshake's
-    ``HTTPConnection``, returning an ``Identity`` or None to refuse); it replaces ``auth.mode``.
+    ``authenticate``: the host app's authentication, called like a FastAPI dependency on the
+    handshake (an ``HTTPConnection`` parameter, ``Cookie()``, ``Header()``, ``Depends(...)``),
+    returning an ``Identity`` or None to refuse (broker/auth/hostapp.py); it replaces
+    ``auth.mode``.
     Cookie-authenticated WebSockets are only safe with an ``Origin`` check, so it cannot be
     combined with ``allowed_origins = ["*"]``. ``authorize(identity, channel, action)``: the
     host app's per-channel decision (True, False, or None for the config's answer). Raises

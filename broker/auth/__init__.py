@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 
 from broker.auth.apikeys import ApiKeys, Scope
+from broker.auth.hostapp import HostAuthentication
 from broker.auth.identity import ANONYMOUS, Identity, Refused
 from broker.auth.jwt import TokenVerifier
 from broker.auth.permissions import Action, decide
@@ -39,9 +40,9 @@ __all__ = [
     "TokenVerifier",
 ]
 
-#: The host app's authentication: given the handshake (cookies, headers), the user, or None (or
-#: ``Refused``) to refuse the connection.
-Authenticate = Callable[[HTTPConnection], Awaitable[Identity | None]]
+#: The host app's authentication, called like a FastAPI dependency on the handshake (cookies,
+#: headers, its own ``Depends``): the user, or None (or ``Refused``) to refuse the connection.
+Authenticate = Callable[..., Awaitable[Identity | None] | Identity | None]
 #: The host app's per-channel decision: True allows, False denies, None leaves it to the config.
 Authorize = Callable[[Identity, str, Action], Awaitable[bool | None] | bool | None]
 
@@ -69,7 +70,7 @@ class Auth:
         self.settings = settings.auth
         self.verifier = TokenVerifier(settings.auth) if settings.auth.mode is AuthMode.JWT else None
         self.api_keys = ApiKeys(settings.api)
-        self.authenticate = authenticate
+        self.authenticate = None if authenticate is None else HostAuthentication(authenticate)
         self.authorize = authorize
         self._namespace = settings.namespace
 

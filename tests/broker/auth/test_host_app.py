@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Annotated
 
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import Cookie, Depends, FastAPI, Header, Response
 from starlette.requests import HTTPConnection
 from websockets.exceptions import InvalidStatus
 
@@ -65,8 +66,14 @@ def host_app(settings: Settings) -> FastAPI:
 
 @asynccontextmanager
 async def serve_host(settings: Settings) -> AsyncIterator[int]:
+    async with serve_broker_app(host_app(settings)) as port:
+        yield port
+
+
+@asynccontextmanager
+async def serve_broker_app(app: FastAPI) -> AsyncIterator[int]:
     sock = free_socket()
-    server = uvicorn.Server(uvicorn_config(settings, app=host_app(settings)))
+    server = uvicorn.Server(uvicorn_config(Settings(), app=app))
     server.capture_signals = _no_signals  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(TIMEOUT):
@@ -148,6 +155,44 @@ async def test_a_foreign_origin_cannot_use_the_visitors_cookie() -> None:
             origin="https://app.example",
         ) as client:
             await client.expect(Welcome)
+
+
+class SessionStore:
+    def user_for(self, session: str) -> str | None:
+        return SESSIONS.get(session)
+
+
+def session_store() -> SessionStore:
+    return SessionStore()
+
+
+async def authenticate_dependency(
+    store: Annotated[SessionStore, Depends(session_store)],
+    session: Annotated[str, Cookie()],
+    x_tenant: Annotated[str | None, Header()] = None,
+) -> Identity | None:
+    """The same, written as a FastAPI dependency: a required cookie, a header, a Depends."""
+    user = store.user_for(session)
+    if user is None:
+        return None
+    return Identity(user=user, channels=(f"{x_tenant or 'chat'}:*",))
+
+
+async def test_authenticate_may_be_a_fastapi_dependency() -> None:
+    settings = Settings()
+    broker_app = create_app(settings, authenticate=authenticate_dependency)
+    async with serve_broker_app(broker_app) as port:
+        url = f"ws://127.0.0.1:{port}/v1/ws"
+        headers = {"Cookie": "session=s-alice", "X-Tenant": "acme"}
+        async with raw_client(url, additional_headers=headers) as client:
+            assert (await client.expect(Welcome)).user == "alice"
+            await client.send(Subscribe(id=1, channel="acme:lobby"))
+            await client.expect(Subscribed)
+        # No cookie at all: the dependency cannot be called, the connection is refused.
+        async with raw_client(url) as client:
+            assert (await refusal(client)).reason == "not authenticated"
+        async with raw_client(url, additional_headers={"Cookie": "session=nope"}) as client:
+            assert (await refusal(client)).reason == "not authenticated"
 
 
 def test_cookie_authentication_refuses_any_origin() -> None:
