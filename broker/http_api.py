@@ -168,7 +168,7 @@ async def channels(hub: HubDep) -> Response:
 @router.get(
     "/v1/channels/{channel:path}/history",
     response_model=models.HistoryResult,
-    responses=models.errors(400, 401, 403, 503),
+    responses=models.errors(400, 401, 403, 404, 503),
     dependencies=[FullKey],
 )
 async def history(
@@ -203,7 +203,7 @@ async def history(
 @router.get(
     "/v1/channels/{channel:path}/presence",
     response_model=models.PresenceResult,
-    responses=models.errors(400, 401, 403, 503),
+    responses=models.errors(400, 401, 403, 404, 503),
     dependencies=[FullKey],
 )
 async def presence(channel: str, broker: BrokerDep) -> Response:

@@ -124,7 +124,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "Malformed body or parameter, or the feature is off in the channel's namespace.",
         401: "Missing or wrong API key.",
         403: "The API key may only publish.",
-        404: "No such channel.",
+        404: "The path names no channel this route can take (a newline in it, for one).",
         413: "Body larger than websocket.max_message_bytes plus 1 KiB.",
         415: "Body not application/json.",
         503: "The backplane cannot serve this right now.",
