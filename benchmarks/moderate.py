@@ -9,6 +9,9 @@ Two loads where batching cannot help much, each target on a fresh server, one af
 - **chat**: ``--chat-subscribers`` (100) on ``/ws/chat`` at ``--chat-rate`` (200/s), against the
   broker (``broker-chat``) and the tutorial's design (``naive``), plus Node ``ws`` when present.
 
+With ``--rounds N`` the whole sequence runs N times over (targets interleaved, so that a busy
+spell of the machine hits every target alike) and the summary gives each target's median.
+
 With ``--baseline DIR`` (a checkout, or an exported tree, of another revision's ``broker`` and
 ``protocol`` packages) the broker targets also run from there (``PYTHONPATH=DIR``), as
 ``<target>@baseline``, in the same run: before and after a change, side by side.
@@ -29,6 +32,7 @@ import dataclasses
 import datetime
 import json
 import os
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,6 +61,62 @@ class Row:
     result: ScenarioResult
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
+    round: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Median:
+    """One target's medians over the rounds of one load."""
+
+    load: str
+    target: str
+    runs: int
+    lost: int
+    p50_ms: float | None
+    p99_ms: float | None
+    cpu_us: float | None
+    other_cpu: float
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
+
+
+def medians(rows: Sequence[Row]) -> list[Median]:
+    grouped: dict[tuple[str, str], list[ScenarioResult]] = {}
+    for row in rows:
+        if row.result.ok:
+            grouped.setdefault((row.load, row.target), []).append(row.result)
+    out = []
+    for (load, target), results in grouped.items():
+        out.append(
+            Median(
+                load=load,
+                target=target,
+                runs=len(results),
+                lost=sum(r.lost for r in results),
+                p50_ms=_median([r.latency.p50_ms if r.latency else None for r in results]),
+                p99_ms=_median([r.latency.p99_ms if r.latency else None for r in results]),
+                cpu_us=_median([r.server_cpu_ms_per_1k for r in results]),
+                other_cpu=statistics.median(r.other_cpu_share for r in results),
+            )
+        )
+    return out
+
+
+def median_table(summary: Sequence[Median]) -> list[str]:
+    lines = [
+        "| load | target | runs | lost (all runs) | median p50 ms | median p99 ms |"
+        " median server CPU µs per delivery | median other CPU |",
+        "|" + "---|" * 8,
+    ]
+    lines.extend(
+        f"| {m.load} | {m.target} | {m.runs} | {m.lost} | {_ms(m.p50_ms)} | {_ms(m.p99_ms)} |"
+        f" {_us(m.cpu_us)} | {100 * m.other_cpu:.0f}% |"
+        for m in summary
+    )
+    return lines
 
 
 def fixed_rate(
@@ -109,7 +169,7 @@ def _load(values: tuple[float, float, float]) -> str:
 
 def table(rows: Sequence[Row]) -> list[str]:
     lines = [
-        "| load | target | deliveries/s | lost | p50 ms | p99 ms | max ms | server CPU µs"
+        "| load | target (round) | deliveries/s | lost | p50 ms | p99 ms | max ms | server CPU µs"
         " per delivery | server CPU | publisher CPU (wake-ups) | generator busiest | other CPU |"
         " load avg before -> after |",
         "|" + "---|" * 13,
@@ -121,7 +181,7 @@ def table(rows: Sequence[Row]) -> list[str]:
             continue
         latency = r.latency
         lines.append(
-            f"| {row.load} | {row.target} | {r.deliveries_per_s:,.0f} | {r.lost} |"
+            f"| {row.load} | {row.target} ({row.round}) | {r.deliveries_per_s:,.0f} | {r.lost} |"
             f" {_ms(latency.p50_ms if latency else None)} |"
             f" {_ms(latency.p99_ms if latency else None)} |"
             f" {_ms(latency.max_ms if latency else None)} |"
@@ -133,22 +193,22 @@ def table(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
-def ratios(rows: Sequence[Row], load: str, subject: str, peers: Sequence[str]) -> list[str]:
-    """``subject``'s p50, p99 and CPU per delivery over each peer's, for one load."""
-    by_target = {row.target: row.result for row in rows if row.load == load and row.result.ok}
+def ratios(summary: Sequence[Median], load: str, subject: str, peers: Sequence[str]) -> list[str]:
+    """``subject``'s median p50, p99 and CPU per delivery over each peer's, for one load."""
+    by_target = {m.target: m for m in summary if m.load == load}
     mine = by_target.get(subject)
-    if mine is None or mine.latency is None:
+    if mine is None:
         return []
     lines = []
     for peer in peers:
         other = by_target.get(peer)
-        if other is None or other.latency is None:
+        if other is None:
             continue
         parts = []
         for label, a, b in (
-            ("p50", mine.latency.p50_ms, other.latency.p50_ms),
-            ("p99", mine.latency.p99_ms, other.latency.p99_ms),
-            ("CPU/delivery", mine.server_cpu_ms_per_1k, other.server_cpu_ms_per_1k),
+            ("p50", mine.p50_ms, other.p50_ms),
+            ("p99", mine.p99_ms, other.p99_ms),
+            ("CPU/delivery", mine.cpu_us, other.cpu_us),
         ):
             if a is not None and b:
                 parts.append(f"{label} {a / b:.2f}x")
@@ -164,6 +224,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--loads", default="channels,chat", help="comma-separated")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per target")
+    parser.add_argument("--rounds", type=int, default=1, help="times to run every target")
     parser.add_argument("--channels", type=int, default=1000)
     parser.add_argument("--per-channel", type=int, default=10)
     parser.add_argument("--channels-rate", type=float, default=2000.0)
@@ -220,21 +281,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     def progress(message: str) -> None:
         say(f"  {message}")
 
-    def measure(load: str, target: Target, run: Callable[[], ScenarioResult]) -> None:
+    def measure(load: str, target: Target, round_: int, run: Callable[[], ScenarioResult]) -> None:
         if args.wait_quiet > 0:
             wait_quiet(args.wait_quiet, progress)
         before = os.getloadavg()
-        say(f"{load}: {target.name} (load average {before[0]:.2f})")
+        say(f"{load}: {target.name}, round {round_} (load average {before[0]:.2f})")
         result = run()
-        rows.append(Row(load, target.name, result, before, os.getloadavg()))
+        rows.append(Row(load, target.name, result, before, os.getloadavg(), round_))
         say(f"  -> {table(rows[-1:])[-1]}")
 
     channels_load = f"{args.channels} x {args.per_channel}, {args.channels_rate:g}/s"
     chat_load = f"/ws/chat {args.chat_subscribers} subs, {args.chat_rate:g}/s"
-    if "channels" in loads:
-        for target in _targets(args.channels_targets, known, args.baseline):
+    channels_targets = (
+        _targets(args.channels_targets, known, args.baseline) if "channels" in loads else []
+    )
+    chat_targets = _targets(args.chat_targets, known, args.baseline) if "chat" in loads else []
+    chat_params = LoadParams(
+        subscribers=args.chat_subscribers,
+        rate=args.chat_rate,
+        duration=args.duration,
+        message_bytes=args.message_bytes,
+        workers=args.workers,
+        drain_timeout=3.0,
+        client="fast",
+    )
+    for round_ in range(1, args.rounds + 1):
+        for target in channels_targets:
 
-            def channels_run(target: Target = target) -> ScenarioResult:
+            def channels_run(target: Target = target, round_: int = round_) -> ScenarioResult:
                 return many_channels(
                     target,
                     channels=args.channels,
@@ -243,43 +317,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                     duration=args.duration,
                     message_bytes=args.message_bytes,
                     workers=args.workers,
-                    log_dir=log_dir,
+                    log_dir=log_dir / f"round-{round_}",
                     progress=progress,
                 )
 
-            measure(channels_load, target, channels_run)
-    if "chat" in loads:
-        params = LoadParams(
-            subscribers=args.chat_subscribers,
-            rate=args.chat_rate,
-            duration=args.duration,
-            message_bytes=args.message_bytes,
-            workers=args.workers,
-            drain_timeout=3.0,
-            client="fast",
-        )
-        for target in _targets(args.chat_targets, known, args.baseline):
+            measure(channels_load, target, round_, channels_run)
+        for target in chat_targets:
 
-            def chat_run(target: Target = target) -> ScenarioResult:
-                log_path = log_dir / f"{target.name}-chat.log"
-                return fixed_rate(target, params, log_path, progress)
+            def chat_run(target: Target = target, round_: int = round_) -> ScenarioResult:
+                log_path = log_dir / f"round-{round_}" / f"{target.name}-chat.log"
+                return fixed_rate(target, chat_params, log_path, progress)
 
-            measure(chat_load, target, chat_run)
+            measure(chat_load, target, round_, chat_run)
     overall_after = os.getloadavg()
+    summary = medians(rows)
     lines = [
         f"# Many channels, moderate rates: {created:%Y-%m-%d %H:%M} UTC",
         "",
         f"{os.cpu_count()} cores; load average (1 min) {overall_before[0]:.2f} before the run,"
-        f" {overall_after[0]:.2f} after; {args.duration:g} s per target;"
+        f" {overall_after[0]:.2f} after; {args.duration:g} s per target, {args.rounds} round(s);"
         f" {args.message_bytes}-byte payloads; nats-server {nats.nats_version() or '-'};"
         f" socket.io {node.socketio_version() or '-'}; node {node.node_version() or '-'}.",
         "",
         *table(rows),
         "",
-        *ratios(rows, channels_load, "broker-v1-json", ["nats", "socketio"]),
-        *ratios(rows, channels_load, "broker-v1-json@baseline", ["nats", "socketio"]),
-        *ratios(rows, chat_load, "broker-chat", ["naive", "node-ws"]),
-        *ratios(rows, chat_load, "broker-chat@baseline", ["naive", "node-ws"]),
+        *median_table(summary),
+        "",
+        *ratios(summary, channels_load, "broker-v1-json", ["nats", "socketio"]),
+        *ratios(summary, channels_load, "broker-v1-json@baseline", ["nats", "socketio"]),
+        *ratios(summary, chat_load, "broker-chat", ["naive", "node-ws"]),
+        *ratios(summary, chat_load, "broker-chat@baseline", ["naive", "node-ws"]),
     ]
     args.results.mkdir(parents=True, exist_ok=True)
     markdown = args.results / f"moderate-{stamp}.md"
@@ -290,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average_before": overall_before,
         "load_average_after": overall_after,
         "rows": [dataclasses.asdict(row) for row in rows],
+        "medians": [dataclasses.asdict(m) for m in summary],
     }
     markdown.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
     say()
