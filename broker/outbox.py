@@ -56,7 +56,7 @@ class FlushScheduler:
     #: connection's write waits beyond ``interval``.
     GRID = 8
 
-    __slots__ = ("_grid", "_interval", "_later", "_soon", "_soon_handle", "_timers")
+    __slots__ = ("_grid", "_interval", "_later", "_loop", "_soon", "_soon_handle", "_timers")
 
     def __init__(self, interval: float = 0.0) -> None:
         self._interval = interval
@@ -67,6 +67,15 @@ class FlushScheduler:
         #: Outboxes waiting for a timer, by slot (the timer fires at ``slot * _grid``).
         self._later: dict[int, list[Outbox]] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        #: The loop it runs in, cached: ``asyncio.get_running_loop()`` makes a ``getpid`` system
+        #: call each time (CPython checks for a fork), and ``schedule`` runs once per delivery.
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     @property
     def interval(self) -> float:
@@ -77,7 +86,7 @@ class FlushScheduler:
         ``urgent``) and its own last flush of publications was less than ``interval`` ago, when
         the timer of its slot fires. Returns True for after this turn."""
         if not urgent and self._interval > 0:
-            loop = asyncio.get_running_loop()
+            loop = self._running_loop()
             now = loop.time()
             until = outbox._coalesce_until
             if now < until:
@@ -93,7 +102,7 @@ class FlushScheduler:
             outbox._coalesce_until = now + self._interval
         self._soon.append(outbox)
         if self._soon_handle is None:
-            self._soon_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
+            self._soon_handle = self._running_loop().call_soon(self._flush_soon)
         return True
 
     def _flush_soon(self) -> None:
@@ -105,7 +114,7 @@ class FlushScheduler:
     def _flush_later(self, slot: int) -> None:
         del self._timers[slot]
         dirty = self._later.pop(slot)
-        until = asyncio.get_running_loop().time() + self._interval
+        until = self._running_loop().time() + self._interval
         for outbox in dirty:
             # An outbox a control frame hurried meanwhile has nothing left, or what came since.
             if outbox.flush():
@@ -121,7 +130,7 @@ class FlushScheduler:
             self._soon_handle.cancel()
         for timer in self._timers.values():
             timer.cancel()
-        self._soon_handle = None
+        self._soon_handle = self._loop = None
         dirty = self._soon + [outbox for waiting in self._later.values() for outbox in waiting]
         self._soon, self._later, self._timers = [], {}, {}
         for outbox in dirty:
