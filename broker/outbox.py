@@ -42,10 +42,12 @@ class FlushScheduler:
     is flushed right after the turn, as with 0; one that comes sooner waits until ``interval``
     after that connection's last flush, and everything queued for it by then leaves in one write.
     So a connection under a sustained stream gets at most one write of publications per
-    ``interval``, while a connection that receives rarely gets each publication with no added
-    latency, however busy the rest of the process is. The waiting outboxes share timers on a grid
-    of ``interval / 8`` (a write may wait up to that much longer, never less than ``interval``):
-    a few timers per interval for the whole process, not one per connection. A control frame (a
+    ``interval`` (each flush due an interval after the previous one was due, so that a timer the
+    loop ran late does not make the stream drift later), while a connection that receives rarely
+    gets each publication with no added latency, however busy the rest of the process is. The
+    waiting outboxes share timers on a grid of ``interval / 8`` (a write may wait up to that much
+    longer, never less): a few timers per interval for the whole process, not one per
+    connection. A control frame (a
     reply, ``pong``, ``welcome``, ``join``: no channel) is never delayed: its outbox is flushed
     right after the turn, with the publications queued before it, so that a client awaiting each
     reply in turn is not held to one command per ``interval``; nor does such a flush delay the
@@ -90,7 +92,9 @@ class FlushScheduler:
             now = loop.time()
             until = outbox._coalesce_until
             if now < until:
-                slot = math.ceil(until / self._grid)
+                # The slot at or after ``until`` (a hair of slack: ``until`` is often a slot's
+                # time plus the interval, and a float division must not push it one slot on).
+                slot = math.ceil(until / self._grid - 1e-6)
                 waiting = self._later.get(slot)
                 if waiting is None:
                     self._later[slot] = [outbox]
@@ -114,7 +118,10 @@ class FlushScheduler:
     def _flush_later(self, slot: int) -> None:
         del self._timers[slot]
         dirty = self._later.pop(slot)
-        until = self._running_loop().time() + self._interval
+        # The next interval counts from when this flush was due, not from when the loop got to
+        # it: a stream at about one publication per interval would otherwise drift later by
+        # the timer's lateness each time, and each of its publications wait longer.
+        until = slot * self._grid + self._interval
         for outbox in dirty:
             # An outbox a control frame hurried meanwhile has nothing left, or what came since.
             if outbox.flush():

@@ -8,7 +8,6 @@ real WebSocket clients.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -175,7 +174,10 @@ async def test_under_a_sustained_stream_each_outbox_gets_one_write_per_interval(
         while sum(map(len, link.contents)) < offset:
             await link.next_write()
     times = [at for at, _ in link.writes]
-    assert all(b - a >= INTERVAL - EARLY for a, b in itertools.pairwise(times))
+    # At most one write per interval: the k-th write after the first comes k intervals after
+    # it or later (each flush is due an interval after the previous one was due; a timer the
+    # loop ran late does not push the next one later).
+    assert all(at - times[0] >= k * INTERVAL - EARLY for k, at in enumerate(times))
     assert len(times) <= 6
     assert [data for write in link.contents for data in write] == [
         b"p%d" % i for i in range(1, offset + 1)
@@ -226,11 +228,37 @@ async def test_a_quiet_connection_is_not_delayed_by_another_ones_stream(
         while sum(map(len, busy.contents)) < offset:
             await busy.next_write()
     times = [at for at, _ in busy.writes]
-    assert all(b - a >= INTERVAL - EARLY for a, b in itertools.pairwise(times))
+    # At most one write per interval: the k-th write after the first comes k intervals after
+    # it or later (each flush is due an interval after the previous one was due; a timer the
+    # loop ran late does not push the next one later).
+    assert all(at - times[0] >= k * INTERVAL - EARLY for k, at in enumerate(times))
     assert len(times) <= 8  # about one per interval, not one per publication (60)
     assert [data for write in busy.contents for data in write] == [
         b"p%d" % i for i in range(1, offset + 1)
     ]
+
+
+async def test_a_stream_at_about_one_publication_per_interval_does_not_drift_later(
+    flusher: FlushScheduler,
+) -> None:
+    """Publications about one interval apart, some a little early: an early one waits for the
+    rest of its connection's interval, and no more, however long the stream goes on (the next
+    interval counts from when the flush was due, not from when the timer ran)."""
+    link = Link(flusher)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    due = start
+    waits = []
+    for offset, gap in enumerate([0.9, 1.1] * 6, start=1):
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        offered = loop.time()
+        link.offer(publication(offset))
+        at, data = await link.next_write()
+        assert data == [b"p%d" % offset]  # one each: nothing to batch
+        waits.append(at - offered)
+        due += gap * INTERVAL
+    # An early one waits about a tenth of an interval (plus the timer grid's step, an eighth).
+    assert max(waits) < INTERVAL / 3, [round(wait / INTERVAL, 2) for wait in waits]
 
 
 async def test_with_interval_zero_every_turn_flushes() -> None:
