@@ -237,6 +237,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--message-bytes", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
+        "--broker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra BROKER_* environment for the broker targets (repeatable)",
+    )
+    parser.add_argument(
         "--baseline",
         type=Path,
         default=None,
@@ -270,7 +277,8 @@ def _targets(names: str, known: dict[str, Target], baseline: Path | None) -> lis
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     raise_nofile()
-    known = build_targets()
+    broker_env = dict(item.split("=", 1) for item in args.broker_env)
+    known = {name: with_broker_env(target, broker_env) for name, target in build_targets().items()}
     created = datetime.datetime.now(datetime.UTC)
     stamp = f"{created:%Y%m%dT%H%M%SZ}"
     log_dir = args.results / "logs" / f"moderate-{stamp}"
@@ -336,7 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"{os.cpu_count()} cores; load average (1 min) {overall_before[0]:.2f} before the run,"
         f" {overall_after[0]:.2f} after; {args.duration:g} s per target, {args.rounds} round(s);"
-        f" {args.message_bytes}-byte payloads; nats-server {nats.nats_version() or '-'};"
+        f" {args.message_bytes}-byte payloads; broker environment {broker_env or 'default'};"
+        f" nats-server {nats.nats_version() or '-'};"
         f" socket.io {node.socketio_version() or '-'}; node {node.node_version() or '-'}.",
         "",
         *table(rows),

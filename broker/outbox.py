@@ -47,11 +47,12 @@ class FlushScheduler:
     gets each publication with no added latency, however busy the rest of the process is. The
     waiting outboxes share timers on a grid of ``interval / 8`` (a write may wait up to that much
     longer, never less): a few timers per interval for the whole process, not one per
-    connection. A control frame (a
-    reply, ``pong``, ``welcome``, ``join``: no channel) is never delayed: its outbox is flushed
-    right after the turn, with the publications queued before it, so that a client awaiting each
-    reply in turn is not held to one command per ``interval``; nor does such a flush delay the
-    next publication. With 0 every flush follows its turn.
+    connection.
+
+    A control frame (a reply, ``pong``, ``welcome``, ``join``: no channel) is never delayed: its
+    outbox is flushed right after the turn, with the publications queued before it, so that a
+    client awaiting each reply in turn is not held to one command per ``interval``; nor does such
+    a flush delay the next publication. With 0 every flush follows its turn.
     """
 
     #: Timer slots per interval: the coarser, the fewer timers; the finer, the less a busy
