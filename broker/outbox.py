@@ -32,9 +32,9 @@ class FlushScheduler:
     connection under a sustained stream of its own publications, at most once per ``interval``.
 
     The hub handles a burst of commands in one turn; each subscriber's frames from that turn then
-    leave in one write, made here, without waking its writer task: no task switch per delivery,
-    and a batch whenever several messages are queued. So a backlog the loop works through in one
-    turn leaves in one write per connection whatever the interval. An outbox whose socket does not
+    leave in one write, made here, without waking its writer: no task switch per delivery, and a
+    batch whenever several messages are queued. So a backlog the loop works through in one turn
+    leaves in one write per connection whatever the interval. An outbox whose socket does not
     take the write at once wakes its writer instead, which waits with a deadline.
 
     ``interval`` (``queue.flush_interval``) coalesces writes, adaptively and per connection.
