@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, WebSocket
 from starlette.responses import PlainTextResponse
 
+from broker.centrifugo.endpoint import serve_centrifugo
 from broker.connection import Connection
 from broker.dependencies import BrokerDep, SettingsDep
 from broker.plain import run_chat, run_data, run_echo
@@ -138,6 +139,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "/ws": serve_echo,
     "/ws/data": serve_data,
     "/ws/chat": serve_chat,
+    "/connection/websocket": serve_centrifugo,
 }
 
 

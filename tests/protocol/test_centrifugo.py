@@ -1,0 +1,124 @@
+"""Centrifugo's client protocol v2 (JSON): decoding commands, encoding replies, rendering the
+broker's messages, and the code tables. Pure: no sockets."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from protocol import messages as ours
+from protocol.centrifugo import messages as cf
+from protocol.centrifugo.codes import DISCONNECTS, ERROR_CODES, disconnect_for, error_code
+from protocol.centrifugo.framing import BadCommand, decode_commands, encode_reply
+from protocol.centrifugo.render import InsufficientState, RequestBook, SubscribeNote, render
+from protocol.errors import CloseCode, ErrorCode
+
+
+def test_several_commands_per_frame_and_the_empty_pong() -> None:
+    frame = (
+        b'{"id":1,"connect":{"name":"js","token":""}}\n'
+        b'{"id":2,"subscribe":{"channel":"news","recover":true,"offset":7,"epoch":"e"}}\n'
+        b"\n{}\n"
+        b'{"id":3,"publish":{"channel":"news","data":{"a":[1,2]}}}'
+    )
+    connect, subscribe, pong, publish = decode_commands(frame)
+    assert isinstance(connect, cf.Command) and connect.connect is not None
+    assert connect.connect.name == "js"
+    assert isinstance(subscribe, cf.Command) and subscribe.subscribe is not None
+    assert (subscribe.subscribe.recover, subscribe.subscribe.offset) == (True, 7)
+    assert pong == cf.Command() and cf.requests_of(pong) == []
+    assert isinstance(publish, cf.Command) and publish.publish is not None
+    assert bytes(publish.publish.data) == b'{"a":[1,2]}'  # passed through undecoded
+
+
+@pytest.mark.parametrize(
+    ("line", "request_id"),
+    [
+        (b'{"id":4,"history":{"channel":"x","limit":"ten"}}', 4),
+        (b'{"id":5,"subscribe":', 0),
+        (b'{"id":-1}', 0),
+        (b"[" * 100_000, 0),
+        (b'{"id":6,"publish":{"channel":"x","data":\xff}}', 0),
+    ],
+)
+def test_bad_lines_are_values_naming_the_command(line: bytes, request_id: int) -> None:
+    (bad,) = decode_commands(line)
+    assert isinstance(bad, BadCommand) and bad.id == request_id and bad.message
+
+
+def test_replies_leave_out_zero_values_like_centrifugo() -> None:
+    assert encode_reply(cf.PING) == b"{}"
+    reply = cf.Reply(id=3, subscribe=cf.SubscribeResult(epoch="e", offset=0))
+    assert encode_reply(reply) == b'{"id":3,"subscribe":{"epoch":"e"}}'
+    assert encode_reply(cf.Reply(id=9, publish=cf.PublishResult())) == b'{"id":9,"publish":{}}'
+
+
+def publication(offset: int) -> ours.Publication:
+    return ours.Publication(
+        channel="c", offset=offset, epoch="e", data=msgspec.Raw(b"[1]"), from_="pub"
+    )
+
+
+def test_render_subscribed_with_what_the_reader_noted() -> None:
+    book = RequestBook(subscribes={4: SubscribeNote(was_recovering=True, recoverable=True)})
+    message = ours.Subscribed(
+        id=4, channel="c", epoch="e", offset=2, recovered=True, publications=[publication(2)]
+    )
+    reply = render(message, book)
+    assert isinstance(reply, cf.Reply) and reply.subscribe is not None
+    assert encode_reply(reply) == (
+        b'{"id":4,"subscribe":{"recoverable":true,"epoch":"e","publications":'
+        b'[{"data":[1],"info":{"client":"pub"},"offset":2}],"recovered":true,"offset":2,'
+        b'"positioned":true,"was_recovering":true}}'
+    )
+    assert book.subscribes == {}
+
+
+def test_render_presence_stats_and_reverse_history_by_request() -> None:
+    book = RequestBook(presence_stats={1}, reverse_history={2})
+    members = [ours.ClientInfo(client="a", user="u"), ours.ClientInfo(client="b", user="u")]
+    stats = render(ours.PresenceResult(id=1, channel="c", clients=members), book)
+    assert isinstance(stats, cf.Reply)
+    assert stats.presence_stats == cf.PresenceStatsResult(num_clients=2, num_users=1)
+    presence = render(ours.PresenceResult(id=3, channel="c", clients=members), book)
+    assert isinstance(presence, cf.Reply) and presence.presence is not None
+    assert sorted(presence.presence.presence) == ["a", "b"]
+    history = ours.HistoryResult(
+        id=2, channel="c", epoch="e", offset=3, publications=[publication(2), publication(3)]
+    )
+    reply = render(history, book)
+    assert isinstance(reply, cf.Reply) and reply.history is not None
+    assert [p.offset for p in reply.history.publications] == [3, 2]
+    assert book == RequestBook()
+
+
+def test_render_pushes_gap_and_errors() -> None:
+    book = RequestBook()
+    join = render(ours.Join(channel="c", client="x", user=None), book)
+    assert isinstance(join, cf.Reply)
+    assert encode_reply(join) == b'{"push":{"channel":"c","join":{"info":{"client":"x"}}}}'
+    assert render(ours.Gap(channel="c", from_offset=1, to_offset=2), book) == InsufficientState("c")
+    slow = render(ours.Disconnect(code=4008, reason="slow consumer", reconnect=True), book)
+    assert isinstance(slow, cf.Reply)
+    assert encode_reply(slow) == (
+        b'{"push":{"disconnect":{"code":3008,"reason":"slow","reconnect":true}}}'
+    )
+    error = render(ours.Error(id=5, code="rate_limited", message="slow down"), book)
+    assert isinstance(error, cf.Reply) and error.error == cf.Error(
+        code=111, message="slow down", temporary=True
+    )
+    not_subscribed = render(ours.Error(id=6, code="not_subscribed", message="no"), book)
+    assert isinstance(not_subscribed, cf.Reply)
+    assert not_subscribed.unsubscribe == cf.UnsubscribeResult()
+    assert render(ours.Error(id=None, code="internal", message="x"), book) is None
+
+
+def test_every_code_of_ours_has_a_centrifugo_meaning() -> None:
+    assert set(DISCONNECTS) == set(CloseCode)
+    assert set(ERROR_CODES) == set(ErrorCode) - {ErrorCode.NOT_SUBSCRIBED}
+    # Terminal for the SDKs exactly where the broker says not to reconnect.
+    assert not disconnect_for(CloseCode.UNAUTHORIZED, "", False).reconnect
+    assert disconnect_for(CloseCode.SLOW_CONSUMER, "", True).reconnect
+    assert disconnect_for(CloseCode.GOING_AWAY, "", True).code == 3001
+    assert disconnect_for(3010, "insufficient state", True).code == 3010
+    assert error_code("no such code") == 100
