@@ -51,21 +51,22 @@ class RenderedPublications:
 
     def __init__(self, size: int = 128) -> None:
         self.size = size
-        self._entries: dict[int, tuple[Frame, Frame]] = {}
+        self._entries: dict[int, tuple[Frame, Frame, str]] = {}
         self.hits = 0
 
-    def get(self, frame: Frame) -> Frame | None:
+    def get(self, frame: Frame) -> tuple[Frame, str] | None:
+        """The rendering of ``frame`` and the epoch of its publication, if cached."""
         entry = self._entries.get(id(frame))
         if entry is not None and entry[0] is frame:
             self.hits += 1
-            return entry[1]
+            return entry[1], entry[2]
         return None
 
-    def put(self, frame: Frame, rendered: Frame) -> None:
+    def put(self, frame: Frame, rendered: Frame, epoch: str) -> None:
         entries = self._entries
         if len(entries) >= self.size:
             del entries[next(iter(entries))]
-        entries[id(frame)] = (frame, rendered)
+        entries[id(frame)] = (frame, rendered, epoch)
 
 
 #: The process's one cache (the hub, and so every connection, lives on one event loop).
@@ -102,10 +103,11 @@ class CentrifugoConnection(Connection):
             if not data.startswith(_OURS):
                 out.append(frame)
                 continue
-            if frame.channel is not None:
+            channel = frame.channel
+            if channel is not None:
                 cached = RENDERED.get(frame)
-                if cached is not None:
-                    out.append(cached)
+                if cached is not None and self.book.epochs.get(channel, cached[1]) == cached[1]:
+                    out.append(cached[0])
                     continue
             try:
                 messages = JSON.decode_server(data)
@@ -120,8 +122,8 @@ class CentrifugoConnection(Connection):
                     self._insufficient_state(rendered.channel)
                     return out
                 line = Frame(encode_reply(rendered), frame.channel, frame.offset)
-                if frame.channel is not None and isinstance(message, ours.Publication):
-                    RENDERED.put(frame, line)
+                if channel is not None and isinstance(message, ours.Publication):
+                    RENDERED.put(frame, line, message.epoch)
                 out.append(line)
         return out
 

@@ -7,9 +7,10 @@ the command to the hub: the options of a ``subscribe`` (whether it was recoverin
 channel keeps history), whether a presence read answers ``presence`` or ``presence_stats``, and
 whether a history read was asked for newest first (``reverse``).
 
-A ``gap`` has no Centrifugo form: a subscriber that missed publications must recover them. It
-renders as ``InsufficientState``, on which the connection disconnects with 3010 "insufficient
-state" so that the SDK reconnects and recovers, as Centrifugo does.
+A ``gap``, or a publication from a stream whose epoch is not the one the subscribe reply named
+(the stream was lost and started again), has no Centrifugo form: the subscriber must recover.
+It renders as ``InsufficientState``, on which the connection disconnects with 3010
+"insufficient state" so that the SDK reconnects and recovers, as Centrifugo does.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class RequestBook:
     """What one connection remembers of the commands it sent to the hub, by command id."""
 
     subscribes: dict[int, SubscribeNote] = field(default_factory=dict)
+    #: The epoch of each subscribed channel's stream, as its subscribe reply said.
+    epochs: dict[str, str] = field(default_factory=dict)
     presence_stats: set[int] = field(default_factory=set)
     reverse_history: set[int] = field(default_factory=set)
 
@@ -78,10 +81,14 @@ def render(
 ) -> theirs.Reply | InsufficientState | None:
     """``message`` as Centrifugo would send it; None when it has no Centrifugo form."""
     match message:
-        case ours.Publication():
+        case ours.Publication(channel=channel, epoch=epoch):
+            if book.epochs.get(channel, epoch) != epoch:
+                # The stream was lost and started again: the SDK's position means nothing now.
+                return InsufficientState(channel)
             return publication_push(message)
         case ours.Subscribed(id=request_id):
             note = book.subscribes.pop(request_id, SubscribeNote(False, False))
+            book.epochs[message.channel] = message.epoch
             return theirs.Reply(
                 id=request_id,
                 subscribe=theirs.SubscribeResult(
@@ -95,6 +102,7 @@ def render(
                 ),
             )
         case ours.Unsubscribed(id=request_id):
+            book.epochs.pop(message.channel, None)
             return theirs.Reply(id=request_id, unsubscribe=theirs.UnsubscribeResult())
         case ours.Published(id=request_id):
             return theirs.Reply(id=request_id, publish=theirs.PublishResult())

@@ -122,3 +122,13 @@ def test_every_code_of_ours_has_a_centrifugo_meaning() -> None:
     assert disconnect_for(CloseCode.GOING_AWAY, "", True).code == 3001
     assert disconnect_for(3010, "insufficient state", True).code == 3010
     assert error_code("no such code") == 100
+
+
+def test_a_publication_from_a_new_stream_is_insufficient_state() -> None:
+    book = RequestBook()
+    render(ours.Subscribed(id=1, channel="c", epoch="e", offset=0), book)
+    assert isinstance(render(publication(1), book), cf.Reply)
+    restarted = ours.Publication(channel="c", offset=1, epoch="new", data=msgspec.Raw(b"1"))
+    assert render(restarted, book) == InsufficientState("c")
+    render(ours.Unsubscribed(id=2, channel="c"), book)
+    assert book.epochs == {}
