@@ -8,11 +8,19 @@ from typing import Any
 
 import msgspec
 import pytest
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from broker.settings import NamespaceSettings, Settings, WebSocketSettings
-from protocol import Publication, Publish, StreamPosition, Subscribe, Subscribed
-from tests.centrifugo.cfclient import open_centrifugo
+from broker.settings import (
+    LimitSettings,
+    NamespaceSettings,
+    OverflowPolicy,
+    QueueSettings,
+    Settings,
+    WebSocketSettings,
+)
+from protocol import JSON, Publication, Publish, StreamPosition, Subscribe, Subscribed
+from tests.centrifugo.cfclient import CentrifugoClient, open_centrifugo
 from tests.conftest import TIMEOUT, serve_broker
 from tests.wsclient import open_client
 
@@ -211,8 +219,6 @@ async def test_server_pings_and_a_silent_client_is_dropped() -> None:
 
 
 async def test_protobuf_is_refused_at_the_handshake() -> None:
-    from websockets.asyncio.client import connect
-
     async with serve_broker(settings()) as running:
         with pytest.raises(InvalidStatus) as refused:
             async with connect(running.url(PATH), subprotocols=["centrifuge-protobuf"]):  # type: ignore[list-item]
@@ -231,3 +237,53 @@ async def test_v1_subscriber_recovers_a_centrifugo_publication() -> None:
             reply = await ours.expect(Subscribed)
             assert reply.recovered
             assert [bytes(p.data) for p in reply.publications] == [b'{"k":"v"}']
+
+
+async def test_no_connect_in_time_is_stale() -> None:
+    async with (
+        serve_broker(settings(heartbeat=0.3)) as running,
+        open_centrifugo(running.url(PATH), connected=False) as client,
+    ):
+        message = await client.receive()
+        assert message["push"]["disconnect"] == {"code": 3502, "reason": "stale"}
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.receive()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 3502
+
+
+async def test_the_connection_limit_says_come_back_later() -> None:
+    limited = Settings(limits=LimitSettings(max_connections=1))
+    async with (
+        serve_broker(limited) as running,
+        open_centrifugo(running.url(PATH)),
+        open_centrifugo(running.url(PATH), connected=False) as refused,
+    ):
+        message = await refused.receive()
+        assert message["push"]["disconnect"]["code"] == 4013
+        assert message["push"]["disconnect"]["reconnect"] is True
+
+
+async def test_dropped_publications_are_insufficient_state() -> None:
+    """With ``drop_oldest``, a client that falls behind loses publications: Centrifugo has no
+    ``gap``, so it is told to reconnect and recover (3010)."""
+    dropping = Settings(
+        default_namespace=NamespaceSettings(history_size=1000),
+        queue=QueueSettings(max_messages=10, overflow=OverflowPolicy.DROP_OLDEST),
+        websocket=WebSocketSettings(transport_buffer_bytes=16 * 1024),
+    )
+    pad = "x" * 20_000
+    async with serve_broker(dropping) as running:
+        async with connect(running.url(PATH), max_queue=1, max_size=None) as websocket:
+            client = CentrifugoClient(websocket)
+            await client.connect()
+            await client.call({"subscribe": {"channel": "fast"}})
+            # The client reads nothing now; the broker publishes far more than it can queue.
+            for n in range(300):
+                data = msgspec.json.encode({"n": n, "pad": pad})
+                await running.broker.publish("fast", msgspec.Raw(data), JSON, None)
+            message = await client.until(lambda m: "disconnect" in m.get("push", {}))
+            assert message["push"]["disconnect"] == {
+                "code": 3010,
+                "reason": "insufficient state",
+                "reconnect": True,
+            }

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocol import messages as ours
 from protocol.centrifugo import messages as cf
@@ -132,3 +134,24 @@ def test_a_publication_from_a_new_stream_is_insufficient_state() -> None:
     assert render(restarted, book) == InsufficientState("c")
     render(ours.Unsubscribed(id=2, channel="c"), book)
     assert book.epochs == {}
+
+
+@given(st.binary(max_size=300))
+def test_decoding_never_raises(frame: bytes) -> None:
+    for command in decode_commands(frame):
+        assert isinstance(command, cf.Command | BadCommand)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(st.sampled_from(["id", "subscribe", "channel", "data"]), children)
+        ),
+        max_leaves=10,
+    )
+)
+def test_any_json_is_a_command_or_a_bad_command(value: object) -> None:
+    (command,) = decode_commands(msgspec.json.encode(value)) or [cf.Command()]
+    assert isinstance(command, cf.Command | BadCommand)
