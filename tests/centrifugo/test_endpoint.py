@@ -4,6 +4,7 @@ a real socket, and a channel shared with ``/v1/ws`` subscribers."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 from typing import Any
 
 import msgspec
@@ -11,6 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from broker.centrifugo.connection import RENDERED
 from broker.settings import (
     LimitSettings,
     NamespaceSettings,
@@ -200,7 +202,7 @@ async def test_refused_connections_get_a_disconnect(first: dict[str, object], co
 
 async def test_server_pings_and_a_silent_client_is_dropped() -> None:
     async with (
-        serve_broker(settings(heartbeat=0.3, heartbeat_grace=0.3)) as running,
+        serve_broker(settings(heartbeat=0.5, heartbeat_grace=1.0)) as running,
         open_centrifugo(running.url(PATH)) as client,
     ):
         # ``receive`` answers pings: the connection outlives several heartbeats.
@@ -287,3 +289,30 @@ async def test_dropped_publications_are_insufficient_state() -> None:
                 "reason": "insufficient state",
                 "reconnect": True,
             }
+
+
+async def test_a_publication_is_rendered_once_for_all_centrifugo_subscribers() -> None:
+    async with AsyncExitStack() as stack:
+        running = await stack.enter_async_context(serve_broker(settings()))
+        clients = [
+            await stack.enter_async_context(open_centrifugo(running.url(PATH))) for _ in range(5)
+        ]
+        for client in clients:
+            await client.call({"subscribe": {"channel": "fan"}})
+        hits = RENDERED.hits
+        await running.broker.publish("fan", msgspec.Raw(b'"once"'), JSON, None)
+        for client in clients:
+            push = await client.until(lambda m: "pub" in m.get("push", {}))
+            assert push["push"]["pub"]["data"] == "once"
+        assert RENDERED.hits - hits == len(clients) - 1
+
+
+async def test_a_message_too_big_gets_a_disconnect_first() -> None:
+    small = Settings(websocket=WebSocketSettings(max_message_bytes=1024))
+    async with serve_broker(small) as running, open_centrifugo(running.url(PATH)) as client:
+        await client.websocket.send("x" * 1100)
+        message = await client.receive()
+        assert message["push"]["disconnect"] == {"code": 3501, "reason": "message too big"}
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.receive()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009

@@ -3,6 +3,8 @@ Node.js, unchanged) against ``/connection/websocket`` of a real broker."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
@@ -73,7 +75,7 @@ async def test_recovery_after_the_broker_drops_the_connection() -> None:
         assert [(p["offset"], p["data"]) for p in recovered] == [(2, 2), (3, 3)]
 
 
-async def test_a_stalled_client_is_dropped_and_recovers_everything() -> None:
+async def test_a_stalled_client_is_dropped_and_recovers_everything(tmp_path: Path) -> None:
     count = 300
     pad = "x" * 20_000
 
@@ -87,13 +89,15 @@ async def test_a_stalled_client_is_dropped_and_recovers_everything() -> None:
     ):
         await slow.call("subscribe", channel="firehose")
         await slow.event("subscribed")
-        # Node runs the first publication's handler for 3 s and reads nothing meanwhile.
-        await slow.call("block", ms=3000)
+        # Node stays in the first publication's handler, reading nothing, until told.
+        release = tmp_path / "release"
+        await slow.call("block", untilFile=str(release))
         await publish(running.broker, 1)
         assert (await slow.event("publication"))["offset"] == 1
         for n in range(2, count + 1):
             await publish(running.broker, n)
         await wait_until(lambda: running.broker.close_codes.get(CloseCode.SLOW_CONSUMER, 0) > 0)
+        release.touch()
         again = await slow.event("subscribed")
         assert again["wasRecovering"] and again["recovered"]
         offsets = [(await slow.event("publication"))["offset"] for _ in range(count - 1)]

@@ -3,6 +3,7 @@
 //   node driver.mjs <url> [options as JSON]
 // A command is {"id": n, "op": "...", ...}; its answer {"id": n, "result": ...} or
 // {"id": n, "error": ...}. Events are {"event": "...", ...}.
+import fs from 'node:fs';
 import readline from 'node:readline';
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
@@ -22,8 +23,8 @@ for (const name of ['connecting', 'connected', 'disconnected', 'error']) {
   }));
 }
 
-// Milliseconds the next publication's handler spends busy (a stalled client: Node reads
-// nothing from the socket meanwhile), or null.
+// A file whose appearance the next publication's handler waits for, busy (a stalled client:
+// Node reads nothing from the socket meanwhile), at most 30 s; or null.
 let blockNext = null;
 
 function watch(sub) {
@@ -39,9 +40,10 @@ function watch(sub) {
   sub.on('publication', (ctx) => {
     out({ event: 'publication', channel: ctx.channel, data: ctx.data, offset: ctx.offset });
     if (blockNext !== null) {
-      const until = Date.now() + blockNext;
+      const until = Date.now() + 30000;
+      const file = blockNext;
       blockNext = null;
-      while (Date.now() < until) { /* stalled */ }
+      while (!fs.existsSync(file) && Date.now() < until) { /* stalled */ }
       out({ event: 'unblocked' });
     }
   });
@@ -77,7 +79,7 @@ async function run(command) {
     case 'history':
       return await client.history(command.channel, command.options || {});
     case 'block':
-      blockNext = command.ms;
+      blockNext = command.untilFile;
       return {};
     case 'disconnect':
       client.disconnect();
