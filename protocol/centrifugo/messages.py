@@ -15,7 +15,10 @@ only ``null``); results leave ``data`` out with None.
 
 Everything is encoded with ``omit_defaults`` like Centrifugo's own JSON (Go's ``omitempty``):
 ``false``, ``0``, ``""`` and empty lists and maps are left out, and the SDKs read an absent field
-as its zero value. Unknown fields are ignored on decoding, as Centrifugo does.
+as its zero value. The exceptions are Centrifugo's too: ``ClientInfo``, ``PresenceResult``,
+``PresenceStatsResult`` and ``HistoryResult`` write every field (an SDK reads
+``num_clients: 0`` and an empty ``presence`` map, not their absence). Unknown fields are ignored
+on decoding, as Centrifugo does.
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ class _Struct(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 # --- shared ---------------------------------------------------------------------------------------
 
 
-class ClientInfo(_Struct, frozen=True):
+class ClientInfo(_Struct, frozen=True, omit_defaults=False):
+    """Who published, joined or left; ``user`` and ``client`` are always written, as Centrifugo
+    does (``conn_info`` and ``chan_info`` are never set here, so they are not fields)."""
+
     user: str = ""
     client: str = ""
-    conn_info: msgspec.Raw | None = None
-    chan_info: msgspec.Raw | None = None
 
 
 class StreamPosition(_Struct, frozen=True):
@@ -202,16 +206,16 @@ class PublishResult(_Struct, frozen=True):
     pass
 
 
-class PresenceResult(_Struct, frozen=True):
+class PresenceResult(_Struct, frozen=True, omit_defaults=False):
     presence: dict[str, ClientInfo] = msgspec.field(default_factory=dict)
 
 
-class PresenceStatsResult(_Struct, frozen=True):
+class PresenceStatsResult(_Struct, frozen=True, omit_defaults=False):
     num_clients: int = 0
     num_users: int = 0
 
 
-class HistoryResult(_Struct, frozen=True):
+class HistoryResult(_Struct, frozen=True, omit_defaults=False):
     publications: list[Publication] = msgspec.field(default_factory=list)
     epoch: str = ""
     offset: Uint64 = 0

@@ -50,6 +50,15 @@ def test_bad_lines_are_values_naming_the_command(line: bytes, request_id: int) -
 
 def test_replies_leave_out_zero_values_like_centrifugo() -> None:
     assert encode_reply(cf.PING) == b"{}"
+    # ... except where Centrifugo writes them: the SDKs read these fields unconditionally.
+    empty = cf.Reply(id=1, presence_stats=cf.PresenceStatsResult())
+    assert encode_reply(empty) == b'{"id":1,"presence_stats":{"num_clients":0,"num_users":0}}'
+    nobody = cf.Reply(id=2, presence=cf.PresenceResult())
+    assert encode_reply(nobody) == b'{"id":2,"presence":{"presence":{}}}'
+    history = cf.Reply(id=3, history=cf.HistoryResult())
+    assert encode_reply(history) == (
+        b'{"id":3,"history":{"publications":[],"epoch":"","offset":0}}'
+    )
     reply = cf.Reply(id=3, subscribe=cf.SubscribeResult(epoch="e", offset=0))
     assert encode_reply(reply) == b'{"id":3,"subscribe":{"epoch":"e"}}'
     assert encode_reply(cf.Reply(id=9, publish=cf.PublishResult())) == b'{"id":9,"publish":{}}'
@@ -70,7 +79,7 @@ def test_render_subscribed_with_what_the_reader_noted() -> None:
     assert isinstance(reply, cf.Reply) and reply.subscribe is not None
     assert encode_reply(reply) == (
         b'{"id":4,"subscribe":{"recoverable":true,"epoch":"e","publications":'
-        b'[{"data":[1],"info":{"client":"pub"},"offset":2}],"recovered":true,"offset":2,'
+        b'[{"data":[1],"info":{"user":"","client":"pub"},"offset":2}],"recovered":true,"offset":2,'
         b'"positioned":true,"was_recovering":true}}'
     )
     assert book.subscribes == {}
@@ -98,7 +107,9 @@ def test_render_pushes_gap_and_errors() -> None:
     book = RequestBook()
     join = render(ours.Join(channel="c", client="x", user=None), book)
     assert isinstance(join, cf.Reply)
-    assert encode_reply(join) == b'{"push":{"channel":"c","join":{"info":{"client":"x"}}}}'
+    assert (
+        encode_reply(join) == b'{"push":{"channel":"c","join":{"info":{"user":"","client":"x"}}}}'
+    )
     assert render(ours.Gap(channel="c", from_offset=1, to_offset=2), book) == InsufficientState("c")
     slow = render(ours.Disconnect(code=4008, reason="slow consumer", reconnect=True), book)
     assert isinstance(slow, cf.Reply)
