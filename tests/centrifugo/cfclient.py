@@ -24,6 +24,8 @@ class CentrifugoClient:
         self.ids = itertools.count(1)
         self.frames: list[str] = []
         self.pending: list[dict[str, Any]] = []
+        #: Server pings answered so far.
+        self.pings = 0
 
     async def send(self, *commands: dict[str, Any]) -> list[int]:
         """Send ``commands`` in one frame; their ids."""
@@ -48,6 +50,7 @@ class CentrifugoClient:
                 self.pending.extend(_DECODER.decode(line) for line in frame.split("\n"))
             message: dict[str, Any] = self.pending.pop(0)
             if message == {}:
+                self.pings += 1
                 await self.websocket.send("{}")
                 continue
             return message

@@ -208,7 +208,7 @@ async def test_server_pings_and_a_silent_client_is_dropped() -> None:
         # ``receive`` answers pings: the connection outlives several heartbeats.
         await client.call({"subscribe": {"channel": "alive"}})
         async with asyncio.timeout(TIMEOUT):
-            while client.frames.count("{}") < 3:
+            while client.pings < 3:
                 await client.call({"ping": {}})
                 await asyncio.sleep(0.1)
         # Now silent: no pongs. The server gives up with 3012 "no pong".
@@ -316,3 +316,23 @@ async def test_a_message_too_big_gets_a_disconnect_first() -> None:
         with pytest.raises(ConnectionClosed) as closed:
             await client.receive()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+async def test_limits_as_on_v1() -> None:
+    limited = Settings(
+        limits=LimitSettings(max_subscriptions=1, publish_rate=0.001, publish_burst=2),
+        namespaces={"closed": NamespaceSettings(allow_publish=False)},
+    )
+    async with serve_broker(limited) as running, open_centrifugo(running.url(PATH)) as client:
+        await client.call({"subscribe": {"channel": "one"}})
+        too_many = await client.call({"subscribe": {"channel": "two"}})
+        assert too_many["error"]["code"] == 106
+        denied = await client.call({"publish": {"channel": "closed:x", "data": 1}})
+        assert denied["error"]["code"] == 103
+        assert "publish" in await client.call({"publish": {"channel": "one", "data": 1}})
+        limited_reply = await client.call({"publish": {"channel": "one", "data": 2}})
+        assert limited_reply["error"] == {
+            "code": 111,
+            "message": "publish rate limit exceeded",
+            "temporary": True,
+        }
