@@ -6,13 +6,13 @@ socket, everything queued per wake-up, in one write. Under ``broker serve`` (the
 ``TransportLink`` fast path) the writer is a set of callbacks: the outbox calls it when frames
 arrive (``call_when_ready``), the protocol when the socket takes more, and timers for its
 deadlines. An idle connection thus holds one task and no writer state beyond a callback (memory
-per connection, docs/performance.md). Under another server (plain ASGI) the writer is a task
-beside the reader in one task group, as before.
+per connection: docs/design.md). Without ``TransportLink`` (another ASGI server, or uvicorn
+without ``BrokerWebSocketProtocol``) the writer is a task beside the reader in one task group.
 
 Every server-initiated close goes through ``request_close``: the writer sends ``disconnect`` (on
 ``/v1/ws``) and the close frame within ``websocket.close_timeout``, and resets the socket if the
 client does not take them. A write stuck for ``websocket.write_timeout`` marks a slow consumer,
-and so does an outbox overflow (PROTOCOL.md close code 4008). When the writer closes or resets
+and so does an outbox overflow (docs/protocol.md, close code 4008). When the writer closes or resets
 the socket, the server hands the reader a disconnect, and the reader ends; cleanup then closes
 the outbox and the hub forgets the connection, so nothing is left behind.
 
@@ -35,6 +35,7 @@ from starlette.websockets import WebSocket
 
 from broker.hub import DetachCommand, Hub, Subscriber
 from broker.logs import get_logger
+from broker.monitor.instruments import PLAIN
 from broker.outbox import FlushScheduler, Outbox
 from broker.settings import Settings
 from broker.transport import (
@@ -93,6 +94,7 @@ class Connection:
         "_context",
         "_heartbeat_timer",
         "_last_heard",
+        "_latency",
         "_log_budget",
         "_write_scope",
         "_write_timer",
@@ -150,6 +152,10 @@ class Connection:
         self._heartbeat_timer: asyncio.TimerHandle | None = None
         self._last_heard = 0.0
         encoding: Encoding | None = None if codec is None else codec.encoding
+        #: The delivery latency histogram of this connection's encoding (``_encode``).
+        self._latency = hub.instruments.latency(
+            PLAIN if encoding is None else encoding.name.lower()
+        )
         self.subscriber = Subscriber(id=self.id, encoding=encoding, outbox=self.outbox)
         self.stats = ConnectionStatistics()
         self.started = time.monotonic()
@@ -186,17 +192,23 @@ class Connection:
         reconnect: bool | None = None,
         retry_after: float = 0.0,
         flush: bool = False,
+        reason: str | None = None,
     ) -> None:
         """Ask the writer to close the connection with ``code``; the first request wins.
 
-        ``reconnect`` defaults to what PROTOCOL.md advises for ``code`` (``RECONNECT_CODES``).
+        ``reconnect`` defaults to what PROTOCOL.md advises for ``code`` (``RECONNECT_CODES``);
+        ``reason`` to the code's usual one (``CLOSE_REASONS``); a close frame carries at most
+        123 bytes of it.
         """
         if reconnect is None:
             reconnect = code in RECONNECT_CODES
         if self.close_request is None:
-            self.close_request = CloseRequest(
-                int(code), CLOSE_REASONS[code], reconnect, retry_after, flush
+            text = (
+                CLOSE_REASONS[code]
+                if reason is None
+                else reason.encode()[:123].decode(errors="ignore")
             )
+            self.close_request = CloseRequest(int(code), text, reconnect, retry_after, flush)
             self.outbox.interrupt()
             if not flush:
                 self._interrupt_write()
@@ -515,6 +527,7 @@ class Connection:
         frames = outbox.drain()
         codec = self.codec
         if skipped and codec is not None:
+            self.hub.instruments.gap_messages += len(skipped)
             # The gaps come first: they stand where the dropped publications stood.
             gaps = [
                 Frame(codec.encode(Gap(channel=s.channel, from_offset=s.first, to_offset=s.last)))
@@ -533,6 +546,11 @@ class Connection:
         """
         stats = self.stats
         stats.messages_out += len(frames)
+        for frame in frames:
+            if frame.accepted:
+                # Delivery latency: the oldest publication in this write (metrics).
+                self._latency.observe(time.monotonic() - frame.accepted)
+                break
         codec = self.codec
         if codec is None:
             runs: list[tuple[list[Frame], bool]] = []
@@ -632,7 +650,7 @@ class Connection:
             code=self.close_code,
             reason=self.close_reason,
         )
-        structlog.contextvars.unbind_contextvars("client")
+        structlog.contextvars.unbind_contextvars("client", "user")
 
 
 def _remote(websocket: WebSocket) -> str | None:

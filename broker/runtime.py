@@ -10,9 +10,10 @@ half-alive.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import anyio
@@ -20,10 +21,15 @@ import msgspec
 import structlog
 from anyio.abc import TaskStatus
 
+from broker.auth import Auth
+from broker.auth.origin import origin_allowed
+from broker.auth.startup import log_posture
 from broker.backplane import Backplane, Head, create_backplane
 from broker.connection import Connection, ConnectionStatistics
+from broker.control import BrokerControl
 from broker.hub import Hub
 from broker.logs import configure_logging, get_logger
+from broker.monitor.loopwatch import LoopWatch
 from broker.outbox import FlushScheduler
 from broker.settings import Settings
 from protocol import Codec, Encoding, namespace_of
@@ -43,16 +49,26 @@ class Totals:
     bytes_out: int = 0
     protocol_errors: int = 0
     slow_consumers: int = 0
+    #: Slow consumers by cause (``outbox_full``, ``write_timeout``, ``replies_held``).
+    slow_consumer_causes: dict[str, int] = field(default_factory=dict)
 
 
 class Broker:
     #: Called with the broker when one fails (``fail``), in the event loop's thread.
     failure_hooks: ClassVar[list[Callable[[Broker], None]]] = []
 
-    def __init__(self, settings: Settings, backplane: Backplane | None = None) -> None:
+    def __init__(
+        self, settings: Settings, backplane: Backplane | None = None, *, auth: Auth | None = None
+    ) -> None:
         self.settings = settings
+        #: Authentication, permissions and API keys (broker/auth).
+        self.auth = auth or Auth(settings)
         self.backplane = backplane or create_backplane(settings)
         self.hub = Hub(settings, self.backplane)
+        #: This process's name in control answers.
+        self.process_id = secrets.token_urlsafe(9)
+        #: The cross-process control path: requests about the whole broker.
+        self.control = BrokerControl(self)
         #: Flushes the outboxes fed during a turn of the event loop: right after it, or (for
         #: publications under a sustained stream) once per ``queue.flush_interval``.
         self.flusher = FlushScheduler(settings.queue.flush_interval)
@@ -62,6 +78,13 @@ class Broker:
         #: Why the broker stopped working (``fail``); None while it works.
         self.failure: str | None = None
         self._started = False
+        monitor = settings.monitor
+        #: The blocked-loop watch: event-loop lag histogram and ``loop.blocked`` warnings.
+        self.loopwatch = LoopWatch(
+            interval=monitor.loop_check_interval,
+            warning=monitor.loop_lag_warning,
+            describe=self.describe,
+        )
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the hub and the backplane until cancelled; ``task_status.started()`` once both
@@ -73,7 +96,11 @@ class Broker:
         """
         async with anyio.create_task_group() as tasks:
             await tasks.start(self._essential, "hub", self.hub.run)
-            await tasks.start(self._essential, "backplane", self.backplane.run, self.hub.submit)
+            await tasks.start(self._essential, "control", self.control.run)
+            await tasks.start(
+                self._essential, "backplane", self.backplane.run, self.control.deliver
+            )
+            await tasks.start(self.loopwatch.run)
             self._started = True
             task_status.started()
 
@@ -125,11 +152,15 @@ class Broker:
         codec: Codec,
         publisher: str | None,
         converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head:
-        """Publish into ``channel``: its offset and epoch once the backplane has it. Raises
+        """Publish into ``channel``: its offset and epoch once the backplane has it (for a
+        repeated ``idempotency_key``, the first publication's, without publishing again). Raises
         ``BackplaneUnavailable``."""
         options = self.settings.namespace(namespace_of(channel))
-        return await self.backplane.publish(channel, data, codec, publisher, options, converted)
+        return await self.backplane.publish(
+            channel, data, codec, publisher, options, converted, idempotency_key
+        )
 
     async def publish_submit(
         self,
@@ -139,6 +170,7 @@ class Broker:
         publisher: str | None,
         converted: dict[Encoding, msgspec.Raw] | None = None,
         on_settled: Callable[[], None] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head | asyncio.Future[Head]:
         """``publish`` for a publisher that goes on before the result: the head when the
         backplane has it at once (in memory), otherwise a future that ends with it or with
@@ -150,7 +182,7 @@ class Broker:
         not ready)."""
         options = self.settings.namespace(namespace_of(channel))
         return await self.backplane.publish_submit(
-            channel, data, codec, publisher, options, converted, on_settled
+            channel, data, codec, publisher, options, converted, on_settled, idempotency_key
         )
 
     @asynccontextmanager
@@ -163,6 +195,7 @@ class Broker:
         """
         if not structlog.is_configured():
             configure_logging(self.settings.log)
+        log_posture(self.settings, host_authentication=self.auth.authenticate is not None)
         async with anyio.create_task_group() as tasks:
             await tasks.start(self.serve)
             try:
@@ -184,10 +217,13 @@ class Broker:
             refused_total=self.totals.connections_refused,
         )
 
-    def origin_allowed(self, origin: str | None) -> bool:
-        allowed = self.settings.server.allowed_origins
-        # Non-browser clients send no Origin; browsers always do (RFC 6455 §4.1, §10.2).
-        return not allowed or origin is None or origin in allowed
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """Whether a handshake from ``origin`` to ``host`` may go on (broker/auth/origin.py)."""
+        return origin_allowed(origin, host, self.settings.server.allowed_origins)
+
+    def connections_of(self, user: str) -> list[Connection]:
+        """This process's connections of ``user``."""
+        return [c for c in self.connections.values() if c.subscriber.user == user]
 
     def add(self, connection: Connection) -> None:
         self.connections[connection.id] = connection
@@ -201,10 +237,39 @@ class Broker:
         totals.messages_out += stats.messages_out
         totals.bytes_out += stats.bytes_out
         totals.protocol_errors += stats.protocol_errors
-        if connection.slow_consumer is not None:
+        cause = connection.slow_consumer
+        if cause is not None:
             totals.slow_consumers += 1
-        code = connection.close_code or 1005
+            causes = totals.slow_consumer_causes
+            causes[cause] = causes.get(cause, 0) + 1
+        # No close code known: the connection ended without a close frame (RFC 6455: 1006).
+        code = connection.close_code or 1006
         self.close_codes[code] = self.close_codes.get(code, 0) + 1
+
+    def drops(self) -> dict[str, int]:
+        """Clients dropped and requests refused so far, by reason (``broker_drops_total``);
+        every reason is present."""
+        causes = self.totals.slow_consumer_causes
+        return {
+            "outbox_overflow": causes.get("outbox_full", 0) + causes.get("replies_held", 0),
+            "write_timeout": causes.get("write_timeout", 0),
+            "rate_limit": self.hub.instruments.rate_limited,
+            "connection_limit": self.totals.connections_refused,
+            "heartbeat": self.close_codes.get(4009, 0),
+            "protocol_error": self.live_statistics().protocol_errors,
+            "auth_failure": self.close_codes.get(4001, 0),
+        }
+
+    def describe(self) -> dict[str, int]:
+        """What the broker is doing now, in a few figures (the ``loop.blocked`` warning)."""
+        hub = self.hub.statistics()
+        return {
+            "connections": len(self.connections),
+            "hub_mailbox_queued": hub.mailbox_queued,
+            "channels": hub.channels,
+            "subscriptions": hub.subscriptions,
+            "publications": hub.publications,
+        }
 
     def live_statistics(self) -> ConnectionStatistics:
         """Totals of closed connections plus those of the live ones."""

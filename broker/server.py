@@ -1,6 +1,6 @@
 """Running the broker app under uvicorn with the settings' limits applied.
 
-uvicorn's own defaults suit a web app, not a broker (../shared/FINDINGS.md): permessage-deflate on
+uvicorn's own defaults suit a web app, not a broker (docs/stack-findings.md): permessage-deflate on
 and 16 MiB messages. Here the WebSocket protocol is ``BrokerWebSocketProtocol`` (the fast write
 path and socket reset), messages are capped at ``websocket.max_message_bytes`` at the frame
 parser, compression follows config, and SIGTERM/SIGINT drain connections within
@@ -10,9 +10,12 @@ parser, compression follows config, and SIGTERM/SIGINT drain connections within
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import ssl
 import sys
+import tempfile
 from types import FrameType
 
 import uvicorn
@@ -23,6 +26,7 @@ from uvicorn.supervisors import Multiprocess
 from broker.app import create_app
 from broker.config import CONFIG_PATH_ENV, load_settings
 from broker.logs import configure_logging, get_logger
+from broker.monitor.workers import METRICS_DIR_ENV
 from broker.runtime import Broker
 from broker.settings import Settings
 from broker.transport import BrokerWebSocketProtocol, configure_protocol
@@ -53,6 +57,12 @@ def uvicorn_config(
         ws_ping_interval=websocket.heartbeat,
         ws_ping_timeout=websocket.heartbeat + websocket.heartbeat_grace,
         timeout_graceful_shutdown=max(1, round(settings.server.shutdown_grace)),
+        # TLS when server.tls_certfile is set (checked by broker.config before this runs).
+        ssl_certfile=settings.server.tls_certfile or None,
+        ssl_keyfile=settings.server.tls_keyfile or None,
+        ssl_keyfile_password=settings.server.tls_keyfile_password or None,
+        ssl_ca_certs=settings.server.tls_ca_certs or None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if settings.server.tls_ca_certs else ssl.CERT_NONE,
         lifespan="on",
         # Logging is configured by broker.logs; uvicorn's loggers go through the same renderer.
         log_config=None,
@@ -76,7 +86,9 @@ def app_from_environment() -> FastAPI:
         transport_buffer_bytes=websocket.transport_buffer_bytes,
         close_timeout=websocket.close_timeout,
     )
-    return create_app(settings)
+    app = create_app(settings)
+    app.state.metrics_workers_dir = os.environ.get(METRICS_DIR_ENV)
+    return app
 
 
 def serve_workers(settings: Settings, workers: int, config_path: str | None) -> None:
@@ -93,9 +105,16 @@ def serve_workers(settings: Settings, workers: int, config_path: str | None) -> 
         port=settings.server.port,
         workers=workers,
         backplane=settings.backplane.kind.value,
+        tls=bool(settings.server.tls_certfile),
     )
     sock = listen(settings.server.host, settings.server.port)
-    Multiprocess(config, sockets=[sock]).run()
+    # Where the workers share their figures, so that /metrics answers for all of them.
+    metrics_dir = tempfile.mkdtemp(prefix="broker-metrics-")
+    os.environ[METRICS_DIR_ENV] = metrics_dir
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     log.info("broker.stopped")
 
 
@@ -180,6 +199,7 @@ def serve(
         port=sock.getsockname()[1],
         backplane=settings.backplane.kind.value,
         workers=1,
+        tls=bool(settings.server.tls_certfile),
     )
     Broker.failure_hooks.append(_stop_on_failure)
     try:

@@ -1,4 +1,4 @@
-"""The broker's wire protocol (PROTOCOL.md): message types, codecs and channel names. No I/O."""
+"""The broker's wire protocol (docs/protocol.md): message types, codecs, channel names. No I/O."""
 
 from protocol.channels import (
     CHANNEL_RULE,
@@ -23,11 +23,13 @@ from protocol.messages import (
     PROTOCOL_VERSION,
     ClientInfo,
     ClientMessage,
+    Connect,
     Disconnect,
     Error,
     Gap,
     History,
     HistoryResult,
+    IdempotencyKey,
     Join,
     Leave,
     Message,
@@ -38,6 +40,8 @@ from protocol.messages import (
     Publication,
     Publish,
     Published,
+    Refresh,
+    Refreshed,
     ServerMessage,
     StreamPosition,
     Subscribe,
@@ -60,6 +64,7 @@ __all__ = [
     "ClientMessage",
     "CloseCode",
     "Codec",
+    "Connect",
     "DecodeFailure",
     "Disconnect",
     "Encoding",
@@ -69,6 +74,7 @@ __all__ = [
     "Gap",
     "History",
     "HistoryResult",
+    "IdempotencyKey",
     "Join",
     "Leave",
     "Message",
@@ -80,6 +86,8 @@ __all__ = [
     "PublicationFrames",
     "Publish",
     "Published",
+    "Refresh",
+    "Refreshed",
     "ServerMessage",
     "StreamPosition",
     "Subscribe",

@@ -1,4 +1,4 @@
-"""JSON and MessagePack codecs, built once per process and reused (PROTOCOL.md §1).
+"""JSON and MessagePack codecs, built once per process and reused (docs/protocol.md §1).
 
 ``Codec.decode_client`` never raises: a frame that cannot be decoded or validated comes back as a
 ``DecodeFailure`` value naming the problem (and the request ``id`` when one could be read), which
@@ -46,7 +46,7 @@ class _RequestIdProbe(msgspec.Struct):
     id: int | None = None
 
 
-# Errors that decoding hostile input can raise besides msgspec's own (../shared/FINDINGS.md):
+# Errors that decoding hostile input can raise besides msgspec's own (docs/stack-findings.md):
 # deeply nested input overflows the recursion limit, and MessagePack str may hold invalid UTF-8.
 _DECODE_ERRORS: Final = (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError)
 

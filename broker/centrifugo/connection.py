@@ -20,6 +20,7 @@ recovers.
 
 from __future__ import annotations
 
+import time
 from typing import Final
 
 from starlette.websockets import WebSocket
@@ -143,6 +144,11 @@ class CentrifugoConnection(Connection):
     def _encode(self, frames: list[Frame]) -> list[tuple[list[Frame], bool]]:
         """Text frames of newline-separated Centrifugo messages, within ``queue.max_batch`` and
         about ``queue.max_batch_bytes`` each (a lone message keeps its shared ``Frame``)."""
+        for frame in frames:
+            if frame.accepted:
+                # Delivery latency: the oldest publication in this write (metrics).
+                self._latency.observe(time.monotonic() - frame.accepted)
+                break
         frames = self.render(frames)
         stats = self.stats
         stats.messages_out += len(frames)

@@ -38,7 +38,7 @@ async def serve_centrifugo(websocket: WebSocket, broker: Broker, settings: Setti
         )
         return
     origin = websocket.headers.get("origin")
-    if not broker.origin_allowed(origin):
+    if not broker.origin_allowed(origin, websocket.headers.get("host")):
         await _deny(websocket, 403, f"origin {origin} is not allowed (server.allowed_origins)")
         return
     await websocket.accept()

@@ -14,10 +14,12 @@ server sends an empty ``{}`` ping every ``websocket.heartbeat`` seconds and the 
 from __future__ import annotations
 
 import asyncio
+import time
 from importlib.metadata import PackageNotFoundError, version
 
+from broker.auth import Action, Refused
 from broker.centrifugo.connection import CentrifugoConnection
-from broker.centrifugo.tokens import Identity, Refused, verify_connect, verify_subscribe
+from broker.centrifugo.tokens import verify_connect, verify_sub_refresh
 from broker.hub import HistoryCommand, PresenceCommand, SubscribeCommand, UnsubscribeCommand
 from broker.logs import get_logger
 from broker.runtime import Broker
@@ -28,6 +30,7 @@ from protocol import (
     History,
     Presence,
     Publish,
+    Refresh,
     StreamPosition,
     Subscribe,
     Unsubscribe,
@@ -37,6 +40,7 @@ from protocol import (
 from protocol.centrifugo import messages as cf
 from protocol.centrifugo.codes import (
     BAD_REQUEST,
+    INTERNAL_SERVER_ERROR,
     INVALID_TOKEN,
     STALE,
     CentrifugoError,
@@ -59,14 +63,12 @@ _PING = b"{}"
 class CentrifugoReader(V1Reader):
     """Reads one ``/connection/websocket`` connection."""
 
-    __slots__ = ("identity", "ping_timer", "stale_timer")
+    __slots__ = ("ping_timer", "stale_timer")
 
     connection: CentrifugoConnection
 
     def __init__(self, connection: CentrifugoConnection, broker: Broker) -> None:
         super().__init__(connection, broker, JSON)
-        #: Who the client is, once ``connect`` succeeded.
-        self.identity: Identity | None = None
         self.ping_timer: asyncio.TimerHandle | None = None
         self.stale_timer: asyncio.TimerHandle | None = None
 
@@ -90,7 +92,7 @@ class CentrifugoReader(V1Reader):
 
     def close_if_stale(self) -> None:
         self.stale_timer = None
-        if self.identity is None:
+        if self.auth.identity is None:
             log.info("centrifugo.stale", detail="no connect command in time")
             self.close(STALE)
 
@@ -152,13 +154,13 @@ class CentrifugoReader(V1Reader):
             self.connection.protocol_error("centrifugo.bad_command", detail=f"{kind} without id")
             self.close(BAD_REQUEST)
             return
-        if self.identity is None:
+        if self.auth.identity is None:
             if kind != "connect":
                 self.connection.protocol_error("centrifugo.not_connected", command=kind)
                 self.close(BAD_REQUEST)
                 return
             assert command.connect is not None
-            self.connect(request_id, command.connect)
+            await self.connect(request_id, command.connect)
             return
         match kind:
             case "subscribe":
@@ -181,10 +183,10 @@ class CentrifugoReader(V1Reader):
                 self.answer(cf.Reply(id=request_id, ping=cf.PingResult()))
             case "refresh":
                 assert command.refresh is not None
-                self.refresh(request_id, command.refresh.token)
+                await self.refresh(request_id, command.refresh.token)
             case "sub_refresh":
                 assert command.sub_refresh is not None
-                self.sub_refresh(request_id, command.sub_refresh)
+                await self.sub_refresh(request_id, command.sub_refresh)
             case "rpc":
                 self.fail(request_id, CentrifugoError.NOT_AVAILABLE, "RPC is not supported")
             case _:  # a second connect
@@ -193,15 +195,16 @@ class CentrifugoReader(V1Reader):
 
     # --- connection ---------------------------------------------------------------------------
 
-    def connect(self, request_id: int, request: cf.ConnectRequest) -> None:
+    async def connect(self, request_id: int, request: cf.ConnectRequest) -> None:
         connection = self.connection
-        outcome = verify_connect(request.token, connection.settings)
-        if isinstance(outcome, Refused):
-            log.info("centrifugo.connect_refused", reason=outcome.reason)
-            self.close(INVALID_TOKEN)
+        try:
+            identity = await verify_connect(self.broker.auth, request.token)
+        except Refused as refusal:
+            log.info("centrifugo.connect_refused", reason=refusal.reason)
+            self.close(INTERNAL_SERVER_ERROR if refusal.reconnect else INVALID_TOKEN)
             return
-        self.identity = outcome
-        connection.subscriber.user = outcome.user
+        if not self.auth.adopt(identity):
+            return
         if self.stale_timer is not None:
             self.stale_timer.cancel()
             self.stale_timer = None
@@ -210,12 +213,15 @@ class CentrifugoReader(V1Reader):
             "centrifugo.connected",
             sdk=request.name[:64],
             sdk_version=request.version[:64],
-            user=outcome.user,
+            user=identity.user,
         )
         heartbeat = connection.settings.websocket.heartbeat
+        expires, ttl = _expiry(identity.expires_at)
         result = cf.ConnectResult(
             client=connection.id,
             version=SERVER_VERSION,
+            expires=expires,
+            ttl=ttl,
             ping=max(1, round(heartbeat)),
             pong=True,
         )
@@ -226,24 +232,32 @@ class CentrifugoReader(V1Reader):
         if idle_timeout > 0:
             self.idle_timer = loop.call_later(idle_timeout, self.close_if_idle, idle_timeout)
 
-    def refresh(self, request_id: int, token: str) -> None:
-        outcome = verify_connect(token, self.connection.settings)
-        if isinstance(outcome, Refused):
-            log.info("centrifugo.refresh_refused", reason=outcome.reason)
-            self.close(INVALID_TOKEN)
+    async def refresh(self, request_id: int, token: str) -> None:
+        # The broker's own refresh: same user, new permissions and expiry; a refusal answers
+        # ``unauthorized`` (101) and closes (3500).
+        if await self.auth.refresh(Refresh(id=request_id, token=token)) is None:
             return
-        result = cf.RefreshResult(client=self.connection.id, version=SERVER_VERSION)
+        identity = self.auth.identity
+        assert identity is not None
+        expires, ttl = _expiry(identity.expires_at)
+        result = cf.RefreshResult(
+            client=self.connection.id, version=SERVER_VERSION, expires=expires, ttl=ttl
+        )
         self.answer(cf.Reply(id=request_id, refresh=result))
 
-    def sub_refresh(self, request_id: int, request: cf.SubRefreshRequest) -> None:
-        assert self.identity is not None
-        refused = verify_subscribe(
-            self.identity, request.channel, request.token, self.connection.settings
-        )
-        if refused is not None:
-            self.fail(request_id, CentrifugoError.PERMISSION_DENIED, refused.reason)
+    async def sub_refresh(self, request_id: int, request: cf.SubRefreshRequest) -> None:
+        identity = self.auth.identity
+        assert identity is not None
+        try:
+            expires_at = await verify_sub_refresh(
+                self.broker.auth, identity, request.channel, request.token
+            )
+        except Refused as refusal:
+            self.fail(request_id, CentrifugoError.PERMISSION_DENIED, refusal.reason)
             return
-        self.answer(cf.Reply(id=request_id, sub_refresh=cf.SubRefreshResult()))
+        expires, ttl = _expiry(expires_at)
+        result = cf.SubRefreshResult(expires=expires, ttl=ttl)
+        self.answer(cf.Reply(id=request_id, sub_refresh=result))
 
     # --- channels -----------------------------------------------------------------------------
 
@@ -257,23 +271,22 @@ class CentrifugoReader(V1Reader):
         channel = request.channel
         if not self.valid_channel(request_id, channel):
             return
-        assert self.identity is not None
         settings = self.connection.settings
-        refused = verify_subscribe(self.identity, channel, request.token, settings)
-        if refused is not None:
-            self.fail(request_id, CentrifugoError.PERMISSION_DENIED, refused.reason)
-            return
         since = None
         if request.recover:
             if request.offset > _MAX_OFFSET:
                 self.fail(request_id, CentrifugoError.BAD_REQUEST, "offset out of range")
                 return
             since = StreamPosition(offset=request.offset, epoch=request.epoch)
+        subscribe = Subscribe(
+            id=request_id, channel=channel, since=since, token=request.token or None
+        )
+        if not await self.permitted(request_id, channel, Action.SUBSCRIBE, subscribe):
+            return
         options = settings.namespace(namespace_of(channel))
         self.connection.book.subscribes[request_id] = SubscribeNote(
             was_recovering=request.recover, recoverable=options.history_size > 0
         )
-        subscribe = Subscribe(id=request_id, channel=channel, since=since)
         await self.hub.submit(SubscribeCommand(self.connection.subscriber, subscribe))
 
     async def unsubscribe(self, request_id: int, channel: str) -> None:
@@ -299,6 +312,8 @@ class CentrifugoReader(V1Reader):
             message = f"presence is not enabled in namespace {namespace_of(channel)!r}"
             self.fail(request_id, CentrifugoError.NOT_AVAILABLE, message)
             return
+        if not await self.permitted(request_id, channel, Action.PRESENCE):
+            return
         if stats:
             self.connection.book.presence_stats.add(request_id)
         presence = Presence(id=request_id, channel=channel)
@@ -311,6 +326,8 @@ class CentrifugoReader(V1Reader):
         if self.connection.settings.namespace(namespace_of(channel)).history_size == 0:
             message = f"history is not enabled in namespace {namespace_of(channel)!r}"
             self.fail(request_id, CentrifugoError.NOT_AVAILABLE, message)
+            return
+        if not await self.permitted(request_id, channel, Action.HISTORY):
             return
         if request.limit < -1:
             self.fail(request_id, CentrifugoError.BAD_REQUEST, "limit must be -1 (all) or more")
@@ -335,3 +352,10 @@ class CentrifugoReader(V1Reader):
             position = StreamPosition(offset=since.offset, epoch=since.epoch)
         history = History(id=request_id, channel=channel, since=position, limit=limit)
         await self.hub.submit(HistoryCommand(self.connection.subscriber, history))
+
+
+def _expiry(expires_at: float | None) -> tuple[bool, int]:
+    """``expires`` and ``ttl`` (whole seconds, at least 1) of a connect or refresh reply."""
+    if expires_at is None:
+        return False, 0
+    return True, max(1, int(expires_at - time.time()))

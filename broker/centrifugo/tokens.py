@@ -1,58 +1,36 @@
-"""Where Centrifugo connection and subscription tokens are checked: the one place a JWT
-verifier plugs in.
-
-The broker has no token verification yet, so every connection is anonymous: a ``connect``
-without a token is accepted, and a token it cannot verify is refused (3500 "invalid token")
-rather than ignored, so that a client relying on its identity learns at once. Subscription
-tokens are refused the same way (error 103). Once the broker verifies JWTs, ``verify_connect``
-and ``verify_subscribe`` call it with the claims Centrifugo's SDK users write (``sub``, ``exp``,
-``info``, ``channels``, ``subs``; ``channel`` in a subscription token).
+"""Centrifugo connection and subscription tokens, checked by the broker's own authentication
+(broker/auth): the same JWTs, claims (``sub``, ``exp``, ``info``, ``channels``, ``subs``;
+``channel`` in a subscription token) and settings as ``/v1/ws``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from broker.settings import Settings
+from broker.auth import Auth, Identity, Refused
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who a connection is: ``user`` None when anonymous; ``expires_at`` unix seconds or None."""
-
-    user: str | None = None
-    expires_at: float | None = None
+async def verify_connect(auth: Auth, token: str) -> Identity:
+    """The identity a ``connect`` token proves (none: anonymous where allowed). Raises
+    ``Refused``."""
+    return await auth.identity_from_connect(token or None)
 
 
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """A token that is not accepted, and why (said to the client and logged)."""
-
-    reason: str
-
-
-ANONYMOUS = Identity()
-
-
-def verify_connect(token: str, settings: Settings) -> Identity | Refused:
-    """The identity a ``connect`` (or ``refresh``) token proves.
-
-    TOKEN VERIFICATION PLUGS IN HERE: decode and verify the JWT, then return its ``sub`` as
-    ``user`` and its ``exp`` as ``expires_at``.
-    """
-    if not token:
-        return ANONYMOUS
-    return Refused("this broker does not verify connection tokens yet; connect without one")
+async def verify_refresh(auth: Auth, token: str, current: Identity) -> Identity:
+    """The identity a ``refresh`` token proves, for the same user. Raises ``Refused``."""
+    if auth.verifier is None:
+        raise Refused("this broker does not use tokens")
+    identity = await auth.verifier.identity(token)
+    if identity.user != current.user:
+        raise Refused("refresh token of another user")
+    return identity
 
 
-def verify_subscribe(
-    identity: Identity, channel: str, token: str, settings: Settings
-) -> Refused | None:
-    """None when ``identity`` may subscribe to ``channel`` with ``token`` ("" for none).
-
-    SUBSCRIPTION TOKEN VERIFICATION PLUGS IN HERE (the token's ``channel`` claim must name
-    ``channel``, its ``sub`` the connection's user).
-    """
-    if not token:
-        return None
-    return Refused("this broker does not verify subscription tokens yet")
+async def verify_sub_refresh(
+    auth: Auth, identity: Identity, channel: str, token: str
+) -> float | None:
+    """When a subscription token for ``channel`` expires (None: never). Raises ``Refused``."""
+    if auth.verifier is None:
+        raise Refused("this broker does not use tokens")
+    granted, expires_at = await auth.verifier.subscription(token, identity.user)
+    if granted != channel:
+        raise Refused(f"subscription token for another channel than {channel!r}")
+    return expires_at or None

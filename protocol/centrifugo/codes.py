@@ -40,6 +40,7 @@ TEMPORARY_ERRORS: frozenset[CentrifugoError] = frozenset(
 ERROR_CODES: dict[ErrorCode, CentrifugoError] = {
     ErrorCode.BAD_REQUEST: CentrifugoError.BAD_REQUEST,
     ErrorCode.PERMISSION_DENIED: CentrifugoError.PERMISSION_DENIED,
+    ErrorCode.UNAUTHORIZED: CentrifugoError.UNAUTHORIZED,
     ErrorCode.ALREADY_SUBSCRIBED: CentrifugoError.ALREADY_SUBSCRIBED,
     ErrorCode.LIMIT_EXCEEDED: CentrifugoError.LIMIT_EXCEEDED,
     ErrorCode.RATE_LIMITED: CentrifugoError.TOO_MANY_REQUESTS,
@@ -99,6 +100,8 @@ def disconnect_for(code: int, reason: str, reconnect: bool) -> DisconnectCode:
     """The Centrifugo disconnect for a close with the broker's ``code``; a code that is not the
     broker's (already Centrifugo's, or a parser's close such as 1002) keeps its own terms, with
     codes below 3000 made a reconnecting internal error or a terminal bad request."""
+    if code == CloseCode.UNAUTHORIZED and reconnect:
+        return CONNECTION_EXPIRED  # a token that expired: refresh or reconnect with a new one
     try:
         return DISCONNECTS[CloseCode(code)]
     except ValueError:
