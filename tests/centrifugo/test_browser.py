@@ -52,6 +52,8 @@ async def test_a_page_with_the_js_sdk() -> None:
         try:
             page = await browser.new_page()
             page.set_default_timeout(TIMEOUT * 1000)
+            # The page has the broker's own origin, as a page it served would.
+            await page.goto(running.http("/healthz"))
             await page.set_content("<!doctype html><title>centrifuge</title>")
             await page.add_script_tag(path=str(BUNDLE))
             result: dict[str, Any] = await page.evaluate(
