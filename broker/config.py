@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import ipaddress
 import math
 import os
 import re
@@ -396,6 +397,16 @@ def _problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:
                 ("server", "allowed_origins", index),
                 origin,
                 "expected an origin, scheme://host[:port], without path, query or trailing '/'",
+            )
+
+    for index, proxy in enumerate(settings.server.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            yield (
+                ("server", "trusted_proxies", index),
+                proxy,
+                "expected an IP address or a CIDR network such as 10.0.0.0/8",
             )
 
     backplane = settings.backplane

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import anyio
 import msgspec
 from anyio.abc import TaskStatus
+from starlette.types import Scope
 
 from broker.backplane import Backplane, Head, create_backplane
 from broker.connection import Connection, ConnectionStatistics
@@ -22,6 +23,7 @@ from broker.hub import Hub
 from broker.logs import get_logger
 from broker.outbox import FlushScheduler
 from broker.settings import Settings
+from broker.transport import TRANSPORT_EXTENSION, TransportLink
 from protocol import Codec, Encoding, namespace_of
 
 log = get_logger("broker.runtime")
@@ -116,11 +118,30 @@ class Broker:
         limit = self.settings.limits.max_connections
         return limit > 0 and len(self.connections) >= limit
 
-    def refused(self) -> None:
+    def admission_refusal(self, scope: Scope) -> str | None:
+        """Why a WebSocket client must be told to come back later (1013), or None: the sockets
+        open (counted from accept) past ``limits.max_connections``, or those of its address
+        past ``limits.max_connections_per_ip``."""
+        link = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
+        client = scope.get("client")
+        address: str | None = None if client is None else client[0]
+        if isinstance(link, TransportLink):
+            return link.admission_refusal(address)
+        # Under another server: the WebSocket connections are all that is known.
+        if self.at_capacity():
+            return "max_connections"
+        per_ip = self.settings.limits.max_connections_per_ip
+        if per_ip and address is not None:
+            same = sum(1 for c in self.connections.values() if c.address == address)
+            if same >= per_ip:
+                return "max_connections_per_ip"
+        return None
+
+    def refused(self, reason: str = "max_connections") -> None:
         self.totals.connections_refused += 1
         log.warning(
             "connection.refused",
-            reason="max_connections",
+            reason=reason,
             connections=len(self.connections),
             refused_total=self.totals.connections_refused,
         )

@@ -37,8 +37,9 @@ async def _admit(websocket: WebSocket, broker: Broker, codec: Codec | None) -> b
         return False
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol=codec.encoding.subprotocol if codec and offered else None)
-    if broker.at_capacity():
-        broker.refused()
+    refusal = broker.admission_refusal(websocket.scope)
+    if refusal is not None:
+        broker.refused(refusal)
         code = CloseCode.TRY_AGAIN_LATER
         if codec is not None:
             notice = Disconnect(

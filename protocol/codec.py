@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
-from protocol.messages import ClientMessage, Message, ServerMessage
+from protocol.messages import ClientMessage, Message, RequestId, ServerMessage
 
 _Decoder = msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]
 
@@ -40,9 +40,12 @@ class DecodeFailure:
 
 
 class _RequestIdProbe(msgspec.Struct):
-    """Reads only ``id`` out of an invalid message, so the error reply can name the request."""
+    """Reads only ``id`` out of an invalid message, so the error reply can name the request.
 
-    id: int | None = None
+    An ``id`` out of range (PROTOCOL.md: 0 to 2^63-1) is not read: the reply names none rather
+    than echo a 4,000-digit number back."""
+
+    id: RequestId | None = None
 
 
 # Errors that decoding hostile input can raise besides msgspec's own (../shared/FINDINGS.md):
