@@ -58,10 +58,19 @@ class Broker:
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the hub and the backplane until cancelled; ``task_status.started()`` once both
         take requests."""
+        self._log_opened_up()
         async with anyio.create_task_group() as tasks:
             await tasks.start(self.hub.run)
             await tasks.start(self.backplane.run, self.hub.submit)
             task_status.started()
+
+    def _log_opened_up(self) -> None:
+        """Say at start-up what the settings open up beyond the secure defaults."""
+        server = self.settings.server
+        if self.settings.websocket.conformance_echo:
+            log.warning("broker.conformance_echo_on", path="/conformance/echo")
+        if server.trusted_proxies:
+            log.info("broker.trusted_proxies", proxies=server.trusted_proxies)
 
     @property
     def ready(self) -> bool:

@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket
+from starlette.responses import PlainTextResponse
 
+from broker.conformance import run_conformance_echo
 from broker.connection import Connection
 from broker.dependencies import BrokerDep, SettingsDep
 from broker.plain import run_chat, run_data, run_echo
@@ -28,6 +30,9 @@ from protocol import (
 )
 
 router = APIRouter()
+
+#: The echo route for conformance tests (``websocket.conformance_echo``; 404 when off).
+CONFORMANCE_ECHO = "/conformance/echo"
 
 
 async def _admit(websocket: WebSocket, broker: Broker, codec: Codec | None) -> bool:
@@ -113,6 +118,16 @@ async def serve_chat(websocket: WebSocket, broker: Broker, settings: Settings) -
     await _run(connection, broker, lambda: run_chat(connection, broker.hub))
 
 
+async def serve_conformance_echo(websocket: WebSocket, broker: Broker, settings: Settings) -> None:
+    if not settings.websocket.conformance_echo:
+        await websocket.send_denial_response(PlainTextResponse("Not Found", status_code=404))
+        return
+    if not await _admit(websocket, broker, None):
+        return
+    connection = _connection(websocket, broker, settings, None, CONFORMANCE_ECHO)
+    await _run(connection, broker, lambda: run_conformance_echo(connection))
+
+
 Endpoint = Callable[[WebSocket, Broker, Settings], Awaitable[None]]
 
 #: The WebSocket endpoints by path, for ``BrokerApp``'s direct dispatch.
@@ -121,6 +136,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "/ws": serve_echo,
     "/ws/data": serve_data,
     "/ws/chat": serve_chat,
+    CONFORMANCE_ECHO: serve_conformance_echo,
 }
 
 
