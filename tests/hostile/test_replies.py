@@ -50,7 +50,7 @@ async def test_pings_from_a_client_that_does_not_read_are_bounded_and_it_is_drop
         assert grown < RSS_BOUND, f"RSS grew by {grown / MiB:.1f} MiB"
         slow = [e for e in logs if e["event"] == "connection.slow_consumer"]
         assert [e["cause"] for e in slow] == ["replies_blocked"]
-        assert not running.broker.connections
+        await wait_until(lambda: not running.broker.connections)
 
 
 async def test_requests_whose_replies_cannot_leave_drop_the_client_as_a_slow_consumer() -> None:
