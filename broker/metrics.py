@@ -8,6 +8,7 @@ a host app) do not collide.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -83,6 +84,14 @@ class BrokerCollector(Collector):
         yield CounterMetricFamily(
             "broker_protocol_errors", "Bad client frames.", value=stats.protocol_errors
         )
+        yield GaugeMetricFamily("broker_tasks", "asyncio tasks in this process.", value=_tasks())
+
+
+def _tasks() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # collected outside the event loop
+        return 0
 
 
 def make_registry(broker: Broker) -> CollectorRegistry:
