@@ -16,8 +16,8 @@ from broker.client_faults import client_faults
 from broker.conversion import UnconvertibleData, convert_for_subscribers
 from broker.dependencies import BrokerDep, HubDep
 from broker.hub import ChannelsQuery, Reply
-from broker.metrics import CONTENT_TYPE, render
-from protocol import JSON, Channel, CloseCode
+from broker.metrics import CONTENT_TYPE, scrape
+from protocol import JSON, Channel, CloseCode, explain_channel_errors
 
 router = APIRouter()
 
@@ -69,7 +69,7 @@ async def publish(request: Request, broker: BrokerDep) -> Response:
     try:
         body = _body_decoder.decode(raw)
     except (msgspec.DecodeError, RecursionError) as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from None
+        raise HTTPException(status_code=400, detail=explain_channel_errors(str(exc))) from None
     try:
         converted = convert_for_subscribers(body.data, JSON)
     except UnconvertibleData as exc:
@@ -108,7 +108,11 @@ async def disconnect(client: str, broker: BrokerDep) -> Response:
 
 
 @router.get("/healthz")
-async def healthz() -> Response:
+async def healthz(broker: BrokerDep) -> Response:
+    """200 while the broker works; 503 with the reason once it has failed (its hub or backplane
+    stopped): restart it."""
+    if broker.failure is not None:
+        return _json({"status": "failed", "reason": broker.failure}, 503)
     return _json({"status": "ok"})
 
 
@@ -120,4 +124,6 @@ async def readyz(broker: BrokerDep) -> Response:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(render(request.app.state.metrics_registry), media_type=CONTENT_TYPE)
+    state = request.app.state
+    body = await scrape(state.metrics_registry, state.metrics_workers_dir)
+    return Response(body, media_type=CONTENT_TYPE)

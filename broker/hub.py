@@ -18,12 +18,12 @@ it keeps the offset it delivered last, and:
   tells subscribers of what could not be found with ``gap``;
 * a new epoch means the stream was lost and started again: the hub follows the new stream.
 
-Recovery (``subscribe`` with ``since``, PROTOCOL.md §1) reads the missed publications in a task
+Recovery (``subscribe`` with ``since``, docs/protocol.md §1) reads the missed publications in a task
 while the subscriber's live publications are held in a buffer of its own; the reply carries the
 missed ones up to the offset where the buffer starts, so live messages follow with no gap and no
 duplicate. Reads run in tasks of the hub's task group and come back as commands.
 
-The chat room of ``/ws/chat`` (PROTOCOL.md §3) is local to the process: its frames are plain text,
+The chat room of ``/ws/chat`` (docs/protocol.md §3) is local to the process: its frames are text,
 under a name no client can use.
 """
 
@@ -63,6 +63,7 @@ from broker.commands import (
     UnsubscribeCommand,
 )
 from broker.logs import get_logger
+from broker.monitor.instruments import Instruments
 from broker.settings import NamespaceSettings, Settings
 from broker.subscriber import Reply, Subscriber
 from protocol import (
@@ -143,6 +144,8 @@ class Hub:
         self._publications = 0
         self._deliveries = 0
         self._gaps = 0
+        #: Histograms and counters for metrics, fed here and by the connections.
+        self.instruments = Instruments()
         self._running = False
         #: Subscribers waiting to be detached, and whether a detach is under way: detaching one
         #: broadcasts its departure, which may find more departed subscribers, so detaching is a
@@ -368,7 +371,7 @@ class Hub:
         if page is not None and page.head.epoch == since.epoch:
             missed = [p for p in page.publications if since.offset < p.offset <= upto]
         # Recovered only when every publication from ``since`` to ``upto`` is there: a client
-        # must never be fed a partial set (PROTOCOL.md §1).
+        # must never be fed a partial set (docs/protocol.md §1).
         recovered = [p.offset for p in missed] == list(range(since.offset + 1, upto + 1))
         encoding = subscriber.encoding
         publications: list[Publication] = []
@@ -433,7 +436,7 @@ class Hub:
         if recovery is not None:
             pending.append(recovery.request)
         for request in pending:
-            # Every subscribe is answered (PROTOCOL.md §1), even one overtaken by its undoing.
+            # Every subscribe is answered (docs/protocol.md §1), even one overtaken by its undoing.
             self._reply(
                 subscriber,
                 Subscribed(id=request.id, channel=channel, epoch=state.epoch, offset=state.offset),
@@ -571,6 +574,8 @@ class Hub:
         found = []
         if page is not None and page.head.epoch == state.epoch:
             found = [p for p in page.publications if state.offset < p.offset <= command.upto]
+        self.instruments.fills += 1
+        self.instruments.filled_publications += len(found)
         for publication in found:
             if publication.offset > state.offset + 1:
                 self._gap(state, state.offset + 1, publication.offset - 1)
@@ -600,6 +605,7 @@ class Hub:
         last: int,
     ) -> None:
         self._gaps += 1
+        self.instruments.gap_messages += len(group)
         frame = Frame(
             CODECS[encoding].encode(Gap(channel=channel, from_offset=first, to_offset=last))
         )
@@ -610,6 +616,9 @@ class Hub:
     def _gap(self, state: ChannelState, first: int, last: int) -> None:
         """Publications ``first`` to ``last`` are lost to this process: say so."""
         self._gaps += 1
+        self.instruments.gap_messages += sum(
+            len(group) for encoding, group in state.live.items() if encoding is not None
+        )
         log.warning("hub.gap", channel=state.name, from_offset=first, to_offset=last)
         self._broadcast_control(state, Gap(channel=state.name, from_offset=first, to_offset=last))
 

@@ -73,6 +73,16 @@ class ServerSettings(_Section, frozen=True):
     #: Addresses (or CIDR networks) of proxies whose ``X-Forwarded-For`` names the client;
     #: empty trusts none.
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    #: TLS (``wss://``, ``https://``) without a proxy: the certificate chain file (PEM); empty
+    #: serves plain ``ws://`` and ``http://``.
+    tls_certfile: str = ""
+    #: The private key file (PEM); empty when the key is in ``tls_certfile``.
+    tls_keyfile: str = ""
+    #: The password of an encrypted private key; empty when it is not encrypted.
+    tls_keyfile_password: str = ""
+    #: CA certificates (PEM): when set, every client must present a certificate they signed
+    #: (mutual TLS); empty asks clients for none.
+    tls_ca_certs: str = ""
 
 
 class WebSocketSettings(_Section, frozen=True):
@@ -185,6 +195,14 @@ class LogSettings(_Section, frozen=True):
     client_faults_per_second: Seconds = 10.0
 
 
+class MonitorSettings(_Section, frozen=True):
+    #: Seconds between the blocked-loop watch's wake-ups (each measures how late it woke).
+    loop_check_interval: Annotated[float, msgspec.Meta(ge=0.01, le=10)] = 0.1
+    #: Seconds of event-loop lag above which ``loop.blocked`` is logged (at most one warning per
+    #: 10 s; every such stall is counted in ``broker_event_loop_stalls_total``).
+    loop_lag_warning: Seconds = 0.25
+
+
 class Settings(_Section, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     websocket: WebSocketSettings = msgspec.field(default_factory=WebSocketSettings)
@@ -195,6 +213,7 @@ class Settings(_Section, frozen=True):
     namespaces: dict[NamespaceName, NamespaceSettings] = msgspec.field(default_factory=dict)
     backplane: BackplaneSettings = msgspec.field(default_factory=BackplaneSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
+    monitor: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
 
     def namespace(self, name: str) -> NamespaceSettings:
         """Options of namespace ``name``; the default namespace's when it is not configured."""

@@ -1,4 +1,4 @@
-"""Every message of PROTOCOL.md §1 as a frozen, tagged msgspec Struct.
+"""Every message of docs/protocol.md §1 as a frozen, tagged msgspec Struct.
 
 Two tagged unions on the ``type`` field, one per direction: ``ClientMessage`` (client to server)
 and ``ServerMessage`` (server to client). ``data`` is ``msgspec.Raw``: the broker passes a

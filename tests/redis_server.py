@@ -8,7 +8,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from tests.conftest import TIMEOUT
+from tests.conftest import REDIS_MISSING, TIMEOUT
 
 
 class RedisServer:
@@ -17,8 +17,9 @@ class RedisServer:
     def __init__(self, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            # CI must fail, not skip, when Redis tests cannot run (.ci/run installs it).
-            raise RuntimeError("redis-server is not installed: apt-get install redis-server")
+            # CI must fail, not skip, when Redis tests cannot run (.ci/run installs it); the
+            # session normally stops before this (tests/conftest.py).
+            raise RuntimeError(REDIS_MISSING)
         self.binary = binary
         self.port = port or _free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="broker-redis-"))

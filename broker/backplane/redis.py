@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import secrets
 import time
 import zlib
@@ -40,6 +39,7 @@ from anyio.abc import TaskStatus
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from broker.backoff import Backoff
 from broker.backplane.base import (
     BackplaneUnavailable,
     ChannelHead,
@@ -52,10 +52,15 @@ from broker.backplane.base import (
 from broker.backplane.redis_pipeline import PublishPipeline, Settled
 from broker.backplane.redis_scripts import HEAD_SCRIPT, PUBLISH_SCRIPT, RedisKeys
 from broker.logs import get_logger, redact_text
+from broker.monitor.histogram import Histogram
 from broker.settings import BackplaneSettings, NamespaceSettings
 from protocol import CODECS, ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames
 
 log = get_logger("broker.backplane.redis")
+
+#: Delays between attempts to bring the pub/sub link back: up to 0.2 s after the first failure,
+#: never more than 5 s, however long Redis stays away.
+_RECONNECT = Backoff(base=0.1, cap=5.0)
 
 _ENCODING_TAGS = {Encoding.JSON: b"j", Encoding.MSGPACK: b"m"}
 _TAG_CODECS = {tag: CODECS[encoding] for encoding, tag in _ENCODING_TAGS.items()}
@@ -115,6 +120,11 @@ class RedisShard:
         self._presence: dict[str, dict[str, ClientInfo]] = {}
         self._deliver: Deliver | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
+        #: For metrics: pub/sub links established, live publications received over pub/sub,
+        #: and seconds per history read (``read``, ``latest``).
+        self.links = 0
+        self.received = 0
+        self.read_seconds = Histogram()
 
     @property
     def ready(self) -> bool:
@@ -147,6 +157,15 @@ class RedisShard:
                     error = str(failures.exceptions[0])
                     log.warning("backplane.link_lost", url=redact_text(self.url), error=error)
                 self._connected = False
+            except* Exception as failures:
+                # A bug, not an outage: say so loudly, once per failure, and reconnect as for an
+                # outage rather than leave the process up without its link.
+                log.error(
+                    "backplane.link_failed",
+                    url=redact_text(self.url),
+                    exc_info=failures.exceptions[0],
+                )
+                self._connected = False
             finally:
                 self._connected = False
                 self._subscribed.clear()
@@ -159,7 +178,7 @@ class RedisShard:
                             pass
             self._failures += 1
             # Full jitter, capped: many processes must not all hammer a Redis that comes back.
-            await anyio.sleep(random.uniform(0, min(5.0, 0.1 * 2**self._failures)))
+            await anyio.sleep(_RECONNECT.delay(self._failures))
 
     async def _serve_link(self) -> None:
         pubsub = self.redis.pubsub()
@@ -167,6 +186,7 @@ class RedisShard:
         await pubsub.subscribe(self.keys.health(self.process))
         self._connected = True
         self._failures = 0
+        self.links += 1
         log.info("backplane.link_up", url=redact_text(self.url))
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._reconcile, pubsub)
@@ -223,6 +243,7 @@ class RedisShard:
             return
         channel = self.keys.channel_of(channel_key)
         if data.startswith(b"p|"):
+            self.received += 1
             _, offset, epoch, tag, publisher, payload = data.split(b"|", 5)
             await deliver(
                 LivePublication(
@@ -317,6 +338,7 @@ class RedisShard:
     async def read(
         self, channel: str, after: int, limit: int | None, options: NamespaceSettings
     ) -> Page:
+        started = time.monotonic()
         head = await self.head(channel, options)
         key = self.keys.stream(channel)
         publications: list[PublicationFrames] = []
@@ -335,9 +357,12 @@ class RedisShard:
                 batch = max(limit - len(publications), 2 * batch)
         except _FAILURES as exc:
             raise BackplaneUnavailable(str(exc)) from None
+        finally:
+            self.read_seconds.observe(time.monotonic() - started)
         return Page(head, publications if limit is None else publications[:limit])
 
     async def latest(self, channel: str, limit: int | None, options: NamespaceSettings) -> Page:
+        started = time.monotonic()
         head = await self.head(channel, options)
         if limit == 0:
             return Page(head, [])
@@ -347,6 +372,8 @@ class RedisShard:
             )
         except _FAILURES as exc:
             raise BackplaneUnavailable(str(exc)) from None
+        finally:
+            self.read_seconds.observe(time.monotonic() - started)
         return Page(head, self._publications(channel, head, list(reversed(entries or [])), options))
 
     def _publications(

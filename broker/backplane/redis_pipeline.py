@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from broker.backplane.base import BackplaneUnavailable, Head
 from broker.logs import get_logger
+from broker.monitor.histogram import Histogram
 
 log = get_logger("broker.backplane.redis")
 
@@ -109,6 +111,8 @@ class PublishPipeline:
         self._in_flight = 0
         self._round_trips = 0
         self._sent = 0
+        #: Seconds per round trip (``broker_backplane_round_trip_seconds{op="publish"}``).
+        self.round_trip_seconds = Histogram()
 
     def statistics(self) -> PipelineStatistics:
         return PipelineStatistics(len(self._queue), self._in_flight, self._round_trips, self._sent)
@@ -189,6 +193,7 @@ class PublishPipeline:
         ``timeout``, and settle each entry as its reply is read. Returns the entries answered
         ``NOSCRIPT`` after which no script ran: they may be sent again, in order."""
         self._round_trips += 1
+        started = time.monotonic()
         pool = self._pool
         noscript: list[_Entry] = []
         failures: list[ResponseError] = []
@@ -222,6 +227,7 @@ class PublishPipeline:
             finally:
                 with anyio.CancelScope(shield=True):
                     await pool.release(connection)
+                self.round_trip_seconds.observe(time.monotonic() - started)
         if failures:
             # A script error is not an outage: say so, once per round trip.
             log.warning("backplane.publish_failed", failed=len(failures), error=str(failures[0]))

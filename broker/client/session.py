@@ -11,7 +11,7 @@ connection. Per connection, a task group runs
   an idle client with 4009, and a ``pong`` overdue by ``heartbeat`` seconds means the server is
   gone: the connection is cut and replaced.
 
-When the connection ends, the close decides what happens next (PROTOCOL.md §1): a ``disconnect``
+When the connection ends, the close decides what comes next (docs/protocol.md §1): a ``disconnect``
 with ``reconnect: false``, or a close code a retry cannot fix (1002, 1003, 1007, 1008, 1009, 1010,
 4001), closes the client with ``Disconnected``; anything else (1001 drain, 1006 reset, 1011, 1013,
 4008, 4009, ...) reconnects after ``max(retry_after, backoff)``, with capped exponential backoff
@@ -41,7 +41,7 @@ import msgspec
 from anyio.abc import TaskGroup
 from websockets.exceptions import ConnectionClosed
 
-from broker.client.backoff import Backoff
+from broker.backoff import Backoff
 from broker.client.errors import (
     ClientClosed,
     ClientError,

@@ -129,7 +129,7 @@ async def test_a_subscriber_closed_by_the_server_reconnects_and_gets_every_publi
     running: RunningBroker,
 ) -> None:
     async def close(running: RunningBroker, client_id: str) -> None:
-        # What a drain does (PROTOCOL.md 1001: reconnect and recover), on this one connection.
+        # What a drain does (docs/protocol.md 1001: reconnect and recover), on this one connection.
         running.broker.connections[client_id].request_close(
             CloseCode.GOING_AWAY, reconnect=True, retry_after=0.05
         )
