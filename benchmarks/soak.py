@@ -115,6 +115,7 @@ class Figures:
     samples: list[tuple[float, int]] = field(default_factory=list)
     published: dict[str, int] = field(default_factory=dict)
     resets: int = 0
+    publisher_reconnections: int = 0
 
 
 _decoder = msgspec.json.Decoder()
@@ -201,39 +202,47 @@ def reset(ws: ClientConnection) -> None:
 
 
 async def publisher(url: str, params: SoakParams, figures: Figures, stop: asyncio.Event) -> None:
-    """Publish round-robin over the channels at ``rate``; the replies give the last offsets."""
+    """Publish round-robin over the channels at ``rate``; the replies give the last offsets. A
+    publisher the broker drops (on a starved machine it can be too slow to read its replies)
+    reconnects and goes on."""
     channels = [f"{NAMESPACE}:c{i}" for i in range(params.channels)]
-    async with connect(
-        url, subprotocols=[Subprotocol("broker.v1.json")], compression=None, max_size=None
-    ) as ws:
-        await ws.recv()  # welcome
+    interval = 1.0 / params.rate
+    next_at = time.monotonic()
+    n = 0
+    while not stop.is_set():
+        try:
+            async with connect(
+                url, subprotocols=[Subprotocol("broker.v1.json")], compression=None, max_size=None
+            ) as ws:
+                await ws.recv()  # welcome
+                reader = asyncio.create_task(_published(ws, figures))
+                try:
+                    while not stop.is_set():
+                        n += 1
+                        channel = channels[n % len(channels)]
+                        body = {"type": "publish", "id": n, "channel": channel, "data": {"n": n}}
+                        await ws.send(msgspec.json.encode(body).decode())
+                        next_at += interval
+                        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                    # Give the last replies time to come: the last offsets must be known.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(reader), 5.0)
+                finally:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                        await reader
+        except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError):
+            figures.publisher_reconnections += 1
+            await asyncio.sleep(0.1)
 
-        async def replies() -> None:
-            async for frame in ws:
-                for message in _messages(frame):
-                    if message.get("type") == "published":
-                        channel = str(message["channel"])
-                        offset = int(message["offset"])  # type: ignore[call-overload]
-                        figures.published[channel] = max(figures.published.get(channel, 0), offset)
 
-        reader = asyncio.create_task(replies())
-        interval = 1.0 / params.rate
-        next_at = time.monotonic()
-        n = 0
-        while not stop.is_set():
-            n += 1
-            channel = channels[n % len(channels)]
-            body = {"type": "publish", "id": n, "channel": channel, "data": {"n": n}}
-            await ws.send(msgspec.json.encode(body).decode())
-            next_at += interval
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        # Every reply in: the last offsets are known.
-        async with asyncio.timeout(30):
-            while sum(figures.published.values()) < n:  # noqa: ASYNC110 - replies come by frame
-                await asyncio.sleep(0.05)
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+async def _published(ws: ClientConnection, figures: Figures) -> None:
+    async for frame in ws:
+        for message in _messages(frame):
+            if message.get("type") == "published":
+                channel = str(message["channel"])
+                offset = int(message["offset"])  # type: ignore[call-overload]
+                figures.published[channel] = max(figures.published.get(channel, 0), offset)
 
 
 async def churner(
@@ -391,6 +400,7 @@ async def _soak(params: SoakParams, port: int, process: psutil.Process) -> bool:
     tasks_before, tasks_after = baseline.get("broker_tasks", 0), end.get("broker_tasks", 0)
     say(f"  duration {params.duration:.0f} s, publications {published} at {params.rate:g}/s")
     say(f"  deliveries {delivered}, socket resets {figures.resets}, reconnections {reconnections}")
+    say(f"  publisher reconnections {figures.publisher_reconnections}")
     say(f"  subscriptions recovered with since: {recovered}")
     say(f"  missed {missed}, duplicates {duplicates}, caught up: {caught_up}")
     say(
