@@ -1,4 +1,4 @@
-"""JSON and MessagePack codecs, built once per process and reused (PROTOCOL.md §1).
+"""JSON and MessagePack codecs, built once per process and reused (docs/protocol.md §1).
 
 ``Codec.decode_client`` never raises: a frame that cannot be decoded or validated comes back as a
 ``DecodeFailure`` value naming the problem (and the request ``id`` when one could be read), which
@@ -42,7 +42,7 @@ class DecodeFailure:
 class _RequestIdProbe(msgspec.Struct):
     """Reads only ``id`` out of an invalid message, so the error reply can name the request.
 
-    An ``id`` out of range (PROTOCOL.md: 0 to 2^63-1) is not read: the reply names none rather
+    An ``id`` out of range (docs/protocol.md: 0 to 2^63-1) is not read: the reply names none rather
     than echo a 4,000-digit number back."""
 
     id: RequestId | None = None
