@@ -43,7 +43,7 @@ class DecodeFailure:
 class _RequestIdProbe(msgspec.Struct):
     """Reads only ``id`` out of an invalid message, so the error reply can name the request.
 
-    An ``id`` out of range (PROTOCOL.md: 0 to 2^63-1) is not read: the reply names none rather
+    An ``id`` out of range (docs/protocol.md: 0 to 2^63-1) is not read: the reply names none rather
     than echo a 4,000-digit number back."""
 
     id: RequestId | None = None

@@ -37,7 +37,7 @@ from tests.wsclient import ProtocolClient, open_client
 WATCHED = "watched-by-the-healthy-client"
 #: The id of the ping that ends each example: its pong means everything before was handled.
 MARKER = 2**62 + 12345
-#: Close codes the broker may use for bad input (PROTOCOL.md); 1011 is not one of them.
+#: Close codes the broker may use for bad input (docs/protocol.md); 1011 is not one of them.
 ALLOWED_CLOSES = {1000, 1002, 1003, 1007, 1008, 1009, 4008, 4029}
 
 FUZZ = settings(

@@ -1,4 +1,4 @@
-"""Request ids are bounded to what PROTOCOL.md says (0 to 2^63-1): anything else is answered
+"""Request ids are bounded to what docs/protocol.md says (0 to 2^63-1): anything else is answered
 ``bad_request`` naming no id, never echoed back."""
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ class Deliveries(RuleBasedStateMachine):
         else:
             self.epochs[channel] = reply.epoch
         if since is not None and since.epoch != reply.epoch:
-            # The stream it knew is gone (PROTOCOL.md: with nothing retained and nobody
+            # The stream it knew is gone (docs/protocol.md: with nothing retained and nobody
             # subscribed, the in-memory backplane forgets it): no recovery, a fresh start.
             assert not reply.recovered
         elif since is not None:
@@ -150,7 +150,7 @@ class Deliveries(RuleBasedStateMachine):
         self._forget_unused(channel)
 
     def _forget_unused(self, channel: str) -> None:
-        """PROTOCOL.md: a stream with nothing retained and nobody subscribed is forgotten."""
+        """docs/protocol.md: a stream with nothing retained and nobody subscribed is forgotten."""
         if not self.published.get(channel) and not any(
             channel in c.subscribed for c in self.clients
         ):
