@@ -49,10 +49,11 @@ from typing import Any, Final
 
 import msgspec
 
+from broker.auth.startup import problems as security_problems
 from broker.logs import SECRET_MASK, is_secret_key, redact_text
-from broker.settings import BackplaneKind, Settings
+from broker.settings import BackplaneKind, Settings, sentinel_address
 
-__all__ = ["CONFIG_PATH_ENV", "ConfigError", "load_settings", "validate"]
+__all__ = ["CONFIG_PATH_ENV", "ConfigError", "load_settings", "redacted_settings", "validate"]
 
 #: The environment variable the CLI reads the config file path from; never an override.
 CONFIG_PATH_ENV: Final = "BROKER_CONFIG"
@@ -109,7 +110,8 @@ def load_settings(
         raise ConfigError(_message(source, key_path, _lookup(raw, key_path), expected)) from None
     if (problem := next(_problems(settings), None)) is not None:
         key_path, value, expected = problem
-        raise ConfigError(_message(_origin(origins, key_path), key_path, value, expected))
+        shown = _MISSING if value is None else value  # None: a missing setting, nothing to show
+        raise ConfigError(_message(_origin(origins, key_path), key_path, shown, expected))
     return settings
 
 
@@ -121,7 +123,13 @@ def validate(settings: Settings) -> None:
     """
     if (problem := next(_problems(settings), None)) is not None:
         key_path, value, expected = problem
-        raise ConfigError(_message("settings", key_path, value, expected))
+        shown = _MISSING if value is None else value
+        raise ConfigError(_message("settings", key_path, shown, expected))
+
+
+def redacted_settings(settings: Settings) -> Any:
+    """``settings`` as plain data with every secret masked (``check-config``, logs)."""
+    return {key: _redacted((key,), value) for key, value in msgspec.to_builtins(settings).items()}
 
 
 # --- Reading the sources
@@ -413,6 +421,7 @@ def _problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:
                 "expected an IP address or a CIDR network such as 10.0.0.0/8",
             )
     yield from _tls_problems(settings)
+    yield from security_problems(settings)
 
     backplane = settings.backplane
     if backplane.kind is BackplaneKind.REDIS:
@@ -430,6 +439,25 @@ def _problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:
                     url,
                     "expected a redis://, rediss:// or unix:// URL (backplane.kind is 'redis')",
                 )
+        for index, address in enumerate(backplane.redis_sentinels):
+            if sentinel_address(address) is None:
+                yield (
+                    ("backplane", "redis_sentinels", index),
+                    address,
+                    "expected a Sentinel's host:port, such as '10.0.0.5:26379'",
+                )
+        if backplane.redis_sentinels and backplane.redis_cluster:
+            yield (
+                ("backplane", "redis_cluster"),
+                True,
+                "expected false with redis_sentinels (a cluster fails over by itself)",
+            )
+        if backplane.redis_sentinels and backplane.redis_urls:
+            yield (
+                ("backplane", "redis_urls"),
+                backplane.redis_urls,
+                "expected [] with redis_sentinels (one master, found through the Sentinels)",
+            )
 
 
 def _tls_problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:

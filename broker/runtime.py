@@ -10,6 +10,7 @@ half-alive.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,8 +22,12 @@ import structlog
 from anyio.abc import TaskStatus
 from starlette.types import Scope
 
+from broker.auth import Auth
+from broker.auth.origin import origin_allowed
+from broker.auth.startup import log_posture
 from broker.backplane import Backplane, Head, create_backplane
 from broker.connection import Connection, ConnectionStatistics
+from broker.control import BrokerControl
 from broker.hub import Hub
 from broker.logs import configure_logging, get_logger
 from broker.monitor.loopwatch import LoopWatch
@@ -54,10 +59,18 @@ class Broker:
     #: Called with the broker when one fails (``fail``), in the event loop's thread.
     failure_hooks: ClassVar[list[Callable[[Broker], None]]] = []
 
-    def __init__(self, settings: Settings, backplane: Backplane | None = None) -> None:
+    def __init__(
+        self, settings: Settings, backplane: Backplane | None = None, *, auth: Auth | None = None
+    ) -> None:
         self.settings = settings
+        #: Authentication, permissions and API keys (broker/auth).
+        self.auth = auth or Auth(settings)
         self.backplane = backplane or create_backplane(settings)
         self.hub = Hub(settings, self.backplane)
+        #: This process's name in control answers.
+        self.process_id = secrets.token_urlsafe(9)
+        #: The cross-process control path: requests about the whole broker.
+        self.control = BrokerControl(self)
         #: Flushes the outboxes fed during a turn of the event loop: right after it, or (for
         #: publications under a sustained stream) once per ``queue.flush_interval``.
         self.flusher = FlushScheduler(settings.queue.flush_interval)
@@ -86,7 +99,10 @@ class Broker:
         self._log_opened_up()
         async with anyio.create_task_group() as tasks:
             await tasks.start(self._essential, "hub", self.hub.run)
-            await tasks.start(self._essential, "backplane", self.backplane.run, self.hub.submit)
+            await tasks.start(self._essential, "control", self.control.run)
+            await tasks.start(
+                self._essential, "backplane", self.backplane.run, self.control.deliver
+            )
             await tasks.start(self.loopwatch.run)
             self._started = True
             task_status.started()
@@ -147,11 +163,15 @@ class Broker:
         codec: Codec,
         publisher: str | None,
         converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head:
-        """Publish into ``channel``: its offset and epoch once the backplane has it. Raises
+        """Publish into ``channel``: its offset and epoch once the backplane has it (for a
+        repeated ``idempotency_key``, the first publication's, without publishing again). Raises
         ``BackplaneUnavailable``."""
         options = self.settings.namespace(namespace_of(channel))
-        return await self.backplane.publish(channel, data, codec, publisher, options, converted)
+        return await self.backplane.publish(
+            channel, data, codec, publisher, options, converted, idempotency_key
+        )
 
     async def publish_submit(
         self,
@@ -161,6 +181,7 @@ class Broker:
         publisher: str | None,
         converted: dict[Encoding, msgspec.Raw] | None = None,
         on_settled: Callable[[], None] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head | asyncio.Future[Head]:
         """``publish`` for a publisher that goes on before the result: the head when the
         backplane has it at once (in memory), otherwise a future that ends with it or with
@@ -172,7 +193,7 @@ class Broker:
         not ready)."""
         options = self.settings.namespace(namespace_of(channel))
         return await self.backplane.publish_submit(
-            channel, data, codec, publisher, options, converted, on_settled
+            channel, data, codec, publisher, options, converted, on_settled, idempotency_key
         )
 
     @asynccontextmanager
@@ -185,6 +206,7 @@ class Broker:
         """
         if not structlog.is_configured():
             configure_logging(self.settings.log)
+        log_posture(self.settings, host_authentication=self.auth.authenticate is not None)
         async with anyio.create_task_group() as tasks:
             await tasks.start(self.serve)
             try:
@@ -225,10 +247,13 @@ class Broker:
             refused_total=self.totals.connections_refused,
         )
 
-    def origin_allowed(self, origin: str | None) -> bool:
-        allowed = self.settings.server.allowed_origins
-        # Non-browser clients send no Origin; browsers always do (RFC 6455 §4.1, §10.2).
-        return not allowed or origin is None or origin in allowed
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """Whether a handshake from ``origin`` to ``host`` may go on (broker/auth/origin.py)."""
+        return origin_allowed(origin, host, self.settings.server.allowed_origins)
+
+    def connections_of(self, user: str) -> list[Connection]:
+        """This process's connections of ``user``."""
+        return [c for c in self.connections.values() if c.subscriber.user == user]
 
     def add(self, connection: Connection) -> None:
         self.connections[connection.id] = connection

@@ -53,6 +53,35 @@ class BackplaneKind(enum.Enum):
     REDIS = "redis"
 
 
+class AuthMode(enum.Enum):
+    #: No authentication: every connection is anonymous (loopback, or an explicit opt-in).
+    NONE = "none"
+    #: JWT connection tokens (broker/auth).
+    JWT = "jwt"
+
+
+class SubscribePolicy(enum.Enum):
+    """Who may subscribe to the channels of a namespace (when authentication is on)."""
+
+    #: Any authenticated connection.
+    AUTHENTICATED = "authenticated"
+    #: Only a connection whose ``channels`` claim matches the channel.
+    CLAIM = "claim"
+    #: Only with a subscription token naming the channel and the user (a private namespace).
+    TOKEN = "token"
+
+
+class PublishPolicy(enum.Enum):
+    """Who may publish in the channels of a namespace (when authentication is on)."""
+
+    #: Any authenticated connection.
+    AUTHENTICATED = "authenticated"
+    #: Only a connection whose ``publish`` claim matches the channel.
+    CLAIM = "claim"
+    #: Only a connection subscribed to the channel.
+    SUBSCRIBERS = "subscribers"
+
+
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
 
@@ -62,7 +91,8 @@ class ServerSettings(_Section, frozen=True):
     port: Port = 8000
     #: Seconds a SIGTERM/SIGINT drain may take before remaining connections are cut.
     shutdown_grace: Seconds = 10.0
-    #: Browser origins allowed to open a WebSocket; empty allows any origin.
+    #: Browser origins allowed to open a WebSocket; empty allows the broker's own origin only (the
+    #: ``Origin`` must match ``Host``), ``["*"]`` allows any. Clients sending no Origin are let in.
     allowed_origins: list[str] = msgspec.field(default_factory=list)
     #: Seconds from accept within which a client must complete its HTTP request or WebSocket
     #: handshake (request line, headers and body); a slower one is answered 408 and closed.
@@ -163,6 +193,16 @@ class NamespaceSettings(_Section, frozen=True):
     join_leave: bool = False
     #: Whether clients may publish (the HTTP API always may).
     allow_publish: bool = True
+    #: Who may subscribe when authentication is on: ``authenticated``, ``claim`` or ``token``.
+    subscribe: SubscribePolicy = SubscribePolicy.CLAIM
+    #: Who may publish when authentication is on: ``authenticated``, ``claim`` or ``subscribers``.
+    publish: PublishPolicy = PublishPolicy.CLAIM
+    #: Whether a client that may subscribe may also read ``history`` (the HTTP API always may).
+    history_for_subscribers: bool = True
+    #: Whether a client that may subscribe may also read ``presence`` (the HTTP API always may).
+    presence_for_subscribers: bool = True
+    #: Whether connections without a user (``auth.anonymous_connect``) may subscribe and read.
+    anonymous: bool = False
 
 
 class BackplaneSettings(_Section, frozen=True):
@@ -171,6 +211,15 @@ class BackplaneSettings(_Section, frozen=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Several Redis instances to shard channels across; overrides ``redis_url`` when not empty.
     redis_urls: list[str] = msgspec.field(default_factory=list)
+    #: Redis Sentinels (``host:port``) that name the master of ``redis_sentinel_master``; when
+    #: not empty, the backplane connects to that master, and ``redis_url`` gives only the user,
+    #: password, database and TLS of the master's connections.
+    redis_sentinels: list[str] = msgspec.field(default_factory=list)
+    #: The master's name in the Sentinels' configuration (``sentinel monitor <name> ...``).
+    redis_sentinel_master: str = "mymaster"
+    #: Redis Cluster: ``redis_url`` (or each of ``redis_urls``) is a node to discover it from;
+    #: channels hash to slots and live publications use sharded pub/sub (Redis 7 or newer).
+    redis_cluster: bool = False
     #: Prefix of every Redis key and pub/sub channel, so several brokers can share one Redis.
     key_prefix: str = "broker"
     #: Seconds a Redis command may take before the backplane counts Redis as down.
@@ -183,6 +232,10 @@ class BackplaneSettings(_Section, frozen=True):
     #: Publishes per Redis server queued or in flight in this process's publish pipeline; a
     #: publisher waits for room beyond it.
     publish_queue: PositiveInt = 1024
+    #: Seconds a publish's ``idempotency_key`` is remembered (per channel): a repeat within it is
+    #: answered with the first publication's offset and epoch and not published again. It must
+    #: outlast the longest a publisher retries (the Python client: ``publish_retry_for``).
+    idempotency_window: Seconds = 300.0
 
 
 class LogSettings(_Section, frozen=True):
@@ -203,6 +256,71 @@ class MonitorSettings(_Section, frozen=True):
     loop_lag_warning: Seconds = 0.25
 
 
+class ClaimNames(_Section, frozen=True):
+    """The JWT claims the broker reads, by name."""
+
+    #: The user id.
+    sub: str = "sub"
+    #: Channel patterns the client may subscribe to.
+    channels: str = "channels"
+    #: Channel patterns the client may publish to.
+    publish: str = "publish"
+    #: An object shown to others in presence.
+    info: str = "info"
+    #: Channels the server subscribes the client to at connect.
+    subs: str = "subs"
+    #: In a subscription token: the channel it is for.
+    channel: str = "channel"
+
+
+class AuthSettings(_Section, frozen=True):
+    #: ``none`` (every connection anonymous; only on a loopback ``server.host`` unless
+    #: ``insecure_allow_anonymous``) or ``jwt``.
+    mode: AuthMode = AuthMode.NONE
+    #: Allow ``mode = "none"`` on a non-loopback host (and an API without keys); logged.
+    insecure_allow_anonymous: bool = False
+    #: Accepted JWT algorithms; a token's own ``alg`` never chooses, ``none`` is refused.
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["HS256"])
+    #: Secrets for HS256/384/512 (several at once for rotation).
+    hmac_secrets: list[str] = msgspec.field(default_factory=list)
+    #: PEM public keys (text) for RS*/PS*/ES*/EdDSA.
+    public_keys: list[str] = msgspec.field(default_factory=list)
+    #: Files holding one PEM public key each.
+    public_key_files: list[str] = msgspec.field(default_factory=list)
+    #: A JWKS document: an ``https://`` URL or a file path; empty for none.
+    jwks: str = ""
+    #: Seconds a fetched JWKS document is used when its response sets no max-age.
+    jwks_cache_ttl: Seconds = 300.0
+    #: Least seconds between two fetches of the JWKS document (an unknown ``kid`` triggers one).
+    jwks_min_refresh_interval: NonNegativeSeconds = 30.0
+    #: Seconds one fetch of the JWKS document may take.
+    jwks_timeout: Seconds = 5.0
+    #: Required ``aud`` claim; empty: not checked.
+    audience: str = ""
+    #: Required ``iss`` claim; empty: not checked.
+    issuer: str = ""
+    #: Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
+    leeway: NonNegativeSeconds = 5.0
+    #: Seconds a connection without a token in its handshake has to send ``connect``.
+    connect_timeout: Seconds = 5.0
+    #: In ``jwt`` mode, accept connections without a token as anonymous.
+    anonymous_connect: bool = False
+    #: Verified tokens remembered, so a reconnecting client costs no signature check.
+    verified_cache_size: NonNegativeInt = 10_000
+    claims: ClaimNames = msgspec.field(default_factory=ClaimNames)
+
+
+class ApiSettings(_Section, frozen=True):
+    #: API keys of the HTTP API (several for rotation); any one is accepted.
+    keys: list[str] = msgspec.field(default_factory=list)
+    #: A file with more API keys, one per line (``#`` comments and blank lines skipped).
+    keys_file: str = ""
+    #: API keys that may only publish (``/v1/publish``, ``/v1/broadcast``).
+    publish_keys: list[str] = msgspec.field(default_factory=list)
+    #: Whether ``/metrics`` needs an API key too (when keys are configured).
+    metrics_require_key: bool = True
+
+
 class Settings(_Section, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     websocket: WebSocketSettings = msgspec.field(default_factory=WebSocketSettings)
@@ -214,7 +332,18 @@ class Settings(_Section, frozen=True):
     backplane: BackplaneSettings = msgspec.field(default_factory=BackplaneSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     monitor: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    api: ApiSettings = msgspec.field(default_factory=ApiSettings)
 
     def namespace(self, name: str) -> NamespaceSettings:
         """Options of namespace ``name``; the default namespace's when it is not configured."""
         return self.namespaces.get(name, self.default_namespace)
+
+
+def sentinel_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a Sentinel's ``host:port``; None when it is not one."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)

@@ -14,7 +14,7 @@ because the contract lists ``from`` and ``user`` as present-but-null rather than
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -25,6 +25,9 @@ PROTOCOL_VERSION: Final = "1"
 RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Offset = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Limit = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+#: A publisher's name for one publication, so that a retry is not published twice: 1 to 128
+#: printable ASCII characters, no spaces.
+IdempotencyKey = Annotated[str, msgspec.Meta(pattern=r"^[!-~]{1,128}\Z")]
 
 
 class Message(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
@@ -43,6 +46,8 @@ class ClientInfo(msgspec.Struct, frozen=True, kw_only=True):
 
     client: str
     user: str | None = None
+    #: The ``info`` claim of the member's connection token: shown to the others.
+    info: dict[str, Any] | None = None
 
 
 # --- client to server ---------------------------------------------------------------------------
@@ -52,6 +57,8 @@ class Subscribe(Message, tag="subscribe", frozen=True):
     id: RequestId
     channel: Channel
     since: StreamPosition | None = None
+    #: A subscription token, for the channels of a private namespace.
+    token: str | None = None
 
 
 class Unsubscribe(Message, tag="unsubscribe", frozen=True):
@@ -63,6 +70,9 @@ class Publish(Message, tag="publish", frozen=True):
     channel: Channel
     data: msgspec.Raw
     id: RequestId | None = None
+    #: A repeat of a key within the broker's idempotency window is answered with the first
+    #: publication's offset and epoch, and not published again.
+    idempotency_key: IdempotencyKey | None = None
 
 
 class History(Message, tag="history", frozen=True):
@@ -81,7 +91,21 @@ class Ping(Message, tag="ping", frozen=True):
     id: RequestId
 
 
-ClientMessage = Subscribe | Unsubscribe | Publish | History | Presence | Ping
+class Connect(Message, tag="connect", frozen=True):
+    """The first message, carrying the connection token when the handshake did not."""
+
+    id: RequestId | None = None
+    token: str | None = None
+
+
+class Refresh(Message, tag="refresh", frozen=True):
+    """A new connection token for the same user, before the current one expires."""
+
+    id: RequestId
+    token: str
+
+
+ClientMessage = Subscribe | Unsubscribe | Publish | History | Presence | Ping | Connect | Refresh
 
 
 # --- server to client ---------------------------------------------------------------------------
@@ -92,6 +116,10 @@ class Welcome(Message, tag="welcome", frozen=True):
     heartbeat: float
     max_message_bytes: int
     version: str = PROTOCOL_VERSION
+    #: The user id (the token's ``sub``); None when anonymous.
+    user: str | None = None
+    #: When the connection's token expires (unix seconds); None when it does not.
+    expires_at: float | None = None
 
 
 class Publication(Message, tag="message", frozen=True):
@@ -147,6 +175,13 @@ class Pong(Message, tag="pong", frozen=True):
     id: int
 
 
+class Refreshed(Message, tag="refreshed", frozen=True):
+    """Reply to ``refresh``: the connection now expires at ``expires_at``."""
+
+    id: int
+    expires_at: float | None = None
+
+
 class Join(Message, tag="join", frozen=True):
     channel: str
     client: str
@@ -188,6 +223,7 @@ ServerMessage = (
     | HistoryResult
     | PresenceResult
     | Pong
+    | Refreshed
     | Publication
     | Join
     | Leave

@@ -41,10 +41,13 @@ class BrokenBackplane(MemoryBackplane):
         publisher: str | None,
         options: NamespaceSettings,
         converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head:
         if channel == TRIGGER:
             self._broken.set()
-        return await super().publish(channel, data, codec, publisher, options, converted)
+        return await super().publish(
+            channel, data, codec, publisher, options, converted, idempotency_key
+        )
 
     async def publish_submit(
         self,
@@ -55,8 +58,11 @@ class BrokenBackplane(MemoryBackplane):
         options: NamespaceSettings,
         converted: dict[Encoding, msgspec.Raw] | None = None,
         on_settled: Callable[[], None] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head:
-        return await self.publish(channel, data, codec, publisher, options, converted)
+        return await self.publish(
+            channel, data, codec, publisher, options, converted, idempotency_key
+        )
 
 
 def main(port: int) -> int:

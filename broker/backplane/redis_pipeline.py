@@ -62,7 +62,7 @@ BATCH = 256
 # What a broken connection, a timeout or a Redis that went away raise in redis-py.
 _FAILURES = (RedisError, OSError, TimeoutError)
 
-Keys = tuple[str, str, str]
+Keys = tuple[str, ...]
 Args = tuple[str | int | bytes, ...]
 Settled = Callable[[], None]
 
@@ -97,7 +97,7 @@ class PublishPipeline:
         timeout: float,
         ready: Callable[[], bool],
     ) -> None:
-        self._pool = redis.connection_pool
+        self._redis = redis
         self._script = script
         self._sha = hashlib.sha1(script.encode()).hexdigest()
         self._timeout = timeout
@@ -194,14 +194,15 @@ class PublishPipeline:
         ``NOSCRIPT`` after which no script ran: they may be sent again, in order."""
         self._round_trips += 1
         started = time.monotonic()
-        pool = self._pool
+        pool = self._redis.connection_pool
         noscript: list[_Entry] = []
         failures: list[ResponseError] = []
         with anyio.fail_after(self._timeout):
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:
                 commands: list[tuple[str | int | bytes, ...]] = [
-                    ("EVALSHA", self._sha, 3, *entry.keys, *entry.args) for entry in entries
+                    ("EVALSHA", self._sha, len(entry.keys), *entry.keys, *entry.args)
+                    for entry in entries
                 ]
                 if load:
                     commands.insert(0, ("SCRIPT", "LOAD", self._script))

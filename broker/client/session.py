@@ -9,7 +9,10 @@ connection. Per connection, a task group runs
   (see ``subscription.py`` for why and for what a full queue does instead);
 * the heartbeat: a ``ping`` every ``welcome.heartbeat / 2`` seconds, so the server never closes
   an idle client with 4009, and a ``pong`` overdue by ``heartbeat`` seconds means the server is
-  gone: the connection is cut and replaced.
+  gone: the connection is cut and replaced;
+* with a token *provider* and a token that expires (``welcome.expires_at``): a ``refresh`` with a
+  new token from the provider ahead of the expiry (a fifth of the remaining time, at most 30 s,
+  before it). The provider is also called for every (re)connection.
 
 When the connection ends, the close decides what comes next (docs/protocol.md §1): a ``disconnect``
 with ``reconnect: false``, or a close code a retry cannot fix (1002, 1003, 1007, 1008, 1009, 1010,
@@ -20,8 +23,11 @@ and full jitter (``backoff.py``). Each subscription is then sent again with ``si
 live ones, ``recovered: false`` makes the subscription raise ``ResyncNeeded`` once.
 
 Requests in flight when the connection drops fail with ``ConnectionLost`` (they may or may not
-have been done, so they are not replayed: a replayed ``publish`` would publish twice). Requests
-made while disconnected wait for the next connection, within their timeout.
+have been done, so they are not replayed). Requests made while disconnected wait for the next
+connection, within their timeout. ``publish`` is the exception: every publish carries an
+``idempotency_key`` (random, or the caller's), so the broker publishes it once however often it
+is sent, and ``publish`` sends it again, with the same key, after ``unavailable``, a lost
+connection or a timeout, for up to ``publish_retry_for`` seconds.
 
 The transport is the ``websockets`` asyncio client, so the client runs on asyncio (anyio's
 asyncio backend included), not on trio.
@@ -31,10 +37,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
-from typing import Any, Final, Literal, overload
+from typing import Final, Literal, overload
 
 import anyio
 import msgspec
@@ -52,10 +59,10 @@ from broker.client.errors import (
     RequestTimeout,
 )
 from broker.client.link import FINAL_CLOSE_CODES, OPEN_ERRORS, Link, Pending, Refused, open_link
-from broker.client.messages import HistoryPage, Message, PresenceChange
+from broker.client.messages import Message, PresenceChange
+from broker.client.requests import Requests
 from broker.client.subscription import AnySubscription, Subscription
 from protocol import (
-    ClientInfo,
     ClientMessage,
     Codec,
     Disconnect,
@@ -69,11 +76,11 @@ from protocol import (
     Leave,
     Ping,
     Pong,
-    Presence,
     PresenceResult,
     Publication,
-    Publish,
     Published,
+    Refresh,
+    Refreshed,
     ServerMessage,
     StreamPosition,
     Subscribe,
@@ -97,26 +104,35 @@ _CODECS: Final = {encoding: Codec(encoding) for encoding in Encoding}
 CATCH_UP_BATCH: Final = 100
 
 
+#: Gives a fresh connection token; called for every connection and before each expiry.
+TokenProvider = Callable[[], Awaitable[str]]
+
+
 def connect(
     url: str = DEFAULT_URL,
     *,
     encoding: Encoding = Encoding.JSON,
-    token: str | None = None,
+    token: str | TokenProvider | None = None,
     request_timeout: float = 10.0,
     open_timeout: float = 10.0,
     queue_size: int = 1000,
     backoff: Backoff | None = None,
     max_attempts: int | None = None,
     max_frame_bytes: int | None = 64 * 1024 * 1024,
+    publish_retry_for: float = 30.0,
 ) -> Client:
     """A client for the broker at ``url`` (a ``/v1/ws`` endpoint); use it as
     ``async with connect(url) as client:``.
 
-    ``encoding`` picks JSON or MessagePack; ``token`` is sent as ``Authorization: Bearer``.
+    ``encoding`` picks JSON or MessagePack; ``token`` is sent as ``Authorization: Bearer``: a
+    string, or an async callable (a token provider) called for every connection and, before
+    the token expires, for a ``refresh``.
     ``request_timeout`` bounds each request, waiting for a connection included. ``queue_size``
     is each subscription's default queue bound. ``backoff`` spaces reconnection attempts;
     ``max_attempts`` failed attempts in a row close the client with ``ConnectFailed`` (None: try
-    for ever; 0: never reconnect).
+    for ever; 0: never reconnect). ``publish_retry_for`` bounds the seconds a ``publish`` is
+    retried (with its idempotency key) after ``unavailable``, a lost connection or a timeout; keep
+    it below the broker's ``backplane.idempotency_window``.
     """
     return Client(
         url,
@@ -128,26 +144,30 @@ def connect(
         backoff=backoff or Backoff(),
         max_attempts=max_attempts,
         max_frame_bytes=max_frame_bytes,
+        publish_retry_for=publish_retry_for,
     )
 
 
-class Client:
-    """A connection to the broker that survives disconnections. See the module docstring."""
+class Client(Requests):
+    """A connection to the broker that survives disconnections. See the module docstring.
+    ``publish``, ``history``, ``presence`` and ``ping`` are in ``broker.client.requests``."""
 
     def __init__(
         self,
         url: str,
         *,
         encoding: Encoding,
-        token: str | None,
+        token: str | TokenProvider | None,
         request_timeout: float,
         open_timeout: float,
         queue_size: int,
         backoff: Backoff,
         max_attempts: int | None,
         max_frame_bytes: int | None,
+        publish_retry_for: float = 30.0,
     ) -> None:
         self.url = url
+        self.publish_retry_for = publish_retry_for
         self.encoding = encoding
         self.request_timeout = request_timeout
         self.open_timeout = open_timeout
@@ -155,7 +175,7 @@ class Client:
         self.backoff = backoff
         self.max_attempts = max_attempts
         self._max_frame_bytes = max_frame_bytes
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._token = token
         self._codec = _CODECS[encoding]
         self._subs: dict[str, AnySubscription] = {}
         self._pending: dict[int, Pending] = {}
@@ -286,7 +306,7 @@ class Client:
         link = await open_link(
             self.url,
             codec=self._codec,
-            headers=self._headers,
+            headers=await self._auth_headers(),
             open_timeout=self.open_timeout,
             max_frame_bytes=self._max_frame_bytes,
             number=self._links + 1,
@@ -313,6 +333,8 @@ class Client:
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._heartbeat, link)
+                if callable(self._token) and link.welcome.expires_at is not None:
+                    tasks.start_soon(self._refresh, link, self._token, link.welcome.expires_at)
                 tasks.start_soon(self._resubscribe, link)
                 await self._read(link)
                 tasks.cancel_scope.cancel()
@@ -385,6 +407,29 @@ class Client:
                 return
             except ClientError:
                 return
+
+    async def _auth_headers(self) -> dict[str, str]:
+        token = self._token
+        if callable(token):
+            token = await token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def _refresh(self, link: Link, provider: TokenProvider, expires_at: float) -> None:
+        """Send ``refresh`` with a new token ahead of each expiry of ``link``'s token."""
+        while True:
+            remaining = expires_at - time.time()
+            await anyio.sleep(max(0.0, remaining - min(30.0, remaining / 5)))
+            try:
+                token = await provider()
+                reply = await self._request(partial(_refresh_request, token), link=link)
+            except ClientError as exc:
+                # The server closes a connection whose refresh it refuses; the supervisor
+                # reconnects with a new token when the close allows it.
+                log.warning("client.refresh_failed: %s", exc)
+                return
+            if not isinstance(reply, Refreshed) or reply.expires_at is None:
+                return
+            expires_at = reply.expires_at
 
     def _abort(self, link: Link) -> None:
         """Cut ``link`` at once; its reader ends and the supervisor reconnects."""
@@ -710,64 +755,9 @@ class Client:
         elif isinstance(reply, HistoryResult):
             sub.caught_up(reply)
 
-    # --- other requests -------------------------------------------------------------------------
 
-    @overload
-    async def publish(
-        self, channel: str, data: Any, *, wait: Literal[True] = True
-    ) -> Published: ...
-
-    @overload
-    async def publish(self, channel: str, data: Any, *, wait: Literal[False]) -> None: ...
-
-    async def publish(self, channel: str, data: Any, *, wait: bool = True) -> Published | None:
-        """Publish ``data`` (any value the encoding can carry) to ``channel``.
-
-        With ``wait``, returns the ``published`` reply (the publication's offset and epoch) and
-        raises ``RequestError`` if it was refused. Without, returns once the frame is sent: a
-        refusal is only logged, and a publish sent just before the connection drops may be lost.
-        """
-        payload = self._codec.encode_payload(data)
-        if wait:
-            reply = await self._request(lambda rid: Publish(id=rid, channel=channel, data=payload))
-            assert isinstance(reply, Published), reply
-            return reply
-        self._check_open()
-        try:
-            with anyio.fail_after(self.request_timeout):
-                link = await self._wait_link()
-        except TimeoutError:
-            raise RequestTimeout(f"no connection within {self.request_timeout} s") from None
-        await self._send(link, Publish(channel=channel, data=payload))
-        return None
-
-    async def history(
-        self, channel: str, *, since: StreamPosition | None = None, limit: int | None = None
-    ) -> HistoryPage:
-        """The publications ``channel`` retains: after ``since`` (when its epoch is current),
-        at most ``limit`` of them (the oldest after ``since``, else the latest)."""
-        reply = await self._request(
-            lambda rid: History(id=rid, channel=channel, since=since, limit=limit)
-        )
-        assert isinstance(reply, HistoryResult), reply
-        return HistoryPage(
-            channel=reply.channel,
-            epoch=reply.epoch,
-            offset=reply.offset,
-            publications=[self._decode(p) for p in reply.publications],
-        )
-
-    async def presence(self, channel: str) -> list[ClientInfo]:
-        """The clients subscribed to ``channel`` (where its namespace enables presence)."""
-        reply = await self._request(lambda rid: Presence(id=rid, channel=channel))
-        assert isinstance(reply, PresenceResult), reply
-        return list(reply.clients)
-
-    async def ping(self) -> float:
-        """Round-trip time of a ``ping``, in seconds."""
-        started = anyio.current_time()
-        await self._request(lambda rid: Ping(id=rid))
-        return anyio.current_time() - started
+def _refresh_request(token: str, request_id: int) -> Refresh:
+    return Refresh(id=request_id, token=token)
 
 
 def _history_request(channel: str, since: StreamPosition, limit: int) -> Callable[[int], History]:
