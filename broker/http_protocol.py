@@ -199,7 +199,9 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        started = cycle is not None and not cycle.response_complete and cycle.response_started
+        # The app may have answered already (a 415 before reading the body, say): then no 408
+        # follows its answer; the socket is only let go.
+        answered = cycle is not None and (cycle.response_started or cycle.response_complete)
         client_faults.info(
             "http.request_timeout",
             remote=peer(self.client),
@@ -210,8 +212,8 @@ class BrokerHttpProtocol(HttpToolsProtocol):
             # The app is waiting for the rest of the body: it sees the client leave, and has
             # nothing more to log about it.
             cycle.scope["broker.timed_out"] = True  # type: ignore[typeddict-unknown-key]
-        if started:
-            self._abort()
+        if answered:
+            self._close_with(b"")
             return
         self._close_with(simple_response(408, "Request Timeout"))
 

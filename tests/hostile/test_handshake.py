@@ -152,12 +152,14 @@ async def test_a_request_not_complete_within_the_deadline_gets_408_and_the_socke
         elif kind == "short-body":
             await send_quietly(
                 sock,
-                b'POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"chan',
+                b"POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000\r\n\r\n{"chan',
             )
         elif kind == "endless-chunks":
             await send_quietly(
                 sock,
-                b"POST /v1/publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n",
             )
 
             async def chunks() -> None:
@@ -276,3 +278,16 @@ async def test_behind_a_trusted_proxy_the_cap_applies_to_the_forwarded_address()
 
 def _tally(running: RunningBroker) -> SocketTally:
     return tally_for(running.server.server_state)
+
+
+async def test_a_request_answered_before_its_body_came_gets_no_408_after_the_answer() -> None:
+    async with serve_broker(deadline_settings()) as running:
+        sock = await connect(running.port)
+        port = sock.getsockname()[1]
+        # Answered (405) without the body being read; the body never comes.
+        await send_quietly(sock, b"POST /healthz HTTP/1.1\r\nContent-Length: 1000\r\n\r\n")
+        response = await read_until_closed(sock, DEADLINE + TIMEOUT / 2)
+        close(sock)
+        assert status(response) == 405
+        assert response.count(b"HTTP/1.1 ") == 1, response
+        await wait_until(lambda: not server_holds(running.port, port))

@@ -24,7 +24,8 @@ async def test_a_client_disconnecting_mid_post_is_one_info_line_without_tracebac
         port = sock.getsockname()[1]
         await send_quietly(
             sock,
-            b"POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+            b"POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n"
             b'{"channel":"news","data":',
         )
         await wait_until(lambda: server_holds(running.port, port))
