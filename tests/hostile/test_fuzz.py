@@ -43,6 +43,9 @@ ALLOWED_CLOSES = {1000, 1002, 1003, 1007, 1008, 1009, 4008, 4029}
 FUZZ = settings(
     max_examples=120,
     deadline=None,
+    # No example database: a replayed example from an older revision of these strategies once
+    # failed as FlakyStrategyDefinition; every run draws afresh.
+    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
