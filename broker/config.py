@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import ipaddress
 import math
 import os
 import re
@@ -410,6 +411,15 @@ def _problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:
                 "expected an origin, scheme://host[:port], without path, query or trailing '/'",
             )
 
+    for index, proxy in enumerate(settings.server.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            yield (
+                ("server", "trusted_proxies", index),
+                proxy,
+                "expected an IP address or a CIDR network such as 10.0.0.0/8",
+            )
     yield from _tls_problems(settings)
     yield from security_problems(settings)
 

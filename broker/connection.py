@@ -7,14 +7,17 @@ socket, everything queued per wake-up, in one write. Under ``broker serve`` (the
 arrive (``call_when_ready``), the protocol when the socket takes more, and timers for its
 deadlines. An idle connection thus holds one task and no writer state beyond a callback (memory
 per connection: docs/design.md). Without ``TransportLink`` (another ASGI server, or uvicorn
-without ``BrokerWebSocketProtocol``) the writer is a task beside the reader in one task group.
+without ``BrokerWebSocketProtocol``) the writer is a task beside the reader in one task group
+(``broker.asgi_writer``).
 
 Every server-initiated close goes through ``request_close``: the writer sends ``disconnect`` (on
 ``/v1/ws``) and the close frame within ``websocket.close_timeout``, and resets the socket if the
 client does not take them. A write stuck for ``websocket.write_timeout`` marks a slow consumer,
-and so does an outbox overflow (docs/protocol.md, close code 4008). When the writer closes or resets
-the socket, the server hands the reader a disconnect, and the reader ends; cleanup then closes
-the outbox and the hub forgets the connection, so nothing is left behind.
+and so does an outbox overflow (docs/protocol.md, close code 4008), and so do pongs the socket
+cannot take once they count past the outbox's bounds with what it holds
+(``TransportLink.on_reply_blocked``). When the writer closes or resets the socket, the server
+hands the reader a disconnect, and the reader ends; cleanup then closes the outbox and the hub
+forgets the connection, so nothing is left behind.
 
 One canonical log line is written when the connection closes (``connection.closed``).
 """
@@ -33,6 +36,7 @@ import anyio
 import structlog
 from starlette.websockets import WebSocket
 
+from broker.asgi_writer import AsgiWriter
 from broker.hub import DetachCommand, Hub, Subscriber
 from broker.logs import get_logger
 from broker.monitor.instruments import PLAIN
@@ -96,8 +100,8 @@ class Connection:
         "_last_heard",
         "_latency",
         "_log_budget",
-        "_write_scope",
         "_write_timer",
+        "address",
         "close_code",
         "close_reason",
         "close_request",
@@ -107,6 +111,7 @@ class Connection:
         "id",
         "link",
         "outbox",
+        "overflow_cause",
         "remote",
         "settings",
         "sink",
@@ -116,6 +121,7 @@ class Connection:
         "subscriber",
         "text",
         "websocket",
+        "write_scope",
     )
 
     def __init__(
@@ -143,7 +149,7 @@ class Connection:
         )
         self.outbox.on_overflow = self._interrupt_write
         #: The scope of the write in progress, cancelled when the client is to be dropped anyway.
-        self._write_scope: anyio.CancelScope | None = None
+        self.write_scope: anyio.CancelScope | None = None
         #: Without a writer task (the ``TransportLink`` path): the deadline of the wait for the
         #: socket to take more, and the context (``client`` bound for logs) callbacks run in.
         self._write_timer: asyncio.TimerHandle | None = None
@@ -162,10 +168,16 @@ class Connection:
         self.close_request: CloseRequest | None = None
         #: Why the client was dropped as a slow consumer, if it was.
         self.slow_consumer: str | None = None
+        #: What an overflow of the outbox means: ``outbox_full``, or ``replies_blocked`` when
+        #: it was the protocol's own replies (pongs) the socket could not take.
+        self.overflow_cause = "outbox_full"
         #: The close code and reason the connection ended with, for the canonical log line.
         self.close_code: int | None = None
         self.close_reason = ""
         self.remote = _remote(websocket)
+        client = websocket.client
+        #: The client's address (``X-Forwarded-For`` from a trusted proxy), for per-IP limits.
+        self.address = None if client is None else client.host
         link = websocket.scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
         self.link: TransportLink | None = link if isinstance(link, TransportLink) else None
         if self.link is not None:
@@ -214,8 +226,8 @@ class Connection:
                 self._interrupt_write()
 
     def _interrupt_write(self) -> None:
-        if self._write_scope is not None:
-            self._write_scope.cancel()
+        if self.write_scope is not None:
+            self.write_scope.cancel()
         if self._write_timer is not None:
             # Waiting for the socket, without a task: stop waiting and look at the state now.
             self._write_timer.cancel()
@@ -316,6 +328,7 @@ class Connection:
                 link.on_shutdown = self.drain
                 link.close_notice = self._close_notice
                 link.on_writable = self._on_writable
+                link.on_reply_blocked = self._reply_blocked
                 self.outbox.call_when_ready(self._service, self._context)
                 await reader()
             else:
@@ -328,7 +341,7 @@ class Connection:
                             tasks.cancel_scope.cancel()
 
                     tasks.start_soon(run_then_cancel, reader)
-                    tasks.start_soon(run_then_cancel, self._write)
+                    tasks.start_soon(run_then_cancel, AsgiWriter(self).run)
         except Exception:
             # A bug, not the client's doing: log it whole, tell the client 1011 (PROTOCOL.md
             # close codes) without a traceback, and clean up as for any other end.
@@ -338,6 +351,7 @@ class Connection:
             if link is not None:
                 link.on_writable = None
                 link.on_shutdown = None
+                link.on_reply_blocked = None
             if self._write_timer is not None:
                 self._write_timer.cancel()
                 self._write_timer = None
@@ -395,9 +409,8 @@ class Connection:
         if link.disconnected:
             self.client_closed(1006, "connection lost")
             return
-        if outbox.overflowed and self.close_request is None:
-            self._slow_consumer("outbox_full")
-            self.request_close(CloseCode.SLOW_CONSUMER)
+        if outbox.overflowed:
+            self.overflowed()
         request = self.close_request
         if request is not None:
             self._close_now(request)
@@ -405,10 +418,10 @@ class Connection:
         if outbox.closed:
             return
         if not link.writable_now():
-            self._wait_writable(self.settings.websocket.write_timeout, self._write_timed_out)
+            self._wait_writable(self.settings.websocket.write_timeout, self.write_timed_out)
             return
         try:
-            for frames, text in self._encode(self._take_frames()):
+            for frames, text in self.encode(self.take_frames()):
                 link.write_prepared(frames, text=text)
         except ClientGone:
             self.client_closed(1006, "connection lost")
@@ -428,17 +441,17 @@ class Connection:
                 return
             self._wait_writable(self.settings.websocket.close_timeout, link.abort)
             return
-        frames = self._closing_frames(request)
+        frames = self.closing_frames(request)
         try:
-            for run, text in self._encode(frames) if frames else []:
+            for run, text in self.encode(frames) if frames else []:
                 link.write_prepared(run, text=text)
             link.close(request.code, request.reason)
         except ClientGone:
             return
 
-    def _closing_frames(self, request: CloseRequest) -> list[Frame]:
+    def closing_frames(self, request: CloseRequest) -> list[Frame]:
         """What goes out before the close frame: the queue (on a drain), then ``disconnect``."""
-        frames = self._take_frames() if request.flush else []
+        frames = self.take_frames() if request.flush else []
         if self.codec is not None:
             notice = Disconnect(
                 code=request.code,
@@ -466,62 +479,30 @@ class Connection:
             self._write_timer = None
             asyncio.get_running_loop().call_soon(self._service, context=self._context)
 
-    def _write_timed_out(self) -> None:
+    def write_timed_out(self) -> None:
+        """A write stayed stuck for ``write_timeout``: drop the slow consumer now."""
         self._slow_consumer("write_timeout")
         self._abort(CloseCode.SLOW_CONSUMER)
 
-    # --- the writer task (plain ASGI) -----------------------------------------------------------
+    def overflowed(self) -> None:
+        """The outbox overflowed (or the replies held back overflowed it): ask for 4008."""
+        if self.close_request is None:
+            self._slow_consumer(self.overflow_cause)
+            self.request_close(CloseCode.SLOW_CONSUMER)
 
-    async def _write(self) -> None:
+    def _reply_blocked(self, replies: int, size: int) -> None:
+        """The protocol held back ``replies`` pongs (``size`` bytes) since the socket last took
+        everything: they count against the outbox's bounds with what it holds."""
         outbox = self.outbox
-        link = self.link
-        while True:
-            await outbox.wait_ready()
-            if link is not None and link.disconnected:
-                self.client_closed(1006, "connection lost")
-                return
-            if outbox.overflowed:
-                self._slow_consumer("outbox_full")
-                self.request_close(CloseCode.SLOW_CONSUMER)
-            request = self.close_request
-            if request is not None:
-                await self._close(request)
-                return
-            if outbox.closed:
-                return
-            runs = self._encode(self._take_frames())
-            try:
-                if link is not None and link.writable_now():
-                    # The fast path: the socket takes it now, so no wait, no deadline, no
-                    # cancel scope: one transport.write for everything.
-                    for frames, text in runs:
-                        link.write_prepared(frames, text=text)
-                    continue
-                if not await self._write_with_deadline(runs):
-                    return
-            except ClientGone:
-                self.client_closed(1006, "connection lost")
-                return
+        queued = outbox.statistics()
+        if (
+            queued.queued_messages + replies > outbox.max_messages
+            or queued.queued_bytes + size > outbox.max_bytes
+        ):
+            self.overflow_cause = "replies_blocked"
+            outbox.overflow()
 
-    async def _write_with_deadline(self, runs: list[tuple[list[Frame], bool]]) -> bool:
-        """Write once the socket takes it, within ``write_timeout``. False: the client is gone."""
-        try:
-            with (
-                anyio.CancelScope() as self._write_scope,
-                anyio.fail_after(self.settings.websocket.write_timeout),
-            ):
-                for frames, text in runs:
-                    await self.sink.write([frame.data for frame in frames], text=text)
-            # When cancelled (overflow, close request), the frames were not written: the only
-            # wait comes before the write itself. The loop goes on to what cancelled it.
-            self._write_scope = None
-            return True
-        except TimeoutError:
-            self._slow_consumer("write_timeout")
-            self._abort(CloseCode.SLOW_CONSUMER)
-            return False
-
-    def _take_frames(self) -> list[Frame]:
+    def take_frames(self) -> list[Frame]:
         outbox = self.outbox
         skipped = outbox.take_skipped()
         frames = outbox.drain()
@@ -536,7 +517,7 @@ class Connection:
             frames = gaps + frames
         return frames
 
-    def _encode(self, frames: list[Frame]) -> list[tuple[list[Frame], bool]]:
+    def encode(self, frames: list[Frame]) -> list[tuple[list[Frame], bool]]:
         """WebSocket messages for ``frames``, as runs of one kind (text or binary).
 
         On ``/v1/ws`` several messages are packed into batch frames of at most
@@ -591,32 +572,12 @@ class Connection:
         if link is None or self.close_request is not None or not link.writable_now():
             return False
         try:
-            for frames, text in self._encode(self._take_frames()):
+            for frames, text in self.encode(self.take_frames()):
                 link.write_prepared(frames, text=text)
         except ClientGone:
             self.client_closed(1006, "connection lost")
             return False
         return True
-
-    async def _close(self, request: CloseRequest) -> None:
-        """Carry out ``request`` within ``close_timeout``; reset the socket if that fails."""
-        self.close_code, self.close_reason = request.code, request.reason
-        link = self.link
-        if request.code == CloseCode.SLOW_CONSUMER and link is not None and not link.writable_now():
-            # The socket takes nothing more: no ``disconnect`` could reach the client. Reset it
-            # now rather than hold its buffers for another close_timeout.
-            self.sink.abort()
-            return
-        with anyio.move_on_after(self.settings.websocket.close_timeout) as scope:
-            try:
-                frames = self._closing_frames(request)
-                for run, text in self._encode(frames) if frames else []:
-                    await self.sink.write([frame.data for frame in run], text=text)
-                await self.sink.close(request.code, request.reason)
-            except ClientGone:
-                return
-        if scope.cancelled_caught:
-            self.sink.abort()
 
     def _abort(self, code: CloseCode) -> None:
         self.close_code, self.close_reason = int(code), CLOSE_REASONS[code]

@@ -16,10 +16,12 @@ from typing import Annotated, TypeVar
 import msgspec
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 from broker import http_models as models
 from broker.backplane import BackplaneUnavailable
 from broker.backplane.control import DisconnectClient, DisconnectUser, UnsubscribeUser
+from broker.client_faults import client_faults
 from broker.conversion import UnconvertibleData, convert_for_subscribers
 from broker.dependencies import BrokerDep
 from broker.http_auth import FullKey, JsonBody, MetricsKey, PublishKey
@@ -73,11 +75,24 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, or 413 as soon as it is larger than ``limit`` bytes."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(status_code=413, detail=f"body larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(status_code=413, detail=f"body larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client's doing, not a fault of the broker: one line, no traceback (and none when
+        # the request deadline already logged it). Nobody is left to read the answer.
+        if not request.scope.get("broker.timed_out"):
+            client = request.client
+            client_faults.info(
+                "http.client_disconnected",
+                remote=None if client is None else f"{client.host}:{client.port}",
+                path=request.url.path,
+                received=size,
+            )
+        raise HTTPException(status_code=400, detail="client disconnected") from None
     return b"".join(chunks)
 
 

@@ -13,6 +13,7 @@ every second, and ``/metrics`` in any worker answers for all of them, with a ``w
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 from prometheus_client import (
@@ -150,6 +151,7 @@ class BrokerCollector(Collector):
             value=watch.stalls,
         )
         yield from backplane_families(broker.backplane)
+        yield GaugeMetricFamily("broker_tasks", "asyncio tasks in this process.", value=_tasks())
 
     def _drops(self) -> Iterator[Metric]:
         drops = CounterMetricFamily(
@@ -181,3 +183,10 @@ async def scrape(registry: CollectorRegistry, workers_dir: str | None) -> bytes:
     if workers_dir is None:
         return render(registry)
     return await render_workers(registry, workers_dir)
+
+
+def _tasks() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # collected outside the event loop
+        return 0

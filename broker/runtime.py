@@ -20,6 +20,7 @@ import anyio
 import msgspec
 import structlog
 from anyio.abc import TaskStatus
+from starlette.types import Scope
 
 from broker.auth import Auth
 from broker.auth.origin import origin_allowed
@@ -32,6 +33,7 @@ from broker.logs import configure_logging, get_logger
 from broker.monitor.loopwatch import LoopWatch
 from broker.outbox import FlushScheduler
 from broker.settings import Settings
+from broker.transport import TRANSPORT_EXTENSION, TransportLink
 from protocol import Codec, Encoding, namespace_of
 
 log = get_logger("broker.runtime")
@@ -94,6 +96,7 @@ class Broker:
         a return nobody asked for), the broker has failed: see ``fail``. A failure while
         starting is raised, so that start-up fails.
         """
+        self._log_opened_up()
         async with anyio.create_task_group() as tasks:
             await tasks.start(self._essential, "hub", self.hub.run)
             await tasks.start(self._essential, "control", self.control.run)
@@ -139,6 +142,14 @@ class Broker:
         log.error("broker.failed", task=task, reason=self.failure, exc_info=error)
         for hook in Broker.failure_hooks:
             hook(self)
+
+    def _log_opened_up(self) -> None:
+        """Say at start-up what the settings open up beyond the secure defaults."""
+        server = self.settings.server
+        if self.settings.websocket.conformance_echo:
+            log.warning("broker.conformance_echo_on", path="/conformance/echo")
+        if server.trusted_proxies:
+            log.info("broker.trusted_proxies", proxies=server.trusted_proxies)
 
     @property
     def ready(self) -> bool:
@@ -208,11 +219,30 @@ class Broker:
         limit = self.settings.limits.max_connections
         return limit > 0 and len(self.connections) >= limit
 
-    def refused(self) -> None:
+    def admission_refusal(self, scope: Scope) -> str | None:
+        """Why a WebSocket client must be told to come back later (1013), or None: the sockets
+        open (counted from accept) past ``limits.max_connections``, or those of its address
+        past ``limits.max_connections_per_ip``."""
+        link = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
+        client = scope.get("client")
+        address: str | None = None if client is None else client[0]
+        if isinstance(link, TransportLink):
+            return link.admission_refusal(address)
+        # Under another server: the WebSocket connections are all that is known.
+        if self.at_capacity():
+            return "max_connections"
+        per_ip = self.settings.limits.max_connections_per_ip
+        if per_ip and address is not None:
+            same = sum(1 for c in self.connections.values() if c.address == address)
+            if same >= per_ip:
+                return "max_connections_per_ip"
+        return None
+
+    def refused(self, reason: str = "max_connections") -> None:
         self.totals.connections_refused += 1
         log.warning(
             "connection.refused",
-            reason="max_connections",
+            reason=reason,
             connections=len(self.connections),
             refused_total=self.totals.connections_refused,
         )

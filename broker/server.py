@@ -1,10 +1,11 @@
 """Running the broker app under uvicorn with the settings' limits applied.
 
 uvicorn's own defaults suit a web app, not a broker (docs/stack-findings.md): permessage-deflate on
-and 16 MiB messages. Here the WebSocket protocol is ``BrokerWebSocketProtocol`` (the fast write
-path and socket reset), messages are capped at ``websocket.max_message_bytes`` at the frame
-parser, compression follows config, and SIGTERM/SIGINT drain connections within
-``server.shutdown_grace``.
+and 16 MiB messages. Here the HTTP protocol is ``BrokerHttpProtocol`` (every socket counted from
+accept, a deadline and a size bound on each request), the WebSocket protocol
+``BrokerWebSocketProtocol`` (the fast write path and socket reset, bounded replies and fragments),
+messages are capped at ``websocket.max_message_bytes`` at the frame parser, compression follows
+config, and SIGTERM/SIGINT drain connections within ``server.shutdown_grace``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from uvicorn.supervisors import Multiprocess
 
 from broker.app import create_app
 from broker.config import CONFIG_PATH_ENV, load_settings
+from broker.http_protocol import BrokerHttpProtocol
 from broker.logs import configure_logging, get_logger
 from broker.monitor.workers import METRICS_DIR_ENV
 from broker.runtime import Broker
 from broker.settings import Settings
-from broker.transport import BrokerWebSocketProtocol, configure_protocol
+from broker.sockets import configure as configure_sockets
+from broker.transport import BrokerWebSocketProtocol
 
 log = get_logger("broker.server")
 
@@ -40,16 +43,16 @@ def uvicorn_config(
     """The uvicorn config that serves ``app`` (the broker for ``settings`` when None) with the
     settings' limits applied."""
     websocket = settings.websocket
-    configure_protocol(
-        transport_buffer_bytes=websocket.transport_buffer_bytes,
-        close_timeout=websocket.close_timeout,
-    )
+    configure_sockets(settings)
+    trusted_proxies = settings.server.trusted_proxies
     return uvicorn.Config(
         create_app(settings) if app is None else app,
         factory=isinstance(app, str),
         workers=workers,
         host=settings.server.host,
         port=settings.server.port,
+        # Every socket starts in BrokerHttpProtocol (deadline, head size, counted from accept).
+        http=BrokerHttpProtocol,
         ws=BrokerWebSocketProtocol,
         ws_max_size=websocket.max_message_bytes,
         ws_per_message_deflate=websocket.per_message_deflate,
@@ -68,6 +71,10 @@ def uvicorn_config(
         log_config=None,
         access_log=False,
         server_header=False,
+        # X-Forwarded-For is believed from server.trusted_proxies only (uvicorn's default
+        # trusts 127.0.0.1).
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=list(trusted_proxies),
     )
 
 
@@ -81,11 +88,7 @@ def app_from_environment() -> FastAPI:
     configure_logging(settings.log)
     # A worker whose broker failed stops; the supervisor starts a new one in its place.
     Broker.failure_hooks.append(_stop_on_failure)
-    websocket = settings.websocket
-    configure_protocol(
-        transport_buffer_bytes=websocket.transport_buffer_bytes,
-        close_timeout=websocket.close_timeout,
-    )
+    configure_sockets(settings)
     app = create_app(settings)
     app.state.metrics_workers_dir = os.environ.get(METRICS_DIR_ENV)
     return app

@@ -94,6 +94,15 @@ class ServerSettings(_Section, frozen=True):
     #: Browser origins allowed to open a WebSocket; empty allows the broker's own origin only (the
     #: ``Origin`` must match ``Host``), ``["*"]`` allows any. Clients sending no Origin are let in.
     allowed_origins: list[str] = msgspec.field(default_factory=list)
+    #: Seconds from accept within which a client must complete its HTTP request or WebSocket
+    #: handshake (request line, headers and body); a slower one is answered 408 and closed.
+    handshake_timeout: Seconds = 10.0
+    #: Most bytes of a request's line and headers together; more is answered 431 (414 while
+    #: still in the request line) and closed.
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    #: Addresses (or CIDR networks) of proxies whose ``X-Forwarded-For`` names the client;
+    #: empty trusts none.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
     #: TLS (``wss://``, ``https://``) without a proxy: the certificate chain file (PEM); empty
     #: serves plain ``ws://`` and ``http://``.
     tls_certfile: str = ""
@@ -121,6 +130,12 @@ class WebSocketSettings(_Section, frozen=True):
     transport_buffer_bytes: PositiveInt = 64 * 1024
     #: Seconds a close handshake may take before the connection is cut.
     close_timeout: Seconds = 5.0
+    #: Most frames (the first and its continuations) one fragmented message may arrive in; more
+    #: closes the connection with 1009.
+    max_fragments: PositiveInt = 1024
+    #: Serve ``/conformance/echo``, an echo route on the same stack and limits as ``/v1/ws``, for
+    #: RFC 6455 conformance tests. Off by default.
+    conformance_echo: bool = False
 
 
 class QueueSettings(_Section, frozen=True):
@@ -147,8 +162,12 @@ class HubSettings(_Section, frozen=True):
 
 
 class LimitSettings(_Section, frozen=True):
-    #: Most WebSocket connections per process; 0 means no limit.
+    #: Most connections per process, counted from accept (WebSocket, HTTP and still in their
+    #: handshake); 0 means no limit.
     max_connections: NonNegativeInt = 10_000
+    #: Most connections from one client address; 0 (the default) means no limit. Behind a proxy
+    #: or a NAT many users share an address.
+    max_connections_per_ip: NonNegativeInt = 0
     #: Seconds a refused client is told to wait (``retry_after``) at the connection limit.
     retry_after: NonNegativeSeconds = 5.0
     #: Most channels one connection may subscribe to.
@@ -224,6 +243,9 @@ class LogSettings(_Section, frozen=True):
     format: LogFormat = LogFormat.AUTO
     #: Protocol errors logged per connection; later ones are only counted.
     max_protocol_errors_logged: NonNegativeInt = 3
+    #: Lines per second, across all clients, about what clients do wrong (bad handshakes,
+    #: timeouts, invalid frames, requests cut short); the rest are counted in the next line.
+    client_faults_per_second: Seconds = 10.0
 
 
 class MonitorSettings(_Section, frozen=True):

@@ -20,13 +20,29 @@ handling). Without the extension (the app mounted under another server), ``AsgiF
 back to ASGI ``send``, and a stuck client is still dropped by the writer's deadline, just without
 the socket reset.
 
+Hostile clients. The protocol also holds every socket to bounds of memory and time (settings in
+``broker.sockets.SocketLimits``, docs/hostile-clients.md):
+
+* **replies that cannot leave**: uvicorn writes a pong for every ping, whatever the socket's
+  buffer holds. Here, while the transport's buffer is above its mark, only the latest pong is
+  kept (RFC 6455 §5.5.3 allows answering the latest ping only) and every ping counts, with what
+  the outbox holds, against the outbox's bounds (``queue.max_messages``, ``queue.max_bytes``):
+  a client that keeps sending while its replies cannot leave is dropped as a slow consumer;
+* **fragments**: a message is gathered in one ``bytearray`` (no list entry per fragment), and a
+  message in more than ``websocket.max_fragments`` frames closes the connection with 1009;
+* **the handshake**: what the frame parser refuses (a header line over 8 KiB, over 128 headers,
+  a request line over 8 KiB) gets its 431 or 414 written and the socket closed, instead of
+  neither; and the deadline from accept (``server.handshake_timeout``) carried over from
+  ``BrokerHttpProtocol`` ends with 408 and a close when the app has not answered by then;
+* **invalid UTF-8** in a text message is closed with 1007 and logged once, at ``info``, through
+  the rate-limited ``client_faults``, not with uvicorn's traceback.
+
 Verified on uvicorn 0.54 with websockets 17.4 (pinned in pyproject.toml).
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,10 +52,14 @@ from starlette.types import Message as AsgiMessage
 from starlette.websockets import WebSocketDisconnect
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
+from websockets.frames import Frame as WireFrame
 from websockets.http11 import Request
 from websockets.protocol import Protocol as WebSocketProtocol
 from websockets.protocol import State
 
+from broker.client_faults import client_faults, peer
+from broker.http_protocol import simple_response
+from broker.sockets import SocketTally, limits, reset
 from protocol import Frame
 
 TRANSPORT_EXTENSION = "broker.transport"
@@ -50,18 +70,6 @@ Send = Callable[[AsgiMessage], Awaitable[None]]
 # What Starlette raises from ``send`` once the socket is gone or closing.
 _SEND_ERRORS = (OSError, RuntimeError, WebSocketDisconnect)
 
-#: Defaults used when the protocol runs outside ``broker serve`` (see ``configure_protocol``).
-_settings: dict[str, float] = {"transport_buffer_bytes": 64 * 1024, "close_timeout": 5.0}
-
-
-def configure_protocol(*, transport_buffer_bytes: int, close_timeout: float) -> None:
-    """Set the per-process limits ``BrokerWebSocketProtocol`` applies to every connection.
-
-    uvicorn builds protocol instances itself from a class, so their settings come from here.
-    """
-    _settings["transport_buffer_bytes"] = transport_buffer_bytes
-    _settings["close_timeout"] = close_timeout
-
 
 class ClientGone(Exception):
     """The client's connection is closed: nothing more can be written to it."""
@@ -70,7 +78,7 @@ class ClientGone(Exception):
 class TransportLink:
     """What the app may do with a connection's transport, handed over in ``scope["extensions"]``."""
 
-    __slots__ = ("_protocol", "close_notice", "on_shutdown", "on_writable")
+    __slots__ = ("_protocol", "close_notice", "on_reply_blocked", "on_shutdown", "on_writable")
 
     def __init__(self, protocol: BrokerWebSocketProtocol) -> None:
         self._protocol = protocol
@@ -86,10 +94,34 @@ class TransportLink:
         #: connection is lost: the app's writer waits for this instead of a task waiting. It runs
         #: inside the transport's callback, so it must schedule its writes, not make them.
         self.on_writable: Callable[[], None] | None = None
+        #: Called with the number and size of the protocol's own replies (pongs) held back since
+        #: the socket last took everything: the app counts them against its outbox's bounds.
+        self.on_reply_blocked: Callable[[int, int], None] | None = None
 
     @property
     def disconnected(self) -> bool:
         return self._protocol.disconnected
+
+    def admission_refusal(self, address: str | None) -> str | None:
+        """Why this WebSocket client must be told to come back later (1013), or None.
+
+        Every socket of the server counts from accept (``SocketTally``), this one included, and
+        from now on under ``address``, the client as the app sees it (``X-Forwarded-For`` from
+        a trusted proxy).
+        """
+        protocol = self._protocol
+        tally = protocol.tally
+        if tally is None:
+            return None
+        if address is not None:
+            tally.assign(protocol.transport, address)
+        current = limits()
+        if current.max_connections and tally.total > current.max_connections:
+            return "max_connections"
+        per_ip = current.max_connections_per_ip
+        if per_ip and address is not None and tally.count(address) > per_ip:
+            return "max_connections_per_ip"
+        return None
 
     def writable_now(self) -> bool:
         """Whether a write would go out at once: connected, not closing, buffer below its mark."""
@@ -279,14 +311,168 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.link = TransportLink(self)
-        self.close_timeout = _settings["close_timeout"]
+        self.close_timeout = limits().close_timeout
         self.queue = _ReceiveQueue()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
+        #: The server's socket tally, once ``BrokerHttpProtocol`` hands the socket over.
+        self.tally: SocketTally | None = None
+        self.handshake_timer: asyncio.TimerHandle | None = None
+        #: A fragmented message being gathered, and how many frames it came in so far.
+        self.fragments: bytearray | None = None
+        self.fragment_count = 0
+        #: Pongs held back while the socket's buffer is above its mark: the latest (the only
+        #: one owed, RFC 6455 §5.5.3), and how many and how many bytes were held in all.
+        self.pong_owed: bytes | None = None
+        self.blocked_replies = 0
+        self.blocked_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        high = int(_settings["transport_buffer_bytes"])
+        high = limits().transport_buffer_bytes
         self.transport.set_write_buffer_limits(high=high, low=high // 4)
+
+    def start_handshake_deadline(self, deadline: float, tally: SocketTally) -> None:
+        """Take over the socket's deadline (``loop.time()``) and tally from the HTTP protocol."""
+        self.tally = tally
+        if self.disconnected:
+            tally.discard(self.transport)
+            return
+        if not self.handshake_complete:
+            self.handshake_timer = self.loop.call_at(deadline, self._handshake_timed_out)
+
+    def _handshake_timed_out(self) -> None:
+        self.handshake_timer = None
+        if self.handshake_complete or self.disconnected:
+            return
+        client_faults.info(
+            "websocket.handshake_timeout",
+            remote=peer(self.client),
+            timeout=limits().handshake_timeout,
+        )
+        self._refuse_handshake(simple_response(408, "Request Timeout"))
+
+    def _refuse_handshake(self, response: bytes) -> None:
+        """Answer the handshake with ``response`` and close; the app, if it runs, sees 1006."""
+        self.handshake_complete = True
+        self.close_sent = True
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1006})
+        self.transport.write(response)
+        self.transport.close()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.abort_connection)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        conn.receive_data(data)
+        if conn.parser_exc is not None:
+            self.handle_parser_exception()
+            return
+        if not self.handshake_initiated and conn.handshake_exc is not None:
+            # The parser refused the request (a header line over 8 KiB, over 128 headers, a
+            # request line over 8 KiB) and queued its 431 or 414: send it and close.
+            client_faults.info(
+                "websocket.bad_handshake",
+                remote=peer(self.client),
+                detail=str(conn.handshake_exc),
+            )
+            self.handshake_initiated = True
+            self._refuse_handshake(b"".join(conn.data_to_send()))
+            return
+        self.handle_events()
+
+    # --- messages and fragments -------------------------------------------------------------
+
+    def handle_text(self, event: WireFrame) -> None:
+        self._begin_message("text", event)
+
+    def handle_bytes(self, event: WireFrame) -> None:
+        self._begin_message("bytes", event)
+
+    def _begin_message(self, kind: Any, event: WireFrame) -> None:
+        if self.close_sent:
+            return
+        self.curr_msg_data_type = kind
+        if event.fin:
+            self._deliver(bytes(event.data))
+            return
+        # One growing buffer for the whole message: its size is bounded by the parser
+        # (``max_message_bytes``), and nothing is kept per fragment.
+        self.fragments = bytearray(event.data)
+        self.fragment_count = 1
+
+    def handle_cont(self, event: WireFrame) -> None:
+        fragments = self.fragments
+        if fragments is None or self.close_sent:
+            return
+        self.fragment_count += 1
+        if self.fragment_count > limits().max_fragments:
+            self.fragments = None
+            client_faults.info(
+                "websocket.too_many_fragments",
+                remote=peer(self.client),
+                limit=limits().max_fragments,
+            )
+            self._fail(1009, "too many fragments")
+            return
+        fragments += event.data
+        if event.fin:
+            self.fragments = None
+            self._deliver(bytes(fragments))
+
+    def _deliver(self, data: bytes) -> None:
+        if self.close_sent:
+            # The app is past ``websocket.close``: discard the message, keep reading until the
+            # peer's close reply arrives.
+            return
+        if self.curr_msg_data_type == "text":
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:
+                client_faults.info("websocket.invalid_utf8", remote=peer(self.client))
+                self._fail(1007, "invalid UTF-8")
+                return
+            self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        else:
+            self.queue.put_nowait({"type": "websocket.receive", "bytes": data})
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def send_receive_event_to_app(self) -> None:  # pragma: no cover - replaced by _deliver
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        self._deliver(data)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 §7.1.7) with ``code``: close frame, then close."""
+        try:
+            self.conn.fail(code, reason)
+        except InvalidState:
+            pass
+        if self.conn.close_sent is None:  # the closing handshake had started already
+            self.transport.close()
+            return
+        self.handle_parser_exception()
+
+    # --- pongs --------------------------------------------------------------------------------
+
+    def handle_ping(self) -> None:
+        output = b"".join(self.conn.data_to_send())
+        if not output:
+            return  # answered with an earlier ping of the same read
+        if self.writable.is_set() or self.transport.is_closing():
+            self.transport.write(output)
+            return
+        # The socket takes nothing now: keep the latest pong only, and count the reply.
+        self.pong_owed = output
+        self.blocked_replies += 1
+        self.blocked_bytes += len(output)
+        current = limits()
+        on_reply_blocked = self.link.on_reply_blocked
+        if on_reply_blocked is not None:
+            on_reply_blocked(self.blocked_replies, self.blocked_bytes)
+        elif self.blocked_replies > current.max_messages or self.blocked_bytes > current.max_bytes:
+            client_faults.warning("websocket.replies_blocked", remote=peer(self.client))
+            self.abort_connection()
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -298,9 +484,19 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self.blocked_replies = self.blocked_bytes = 0
+        pong, self.pong_owed = self.pong_owed, None
+        if pong is not None and not self.transport.is_closing():
+            self.transport.write(pong)
         self._notify_writable()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
+        if self.tally is not None:
+            self.tally.discard(self.transport)
+        self.fragments = self.pong_owed = None
         # No close frame came (a reset, a vanished peer): RFC 6455 §7.1.5 calls that 1006.
         # uvicorn reports 1005, which the RFC reserves for a close frame without a status code.
         lost = self.handshake_complete and self.conn.close_rcvd is None
@@ -325,6 +521,9 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: Any) -> None:
         await super().send(message)
+        if self.handshake_complete and self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The handshake's request and response (with their headers) are not used again;
             # the app keeps what it needs from the scope.
@@ -366,13 +565,7 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         transport = self.transport
         if transport is None or self.disconnected:
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass  # Already closed by the peer: abort() below is all that is left to do.
-        transport.abort()
+        reset(transport)
 
 
 def server_frame(payload: bytes, *, text: bool) -> bytes:

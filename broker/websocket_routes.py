@@ -16,6 +16,7 @@ from starlette.responses import PlainTextResponse
 
 from broker.auth import Refused
 from broker.centrifugo.endpoint import serve_centrifugo
+from broker.conformance import run_conformance_echo
 from broker.connection import Connection
 from broker.dependencies import BrokerDep, SettingsDep
 from broker.logs import get_logger
@@ -33,6 +34,9 @@ from protocol import (
 
 router = APIRouter()
 log = get_logger("broker.websocket")
+
+#: The echo route for conformance tests (``websocket.conformance_echo``; 404 when off).
+CONFORMANCE_ECHO = "/conformance/echo"
 
 
 async def deny(websocket: WebSocket, status: int, reason: str) -> None:
@@ -71,8 +75,9 @@ async def _admit(websocket: WebSocket, broker: Broker, codec: Codec | None) -> b
         log.info("auth.refused", reason=refusal, endpoint=websocket.url.path)
         await websocket.close(code=CloseCode.UNAUTHORIZED, reason=refusal[:120])
         return False
-    if broker.at_capacity():
-        broker.refused()
+    refusal = broker.admission_refusal(websocket.scope)
+    if refusal is not None:
+        broker.refused(refusal)
         code = CloseCode.TRY_AGAIN_LATER
         if codec is not None:
             notice = Disconnect(
@@ -152,6 +157,16 @@ async def serve_chat(websocket: WebSocket, broker: Broker, settings: Settings) -
     await _run(connection, broker, lambda: run_chat(connection, broker.hub))
 
 
+async def serve_conformance_echo(websocket: WebSocket, broker: Broker, settings: Settings) -> None:
+    if not settings.websocket.conformance_echo:
+        await websocket.send_denial_response(PlainTextResponse("Not Found", status_code=404))
+        return
+    if not await _admit(websocket, broker, None):
+        return
+    connection = _connection(websocket, broker, settings, None, CONFORMANCE_ECHO)
+    await _run(connection, broker, lambda: run_conformance_echo(connection))
+
+
 Endpoint = Callable[[WebSocket, Broker, Settings], Awaitable[None]]
 
 #: The WebSocket endpoints by path, for ``BrokerApp``'s direct dispatch.
@@ -161,6 +176,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "/ws/data": serve_data,
     "/ws/chat": serve_chat,
     "/connection/websocket": serve_centrifugo,
+    CONFORMANCE_ECHO: serve_conformance_echo,
 }
 
 

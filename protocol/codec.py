@@ -16,7 +16,7 @@ from typing import Any, Final
 import msgspec
 
 from protocol.channels import explain_channel_errors
-from protocol.messages import ClientMessage, Message, ServerMessage
+from protocol.messages import ClientMessage, Message, RequestId, ServerMessage
 
 _Decoder = msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]
 
@@ -41,9 +41,12 @@ class DecodeFailure:
 
 
 class _RequestIdProbe(msgspec.Struct):
-    """Reads only ``id`` out of an invalid message, so the error reply can name the request."""
+    """Reads only ``id`` out of an invalid message, so the error reply can name the request.
 
-    id: int | None = None
+    An ``id`` out of range (docs/protocol.md: 0 to 2^63-1) is not read: the reply names none rather
+    than echo a 4,000-digit number back."""
+
+    id: RequestId | None = None
 
 
 # Errors that decoding hostile input can raise besides msgspec's own (docs/stack-findings.md):
