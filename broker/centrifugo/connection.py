@@ -141,7 +141,7 @@ class CentrifugoConnection(Connection):
             self.outbox.interrupt()
             self._interrupt_write()
 
-    def _encode(self, frames: list[Frame]) -> list[tuple[list[Frame], bool]]:
+    def encode(self, frames: list[Frame]) -> list[tuple[list[Frame], bool]]:
         """Text frames of newline-separated Centrifugo messages, within ``queue.max_batch`` and
         about ``queue.max_batch_bytes`` each (a lone message keeps its shared ``Frame``)."""
         for frame in frames:
