@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from broker import http_api, websocket_routes
+from broker import console, http_api, stats, web_client, websocket_routes
 from broker.dependencies import get_broker, get_hub, get_settings
 from broker.metrics import make_registry
 from broker.runtime import Broker
@@ -82,4 +82,7 @@ def create_app(settings: Settings | None = None) -> BrokerApp:
     app.state.metrics_registry = make_registry(broker)
     app.include_router(websocket_routes.router)
     app.include_router(http_api.router)
+    stats.install(app)
+    web_client.install(app)
+    console.install(app, broker.settings)
     return app

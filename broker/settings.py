@@ -11,7 +11,7 @@ start-up rather than be ignored silently.
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -163,6 +163,12 @@ class LogSettings(_Section, frozen=True):
     max_protocol_errors_logged: NonNegativeInt = 3
 
 
+class ConsoleSettings(_Section, frozen=True):
+    #: The web console at ``/console``: ``"auto"`` (on only when ``server.host`` is a loopback
+    #: address), ``true`` or ``false``.
+    enabled: bool | Literal["auto"] = "auto"
+
+
 class Settings(_Section, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     websocket: WebSocketSettings = msgspec.field(default_factory=WebSocketSettings)
@@ -173,6 +179,7 @@ class Settings(_Section, frozen=True):
     namespaces: dict[NamespaceName, NamespaceSettings] = msgspec.field(default_factory=dict)
     backplane: BackplaneSettings = msgspec.field(default_factory=BackplaneSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
+    console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
 
     def namespace(self, name: str) -> NamespaceSettings:
         """Options of namespace ``name``; the default namespace's when it is not configured."""

@@ -1,0 +1,123 @@
+"""The JavaScript client as the broker serves it, its generated protocol types, and the console's
+on/off rule."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from broker import console, typescript, web_client
+from broker.settings import ConsoleSettings, ServerSettings, Settings
+from tests.conftest import TIMEOUT, RunningBroker, serve_broker
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_MSGPACK = ROOT / "clients" / "js" / "node_modules" / "@msgpack" / "msgpack"
+
+
+def test_the_checked_in_protocol_types_match_a_fresh_generation() -> None:
+    checked_in = typescript.OUTPUT.read_text(encoding="utf-8")
+    assert checked_in == typescript.render(), "stale: run python -m broker.typescript"
+    assert typescript.main(["--check"]) == 0
+
+
+def test_the_generated_types_cover_every_message_with_its_tag() -> None:
+    text = typescript.render()
+    for tag in ("subscribe", "publish", "history", "welcome", "subscribed", "message", "gap"):
+        assert f'type: "{tag}";' in text
+    assert "export type ClientMessage =" in text
+    assert "export type ServerMessage =" in text
+    # Server messages always carry every field; a client may leave defaults out.
+    assert "  from: string | null;" in text
+    assert "  since?: StreamPosition | null;" in text
+
+
+def test_a_stale_file_fails_the_check(tmp_path: Path) -> None:
+    stale = tmp_path / "protocol.d.ts"
+    stale.write_text("// old\n")
+    assert typescript.main(["--check", "--output", str(stale)]) == 1
+    assert typescript.main(["--output", str(stale)]) == 0
+    assert typescript.main(["--check", "--output", str(stale)]) == 0
+
+
+async def test_the_client_and_what_it_imports_are_served_as_javascript(
+    running: RunningBroker,
+) -> None:
+    async with httpx.AsyncClient(base_url=running.http(""), timeout=TIMEOUT) as http:
+        for module in sorted(web_client.MODULES):
+            response = await http.get(f"/v1/{module}")
+            assert response.status_code == 200, module
+            assert response.headers["content-type"] == "text/javascript; charset=utf-8"
+            assert response.content == (web_client.CLIENT_DIR / module).read_bytes()
+        shim = await http.get("/v1/msgpack.js")
+        assert shim.status_code == 200
+        assert b"./msgpack/index.mjs" in shim.content
+        index = await http.get("/v1/msgpack/index.mjs")
+        assert index.status_code == 200
+        assert b"export" in index.content
+        types = await http.get("/v1/protocol.d.ts")
+        assert types.content == typescript.OUTPUT.read_bytes()
+        # The Node.js variant of msgpack.js, other files and paths out of the folder: not served.
+        for path in ("/v1/nothing.js", "/v1/msgpack/../../app.py", "/v1/msgpack/LICENSE"):
+            assert (await http.get(path)).status_code == 404, path
+        # The catch-all routes leave the HTTP API alone.
+        assert (await http.get("/v1/channels")).json() == {"channels": []}
+
+
+def test_the_vendored_msgpack_is_the_locked_npm_package() -> None:
+    if not NODE_MSGPACK.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("clients/js/node_modules is missing: .ci/run runs npm ci first")
+        pytest.skip("run `npm ci` in clients/js to compare the vendored copy")
+    expected = web_client.vendored_files(NODE_MSGPACK)
+    vendored = {
+        path.relative_to(web_client.MSGPACK_DIR).as_posix(): path.read_bytes()
+        for path in web_client.MSGPACK_DIR.rglob("*")
+        if path.is_file()
+    }
+    assert vendored == expected, "refresh it: python -m broker.web_client --vendor"
+
+
+@pytest.mark.parametrize(
+    ("host", "setting", "on"),
+    [
+        ("127.0.0.1", "auto", True),
+        ("::1", "auto", True),
+        ("localhost", "auto", True),
+        ("0.0.0.0", "auto", False),
+        ("192.168.1.5", "auto", False),
+        ("0.0.0.0", True, True),
+        ("127.0.0.1", False, False),
+    ],
+)
+def test_the_console_is_on_by_default_only_on_a_loopback_address(
+    host: str, setting: bool | str, on: bool
+) -> None:
+    settings = Settings(
+        server=ServerSettings(host=host),
+        console=ConsoleSettings(enabled=setting),  # type: ignore[arg-type]
+    )
+    assert console.enabled(settings) is on
+
+
+async def test_the_console_page_and_its_files_are_served_when_on_and_absent_when_off() -> None:
+    async with serve_broker() as running:
+        async with httpx.AsyncClient(base_url=running.http(""), timeout=TIMEOUT) as http:
+            page = await http.get("/console")
+            assert page.status_code == 200
+            assert page.headers["content-type"] == "text/html; charset=utf-8"
+            assert b'src="console/console.js"' in page.content
+            script = await http.get("/console/console.js")
+            assert script.headers["content-type"] == "text/javascript; charset=utf-8"
+            assert b'from "../v1/client.js"' in script.content
+            assert (await http.get("/console/console.css")).status_code == 200
+            assert (await http.get("/console/index.html")).status_code == 404
+    off = Settings(server=ServerSettings(host="0.0.0.0"))
+    async with serve_broker(off) as running:
+        async with httpx.AsyncClient(base_url=running.http(""), timeout=TIMEOUT) as http:
+            assert (await http.get("/console")).status_code == 404
+            assert (await http.get("/v1/client.js")).status_code == 200  # the client always
