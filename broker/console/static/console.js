@@ -257,6 +257,8 @@ async function poll() {
   $("figures-age").textContent = `pid ${stats.pid} · up ${Math.floor(stats.uptime)} s`;
 }
 
+const styles0 = () => getComputedStyle(document.documentElement);
+
 function drawSpark() {
   const canvas = $("spark");
   const ratio = window.devicePixelRatio || 1;
@@ -267,15 +269,23 @@ function drawSpark() {
   const ctx = canvas.getContext("2d");
   ctx.scale(ratio, ratio);
   ctx.clearRect(0, 0, width, height);
+  canvas.dataset.points = String(series.length);
   const top = Math.max(1, ...series.flat());
-  const styles = getComputedStyle(document.documentElement);
+  ctx.strokeStyle = styles0().getPropertyValue("--line").trim();
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.moveTo(0, height - 1.5);
+  ctx.lineTo(width, height - 1.5);
+  ctx.stroke();
+  const styles = styles0();
   [
     [1, styles.getPropertyValue("--ok")],
     [0, styles.getPropertyValue("--accent")],
   ].forEach(([index, color]) => {
     ctx.beginPath();
+    const offset = 60 - series.length; // the newest point at the right edge
     series.forEach((point, i) => {
-      const x = (i / 59) * (width - 2) + 1;
+      const x = ((offset + i) / 59) * (width - 2) + 1;
       const y = height - 2 - (point[index] / top) * (height - 6);
       if (i === 0) ctx.moveTo(x, y);
       else ctx.lineTo(x, y);
