@@ -14,9 +14,12 @@ for scripts that do not speak Prometheus.
 two samples. ``drops`` counts clients dropped by the broker, by reason: ``slow_consumer`` (close
 4008 or a reset: outbox overflow or a stuck write), ``heartbeat_timeout`` (4009),
 ``rate_limit_abuse`` (4029), ``message_too_big`` (1009), ``idle`` (1008), and ``gap``: ranges
-of publications this process could not deliver and reported as ``gap`` (``queue.overflow =
-"drop_oldest"``). ``outbox_messages`` is the number of frames queued in every connection's
-outbox right now. Everything is read from counters the broker keeps anyway, at request time.
+of publications this process could not deliver (lost in a backplane outage and no longer
+retained, or not encodable) and reported as ``gap``, like ``broker_gaps`` in ``/metrics``.
+Publications an outbox drops under ``queue.overflow = "drop_oldest"`` are not counted here: the
+broker keeps no total of them. ``outbox_messages`` is the number of frames queued in every
+connection's outbox right now. Everything is read from counters the broker keeps anyway, at
+request time.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ TEST_PAGE = """<!doctype html><meta charset="utf-8"><title>test page</title>
   window.seen = [];
   window.resyncs = [];
   window.connections = [];
-  window.start = async (encoding, channel) => {
-    const client = await connect("/v1/ws", { encoding, backoff: { base: 50, cap: 300 } });
+  window.start = async (encoding, channel, backoff = { base: 50, cap: 300 }) => {
+    const client = await connect("/v1/ws", { encoding, backoff });
     window.client = client;
     client.on("connected", (event) => connections.push(event.connection));
     client.on("resync", (resync) => resyncs.push([resync.epoch, resync.offset]));
@@ -141,3 +141,19 @@ async def test_a_restart_in_memory_mode_tells_the_page_to_resync(
     await broker.publish("news", "after")
     await page.wait_for_function("window.seen.length === 2")
     assert await page.evaluate("window.seen.map((m) => m.data)") == ["before", "after"]
+
+
+async def test_coming_back_online_reconnects_at_once_instead_of_after_the_backoff(
+    browser: Browser, brokers: list[BrokerProcess]
+) -> None:
+    broker = await BrokerProcess(BROKER_LIMITS__RETRY_AFTER="0").start()
+    brokers.append(broker)
+    page = await open_page(browser, broker)
+    await page.wait_for_function("window.ready")
+    # Every reconnection attempt waits a minute at least: only the event can bring it back soon.
+    await page.evaluate("() => start('json', 'news', {base: 60000, cap: 60000, random: () => 1})")
+    await broker.stop()
+    await broker.start()
+    await page.evaluate("() => window.dispatchEvent(new Event('online'))")
+    await page.wait_for_function("window.connections.includes(2)", timeout=5000)
+    assert await page.evaluate("window.client.connected")
