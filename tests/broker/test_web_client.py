@@ -4,6 +4,7 @@ on/off rule."""
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -68,6 +69,17 @@ async def test_the_client_and_what_it_imports_are_served_as_javascript(
         assert (await http.get("/v1/channels")).json() == {"channels": []}
 
 
+def test_the_wheel_carries_the_client_where_the_server_looks_for_it() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    wheel = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]
+    target = wheel["force-include"]["clients/js/src"]
+    assert Path(web_client.__file__).parent.parent / target == (
+        Path(web_client.__file__).parent / "static" / "client"
+    )
+    # In a checkout the server reads the package's own sources.
+    assert web_client.CLIENT_DIR == ROOT / "clients" / "js" / "src"
+
+
 def test_the_vendored_msgpack_is_the_locked_npm_package() -> None:
     if not NODE_MSGPACK.is_dir():
         if os.environ.get("CI"):
@@ -111,6 +123,7 @@ async def test_the_console_page_and_its_files_are_served_when_on_and_absent_when
             assert page.status_code == 200
             assert page.headers["content-type"] == "text/html; charset=utf-8"
             assert b'src="console/console.js"' in page.content
+            assert "default-src 'self'" in page.headers["content-security-policy"]
             script = await http.get("/console/console.js")
             assert script.headers["content-type"] == "text/javascript; charset=utf-8"
             assert b'from "../v1/client.js"' in script.content

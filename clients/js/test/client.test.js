@@ -55,7 +55,18 @@ for (const encoding of ["json", "msgpack"]) {
     });
 
     test("a burst arrives in order, batches included, through a callback", async () => {
-      const alice = await connect(broker.url, { encoding });
+      let batches = 0;
+      class Counting extends WebSocket {
+        constructor(url, protocols) {
+          super(url, protocols);
+          this.addEventListener("message", ({ data }) => {
+            const first = typeof data === "string" ? data.charCodeAt(0) : new Uint8Array(data)[0];
+            // "[" in JSON; a MessagePack array header (fixarray, array 16, array 32).
+            if (first === 0x5b || (first & 0xf0) === 0x90 || first === 0xdc || first === 0xdd) batches++;
+          });
+        }
+      }
+      const alice = await connect(broker.url, { encoding, WebSocket: Counting });
       try {
         const channel = fresh();
         const seen = [];
@@ -68,6 +79,7 @@ for (const encoding of ["json", "msgpack"]) {
         for (let i = 0; i < 300; i++) alice.publish(channel, i, { wait: false });
         await all;
         assert.deepEqual(seen, Array.from({ length: 300 }, (_, i) => i));
+        assert.ok(batches > 0, "the broker sent batch frames");
       } finally {
         alice.close();
       }
