@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from broker import console, typescript, web_client
+from broker.config import ConfigError, load_settings
 from broker.settings import ConsoleSettings, ServerSettings, Settings
 from tests.conftest import TIMEOUT, RunningBroker, serve_broker
 
@@ -134,3 +135,14 @@ async def test_the_console_page_and_its_files_are_served_when_on_and_absent_when
         async with httpx.AsyncClient(base_url=running.http(""), timeout=TIMEOUT) as http:
             assert (await http.get("/console")).status_code == 404
             assert (await http.get("/v1/client.js")).status_code == 200  # the client always
+
+
+def test_a_wrong_console_setting_names_the_values_it_may_take(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"BROKER_CONSOLE__ENABLED": "maybe"})
+    assert str(info.value) == (
+        "$BROKER_CONSOLE__ENABLED: console.enabled = 'maybe': expected one of true, false, 'auto'"
+    )
+    config = tmp_path / "broker.toml"
+    config.write_text('[console]\nenabled = true\n[server]\nhost = "0.0.0.0"\n')
+    assert console.enabled(load_settings(config, {}))
