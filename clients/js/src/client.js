@@ -157,7 +157,7 @@ export class Client extends Emitter {
     if (this._opened) throw new Error("a Client can be opened only once");
     this._opened = true;
     this._codec = await codecFor(this.encoding, this._msgpack);
-    if (!this._WebSocket) this._WebSocket = globalThis.WebSocket ?? (await import("ws")).default;
+    if (!this._WebSocket) this._WebSocket = globalThis.WebSocket ?? (await importWs());
     let link;
     try {
       link = await this._openLink();
@@ -836,6 +836,16 @@ export class Client extends Emitter {
     const started = performance.now();
     await this._request((id) => ({ type: "ping", id }));
     return performance.now() - started;
+  }
+}
+
+async function importWs() {
+  try {
+    return (await import("ws")).default;
+  } catch (error) {
+    throw new ClientError(
+      `no WebSocket here: install the "ws" package, or pass a WebSocket class as the WebSocket option (${error.message})`,
+    );
   }
 }
 
