@@ -166,6 +166,8 @@ export class Client {
   readonly subscriptions: Map<string, Subscription>;
   readonly failure: ClientClosed | null;
   open(): Promise<void>;
+  /** Resolves with the client id of the first ready connection numbered above `after`. */
+  waitConnected(after?: number): Promise<string>;
   close(): void;
   check(timeout?: number): void;
   subscribe<T = unknown>(

@@ -145,6 +145,30 @@ export class Client extends Emitter {
     return new Map(this._subs);
   }
 
+  /**
+   * Wait for a ready connection numbered above `after`; resolves with its client id.
+   * `await client.waitConnected(client.connections)` waits for the next one.
+   */
+  waitConnected(after = 0) {
+    return new Promise((resolve, reject) => {
+      if (this._failure) return reject(this._failure);
+      const link = this._link;
+      if (link && link.ready && link.number > after) return resolve(link.welcome.client);
+      const offConnected = this.on("connected", ({ client, connection }) => {
+        if (connection > after) {
+          offConnected();
+          offClosed();
+          resolve(client);
+        }
+      });
+      const offClosed = this.on("closed", (error) => {
+        offConnected();
+        offClosed();
+        reject(error ?? new ClientClosed("the client is closed"));
+      });
+    });
+  }
+
   /** Why the client is closed, or null while it is open. */
   get failure() {
     return this._failure;

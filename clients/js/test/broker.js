@@ -30,6 +30,17 @@ export async function waitUntil(condition, timeout = TIMEOUT, what = "condition"
   }
 }
 
+/** `promise`, or a rejection after `timeout` ms. */
+export function within(promise, timeout, what) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), timeout);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
 /** Wait for the next `event` of a client or subscription, within `timeout`. */
 export function nextEvent(emitter, event, timeout = TIMEOUT) {
   return new Promise((resolve, reject) => {
@@ -67,6 +78,9 @@ export class BrokerProcess {
       env: { ...process.env, BROKER_LOG__LEVEL: "warning", ...this.env },
       stdio: ["ignore", "pipe", "pipe"],
     });
+    // If the test process dies, its brokers go with it.
+    const child = this.child;
+    process.once("exit", () => child.kill("SIGKILL"));
     this.child.stdout.on("data", (chunk) => (this.output += chunk));
     this.child.stderr.on("data", (chunk) => (this.output += chunk));
     const exited = once(this.child, "exit");
@@ -117,6 +131,7 @@ export async function startRedis() {
   const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
     stdio: "ignore",
   });
+  process.once("exit", () => child.kill("SIGKILL"));
   const failed = await Promise.race([
     once(child, "error").then(() => true),
     waitUntil(

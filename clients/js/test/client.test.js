@@ -11,7 +11,7 @@ import {
   RequestError,
   connect,
 } from "../src/client.js";
-import { BrokerProcess, nextEvent } from "./broker.js";
+import { BrokerProcess, TIMEOUT, nextEvent, within } from "./broker.js";
 
 const broker = new BrokerProcess({
   BROKER_NAMESPACES__CHAT__HISTORY_SIZE: "100",
@@ -115,6 +115,63 @@ test("history, presence, join and leave", async () => {
   } finally {
     alice.close();
     bob.close();
+  }
+});
+
+test("subscribing with since delivers what came after it first, then live ones", async () => {
+  const client = await connect(broker.url);
+  try {
+    const channel = fresh();
+    const replies = [];
+    for (let n = 1; n <= 5; n++) replies.push(await client.publish(channel, n));
+    const sub = await client.subscribe(channel, { since: { offset: 2, epoch: replies[0].epoch } });
+    await client.publish(channel, 6);
+    const iterator = sub[Symbol.asyncIterator]();
+    const got = [];
+    for (let i = 0; i < 4; i++) got.push((await iterator.next()).value.data);
+    assert.deepEqual(got, [3, 4, 5, 6]);
+    assert.equal(sub.counts.recovered, 3);
+  } finally {
+    client.close();
+  }
+});
+
+test("a consumer slower than its queue loses nothing: the client fetches what it dropped", async () => {
+  const client = await connect(broker.url);
+  try {
+    const channel = fresh();
+    const sub = await client.subscribe(channel, { queueSize: 10 });
+    for (let n = 1; n <= 60; n++) client.publish(channel, n, { wait: false });
+    await client.ping(); // replies in order: the publishes have been handled
+    const iterator = sub[Symbol.asyncIterator]();
+    const got = [];
+    while (got.length < 60) got.push((await iterator.next()).value.offset);
+    assert.deepEqual(got, Array.from({ length: 60 }, (_, i) => i + 1));
+    assert.ok(sub.counts.skipped > 0 && sub.counts.fetched > 0, JSON.stringify(sub.counts));
+    assert.equal(sub.counts.resyncs, 0);
+  } finally {
+    client.close();
+  }
+});
+
+test("waitConnected resolves with the next connection's client id", async () => {
+  const sockets = [];
+  class Recording extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols);
+      sockets.push(this);
+    }
+  }
+  const client = await connect(broker.url, { WebSocket: Recording, backoff: { base: 10, cap: 50 } });
+  try {
+    assert.equal(await client.waitConnected(), client.clientId);
+    const next = client.waitConnected(client.connections);
+    sockets[0].terminate(); // a reset: the client reconnects
+    const id = await within(next, TIMEOUT, "the next connection");
+    assert.equal(client.connections, 2);
+    assert.equal(id, client.clientId);
+  } finally {
+    client.close();
   }
 });
 

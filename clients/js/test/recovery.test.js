@@ -143,6 +143,55 @@ test("a slow consumer dropped by the broker reconnects and recovers every public
   }
 });
 
+test("with drop_oldest, a gap from the broker is filled in from history, in order", async () => {
+  const broker = await new BrokerProcess({
+    ...HISTORY,
+    BROKER_QUEUE__OVERFLOW: "drop_oldest",
+    BROKER_QUEUE__MAX_MESSAGES: "20",
+    BROKER_QUEUE__MAX_BYTES: "65536",
+  }).start();
+  const sockets = [];
+  class Recording extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols);
+      sockets.push(this);
+    }
+  }
+  const slow = await connect(broker.url, { WebSocket: Recording });
+  const publisher = await connect(broker.url);
+  try {
+    const seen = [];
+    const gaps = [];
+    await slow.subscribe("feed:gaps", {
+      onMessage: (message) => seen.push(message.offset),
+      onGap: (gap) => gaps.push(gap),
+    });
+    const socket = sockets[0]._socket;
+    const resume = socket.resume;
+    socket.resume = function () {
+      return this;
+    };
+    socket.pause();
+    const padding = "x".repeat(16 * 1024);
+    const total = 600;
+    for (let i = 0; i < total; i += 50) {
+      await Promise.all(
+        Array.from({ length: 50 }, (_, j) => publisher.publish("feed:gaps", { i: i + j, padding })),
+      );
+    }
+    socket.resume = resume;
+    socket.resume(); // well within write_timeout: the broker dropped publications, not the client
+    await waitUntil(() => seen.length >= total, TIMEOUT, "every publication");
+    assert.deepEqual(seen, Array.from({ length: total }, (_, i) => i + 1));
+    assert.ok(gaps.length > 0, "the broker reported a gap");
+    assert.equal(slow.connections, 1);
+  } finally {
+    slow.close();
+    publisher.close();
+    await broker.stop();
+  }
+});
+
 test("a drain's retry_after is honoured, then the client reconnects", async () => {
   const broker = await new BrokerProcess({ BROKER_LIMITS__RETRY_AFTER: "1.0" }).start();
   const client = await connect(broker.url, { backoff: { base: 1, cap: 1 } });
