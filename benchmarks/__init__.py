@@ -17,8 +17,8 @@ Layout (each module has one job, so later suites can reuse the parts):
 - ``fanout``, ``population``, ``idle``, ``connrate``: the suite's scenarios (step-up fan-out;
   many channels and 10,000 connections; memory per idle connection; connection rate).
 - ``report``: tables, ratios and JSON output.
-- ``goals``, ``suite_report``, ``plot``: the suite's results and the issue's targets judged;
+- ``goals``, ``suite_report``, ``plot``: the suite's results and the four performance goals judged;
   its markdown and JSON; its PNG.
-- ``stalled``: the command line of the stalled-client isolation benchmark (issue #3).
-- ``suite``: the command line of the whole suite (issue #4).
+- ``stalled``: the command line of the stalled-client isolation benchmark.
+- ``suite``: the command line of the whole suite.
 """

@@ -1,4 +1,4 @@
-"""What one suite run measured, and the issue's four targets judged from it.
+"""What one suite run measured, and the four performance goals judged from it.
 
 ``SuiteResults`` holds every scenario's results. ``common_rate`` picks the fan-out rate at which
 targets are compared; ``judge`` turns the results into the four ``Verdict``s (met, not met, or
@@ -47,7 +47,7 @@ class SuiteResults:
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """One of the issue's targets."""
+    """One of the performance goals (docs/performance.md)."""
 
     number: int
     goal: str
@@ -104,7 +104,7 @@ def _num(value: float | None, unit: str = "") -> str:
 
 
 def judge(results: SuiteResults) -> list[Verdict]:
-    """The four targets of issue #4, each met, not met, or not measured."""
+    """The four performance goals, each met, not met, or not measured."""
     return [_cpu_target(results), _rate_target(results), _idle_target(results), _c10k(results)]
 
 

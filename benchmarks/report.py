@@ -1,7 +1,7 @@
 """Turn scenario results into a readable table, ratios and a JSON file.
 
 ``table`` prints one row per (target, K); ``isolation_lines`` compares each target's K > 0 runs
-with its K = 0 run against the issue-3 goal (p99 within 1.5x, nothing lost by healthy clients);
+with its K = 0 run against the isolation goal (p99 within 1.5x, nothing lost by healthy clients);
 ``versus_lines`` compares each broker target with the naive design under the same K. ``write_json``
 stores everything, including the run's parameters, under ``benchmarks/results/``.
 """
@@ -20,7 +20,7 @@ from benchmarks.fmt import fmt_ms, fmt_ratio
 from benchmarks.scenarios import MB, ScenarioResult
 from benchmarks.stats import ratio
 
-#: The issue-3 goal: healthy clients' p99 with stalled clients within this factor of K = 0.
+#: The isolation goal: healthy clients' p99 with stalled clients within this factor of K = 0.
 P99_GOAL = 1.5
 BASELINE = "naive"
 #: Cores' worth of CPU used by other processes during a run above which its figures are suspect.

@@ -1,4 +1,4 @@
-"""Issue #6: fan-out through the Redis backplane with one broker process and with two.
+"""Scale-out: fan-out through the Redis backplane with one broker process and with two.
 
 A private ``redis-server`` (no persistence, free loopback port) is started; then for W in (1, 2)
 a broker on it: ``broker serve --port P`` for W = 1, ``broker serve --workers 2 --port P`` for
@@ -14,7 +14,7 @@ Per step it prints deliveries/s, p50/p99/max, the broker's CPU (every process of
 supervisor and workers, with each worker's share), Redis's CPU (psutil on its pid), the load
 generator's own CPU (its processes, sum and busiest) and what the rest of the machine used. Then
 the ratio of the highest sustained deliveries/s with W = 2 over W = 1 (same p99 bound), against
-the issue's 1.7x target, per round and for the best round of each W: the full run repeats the
+the 1.7x scale-out goal, per round and for the best round of each W: the full run repeats the
 whole comparison three times (each broker started afresh, so the kernel's split of connections
 over the workers is drawn again), the quick run twice with shorter steps. A step that fails
 while the rest of the machine used more than a quarter of a core is run again once. The
@@ -62,7 +62,7 @@ from benchmarks.targets import broker_available, broker_command
 from benchmarks.wire import Protocol
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-#: The issue's target: two processes deliver at least this multiple of one, at the same p99.
+#: The scale-out goal: two processes deliver at least this multiple of one, at the same p99.
 TARGET_RATIO = 1.7
 #: Deliveries per second must reach this share of the offered rate for a step to pass.
 KEEP_UP = 0.95

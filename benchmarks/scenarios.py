@@ -1,6 +1,6 @@
 """Scenario functions: one fresh server, one load run, one ``ScenarioResult``.
 
-``stalled_clients`` is the issue-3 scenario: ``K`` raw clients join the channel and never read
+``stalled_clients`` is the isolation scenario: ``K`` raw clients join the channel and never read
 while healthy subscribers receive an open-loop stream; it measures what the healthy ones see and
 what the server spends. Each scenario starts its own server process, so its peak RSS and CPU
 belong to that scenario alone, and ends by its deadlines even when the server froze: whatever the

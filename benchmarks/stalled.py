@@ -1,4 +1,4 @@
-"""Issue #3: do stalled clients hold back healthy ones? The broker against the tutorial's design.
+"""Isolation: do stalled clients hold back healthy ones? The broker against the tutorial's design.
 
 For each target and each K, a fresh server gets N healthy subscribers on one channel, K stalled
 clients (joined, never reading) and an open-loop publisher; the run prints deliveries per second,

@@ -1,14 +1,14 @@
-"""Issue #4: the benchmark suite. The broker against its peers, same machine, same load, one run.
+"""The benchmark suite. The broker against its peers, same machine, same load, one run.
 
 Targets: ``naive`` (the tutorial's ConnectionManager), ``node-ws`` (Node.js ``ws``, when node is
 installed), ``broker-chat`` (``/ws/chat``), ``broker-v1-json`` and ``broker-v1-msgpack``
 (``/v1/ws``). Scenarios: ``fanout`` (one channel, rates stepped up until p99 > 100 ms or loss),
-``channels`` (1,000 channels x 10 subscribers, ``/v1/ws`` only), ``stalled`` (issue #3's stalled
-clients), ``idle`` (server memory per idle connection), ``connect-rate`` (connections opened
+``channels`` (1,000 channels x 10 subscribers, ``/v1/ws`` only), ``stalled`` (the isolation
+scenario), ``idle`` (server memory per idle connection), ``connect-rate`` (connections opened
 and closed per second) and ``c10k`` (10,000 connections, one broadcast per second).
 
 Writes ``benchmarks/results/suite-<stamp>.json``, ``.md`` (tables, ratios to each peer, the
-issue's four targets met or not) and ``.png``.
+four performance goals met or not) and ``.png``.
 
     .venv/bin/python -m benchmarks.suite                 # everything, ~15 minutes
     .venv/bin/python -m benchmarks.suite --quick         # smaller and shorter, ~4 minutes

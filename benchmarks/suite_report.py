@@ -244,7 +244,7 @@ def stalled_section(results: SuiteResults, peers: Sequence[str]) -> list[str]:
     ]
     settings = results.settings.get("stalled", {})
     return [
-        "## Stalled clients (issue #3)",
+        "## Stalled clients",
         "",
         f"{settings.get('subscribers')} healthy subscribers, K clients that join and never read,"
         f" {settings.get('rate')} publications/s of {settings.get('message_bytes')} bytes for"
@@ -252,7 +252,7 @@ def stalled_section(results: SuiteResults, peers: Sequence[str]) -> list[str]:
         "",
         *_table(header, rows),
         "",
-        f"Isolation (issue #3 goal: p99 with K stalled <= {report.P99_GOAL}x K = 0, nothing lost):",
+        f"Isolation (goal: p99 with K stalled <= {report.P99_GOAL}x K = 0, nothing lost):",
         "",
         *_table(["target", "K", "p99 ÷ K=0", "lost", "goal"], isolation),
     ]

@@ -17,16 +17,21 @@ broker from its own::
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
+from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from broker import console, http_api, stats, web_client, websocket_routes
+from broker.backplane import Backplane
 from broker.dependencies import get_broker, get_hub, get_settings
 from broker.metrics import make_registry
+from broker.monitor.workers import publish_snapshots
 from broker.runtime import Broker
 from broker.settings import Settings
 
@@ -56,6 +61,29 @@ class BrokerApp(FastAPI):
                 broker: Broker = self.state.broker
                 await endpoint(WebSocket(scope, receive, send), broker, broker.settings)
                 return
+            if endpoint is None and not any(
+                route.matches(scope)[0] is Match.FULL for route in self.router.routes
+            ):
+                # Starlette would answer a bare 403, which reads like an authentication failure.
+                path = _route_path(scope)
+                paths = ", ".join(websocket_routes.ENDPOINTS)
+                await websocket_routes.deny(
+                    WebSocket(scope, receive, send),
+                    404,
+                    f"no WebSocket endpoint at {path}; the endpoints are {paths}",
+                )
+                return
+        if scope["type"] == "http":
+            # Request duration by route template (metrics); measured here, not in a middleware,
+            # because any user middleware sends WebSocket connections the slow way.
+            started = time.perf_counter()
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                instruments = self.state.broker.hub.instruments
+                instruments.http_request(route, time.perf_counter() - started)
+            return
         await super().__call__(scope, receive, send)
 
 
@@ -68,18 +96,31 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
-def create_app(settings: Settings | None = None) -> BrokerApp:
-    """The broker app for ``settings`` (defaults when None). Its state holds ``broker``."""
-    broker = Broker(settings or Settings())
+def create_app(
+    settings: Settings | None = None, *, backplane: Backplane | None = None
+) -> BrokerApp:
+    """The broker app for ``settings`` (defaults when None). Its state holds ``broker``.
+
+    ``backplane`` replaces the one ``settings.backplane`` names: any object that implements
+    ``broker.backplane.Backplane``.
+    """
+    broker = Broker(settings or Settings(), backplane)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with broker.running():
+        async with broker.running(), anyio.create_task_group() as tasks:
+            workers_dir: str | None = app.state.metrics_workers_dir
+            if workers_dir is not None:
+                # broker serve --workers N: share this worker's figures with the others.
+                await tasks.start(publish_snapshots, app.state.metrics_registry, workers_dir)
             yield
+            tasks.cancel_scope.cancel()
 
-    app = BrokerApp(title="broker", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = BrokerApp(title="broker", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.broker = broker
     app.state.metrics_registry = make_registry(broker)
+    #: Set by ``broker serve --workers N`` (``broker.monitor.workers``); None: this process only.
+    app.state.metrics_workers_dir = None
     app.include_router(websocket_routes.router)
     app.include_router(http_api.router)
     stats.install(app)

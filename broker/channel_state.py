@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from broker.backplane.base import Head
 from broker.settings import NamespaceSettings
 from broker.subscriber import Subscriber
 from protocol import Encoding, PublicationFrames, Subscribe
@@ -21,6 +22,7 @@ class ChannelState:
     """One channel as this process sees it: its subscribers and its delivery position."""
 
     __slots__ = (
+        "checking",
         "epoch",
         "filling",
         "joining",
@@ -30,6 +32,8 @@ class ChannelState:
         "options",
         "pending",
         "recovering",
+        "target",
+        "waiting",
         "watching",
     )
 
@@ -47,6 +51,13 @@ class ChannelState:
         self.joining: list[tuple[Subscriber, Subscribe]] = []
         #: Subscribers whose recovery read is in flight, with the publications held for them.
         self.recovering: dict[Subscriber, Recovery] = {}
+        #: Subscribes with a ``since`` this process has not reached (or of another epoch),
+        #: waiting while it reads the channel's head and catches up with it (``target``).
+        self.waiting: list[tuple[Subscriber, Subscribe]] = []
+        #: Whether a read of the channel's head for ``waiting`` is in flight.
+        self.checking = False
+        #: The head this process is catching up with, once read.
+        self.target: Head | None = None
         # Unbounded on purpose: it only fills while one backplane read is in flight (bounded by
         # the backplane's own timeouts), and dropping from it would lose publications for good.
         self.pending: list[PublicationFrames] = []
@@ -56,6 +67,7 @@ class ChannelState:
             sum(len(group) for group in self.live.values())
             + len(self.recovering)
             + len(self.joining)
+            + len(self.waiting)
         )
 
     def add(self, subscriber: Subscriber) -> None:
@@ -69,3 +81,5 @@ class ChannelState:
                 del self.live[subscriber.encoding]
         self.recovering.pop(subscriber, None)
         self.joining = [(s, r) for s, r in self.joining if s is not subscriber]
+        if self.waiting:
+            self.waiting = [(s, r) for s, r in self.waiting if s is not subscriber]

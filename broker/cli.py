@@ -1,5 +1,5 @@
 """The ``broker`` command: ``serve`` and ``check-config``; ``subscribe`` and ``publish``, the
-Python client's commands, are in broker/client/cli.py.
+Python client's commands, are in broker/client/cli.py; ``status`` is in broker/status.py.
 
 A config error stops the command before any port opens, with one line on stderr naming the key,
 the value and what was expected, and exit code 2.
@@ -17,6 +17,7 @@ import msgspec
 from broker.client.cli import CLIENT_COMMANDS, add_client_commands, run_client_command
 from broker.config import ConfigError, load_settings
 from broker.settings import BackplaneKind, Settings
+from broker.status import add_status_command, run_status
 
 EXIT_CONFIG_ERROR = 2
 
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="TOML config file")
 
     add_client_commands(commands)
+    add_status_command(commands)
     return parser
 
 
@@ -61,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in CLIENT_COMMANDS:
         # Clients of a broker: they read no config and no BROKER_* variable.
         return run_client_command(args)
+    if args.command == "status":
+        # Reads a running broker's /metrics: no config, like the client commands.
+        return run_status(args)
     try:
         if args.command == "check-config":
             settings = _load(args.file)
@@ -81,14 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
 
     from broker.logs import configure_logging
-    from broker.server import serve, serve_workers
+    from broker.server import StartupError, serve, serve_workers
 
     configure_logging(settings.log)
-    if args.workers > 1:
-        serve_workers(settings, args.workers, args.config)
-    else:
-        serve(settings)
-    return 0
+    try:
+        if args.workers > 1:
+            serve_workers(settings, args.workers, args.config)
+            return 0
+        return serve(settings)
+    except StartupError as exc:
+        print(f"broker: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_CONFIG_ERROR
 
 
 if __name__ == "__main__":

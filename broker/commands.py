@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.backplane.base import BackplaneEvent, Page
+from broker.backplane.base import BackplaneEvent, Head, Page
 from broker.subscriber import Reply, Subscriber
 from protocol import History, Presence, Subscribe, Unsubscribe
 
@@ -57,6 +57,15 @@ class ChannelsQuery:
 
 
 @dataclass(slots=True)
+class UnsubscribeUserCommand:
+    """Unsubscribe every connection of ``user`` here from ``channel``; replies with how many."""
+
+    user: str
+    channel: str
+    reply: Reply[int]
+
+
+@dataclass(slots=True)
 class RecoveredCommand:
     """The result of a recovery read (None when the backplane could not be read)."""
 
@@ -77,6 +86,15 @@ class FilledCommand:
     page: Page | None
 
 
+@dataclass(slots=True)
+class HeadReadCommand:
+    """The channel's head as the backplane holds it (None when it could not be read), read for
+    subscribes whose ``since`` this process has not reached."""
+
+    channel: str
+    head: Head | None
+
+
 Command = (
     SubscribeCommand
     | UnsubscribeCommand
@@ -86,7 +104,9 @@ Command = (
     | ChatJoinCommand
     | ChatSayCommand
     | ChannelsQuery
+    | UnsubscribeUserCommand
     | RecoveredCommand
     | FilledCommand
+    | HeadReadCommand
     | BackplaneEvent
 )

@@ -39,6 +39,7 @@ import enum
 import math
 import os
 import re
+import ssl
 import tomllib
 import typing
 import urllib.parse
@@ -48,7 +49,7 @@ from typing import Any, Final
 import msgspec
 
 from broker.logs import SECRET_MASK, is_secret_key, redact_text
-from broker.settings import BackplaneKind, Settings
+from broker.settings import BackplaneKind, Settings, sentinel_address
 
 __all__ = ["CONFIG_PATH_ENV", "ConfigError", "load_settings", "validate"]
 
@@ -56,6 +57,9 @@ __all__ = ["CONFIG_PATH_ENV", "ConfigError", "load_settings", "validate"]
 CONFIG_PATH_ENV: Final = "BROKER_CONFIG"
 _ENV_PREFIX: Final = "BROKER_"
 _ENV_SEPARATOR: Final = "__"
+#: ``BROKER_*`` variables that are not overrides: the config file's path, and the directory
+#: ``broker serve --workers N`` hands its workers for their metrics.
+_NOT_SETTINGS: Final = frozenset({CONFIG_PATH_ENV, "BROKER_METRICS_DIR"})
 _MAX_VALUE_CHARS: Final = 80
 _DEFAULTS: Final = "defaults"
 
@@ -148,7 +152,7 @@ def _apply_environment(
     # Sorted: deterministic, and a table (BROKER_NAMESPACES__CHAT) comes before its keys.
     for name in sorted(environ):
         upper = name.upper()
-        if not upper.startswith(_ENV_PREFIX) or upper == CONFIG_PATH_ENV:
+        if not upper.startswith(_ENV_PREFIX) or upper in _NOT_SETTINGS:
             continue
         text = environ[name]
         key_path = _env_key_path(name, text)
@@ -412,6 +416,8 @@ def _problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:
                 "expected an origin, scheme://host[:port], without path, query or trailing '/'",
             )
 
+    yield from _tls_problems(settings)
+
     backplane = settings.backplane
     if backplane.kind is BackplaneKind.REDIS:
         urls: list[tuple[KeyPath, str]] = (
@@ -428,6 +434,68 @@ def _problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:
                     url,
                     "expected a redis://, rediss:// or unix:// URL (backplane.kind is 'redis')",
                 )
+        for index, address in enumerate(backplane.redis_sentinels):
+            if sentinel_address(address) is None:
+                yield (
+                    ("backplane", "redis_sentinels", index),
+                    address,
+                    "expected a Sentinel's host:port, such as '10.0.0.5:26379'",
+                )
+        if backplane.redis_sentinels and backplane.redis_cluster:
+            yield (
+                ("backplane", "redis_cluster"),
+                True,
+                "expected false with redis_sentinels (a cluster fails over by itself)",
+            )
+        if backplane.redis_sentinels and backplane.redis_urls:
+            yield (
+                ("backplane", "redis_urls"),
+                backplane.redis_urls,
+                "expected [] with redis_sentinels (one master, found through the Sentinels)",
+            )
+
+
+def _tls_problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:
+    """The TLS files must exist and load, so that a mistake stops start-up with a clear line
+    rather than a traceback from uvicorn."""
+    server = settings.server
+    if not server.tls_certfile:
+        for key in ("tls_keyfile", "tls_keyfile_password", "tls_ca_certs"):
+            if getattr(server, key):
+                yield (
+                    ("server", key),
+                    getattr(server, key),
+                    "expected server.tls_certfile to be set as well",
+                )
+        return
+    for key in ("tls_certfile", "tls_keyfile", "tls_ca_certs"):
+        path = getattr(server, key)
+        if path and not os.path.isfile(path):
+            yield ("server", key), path, "expected a readable file (not found)"
+            return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(
+            server.tls_certfile,
+            server.tls_keyfile or None,
+            server.tls_keyfile_password or None,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        yield (
+            ("server", "tls_certfile"),
+            server.tls_certfile,
+            f"expected a PEM certificate chain that loads with server.tls_keyfile: {exc}",
+        )
+        return
+    if server.tls_ca_certs:
+        try:
+            context.load_verify_locations(server.tls_ca_certs)
+        except (OSError, ssl.SSLError) as exc:
+            yield (
+                ("server", "tls_ca_certs"),
+                server.tls_ca_certs,
+                f"expected PEM CA certificates: {exc}",
+            )
 
 
 def _urlsplit(url: str) -> urllib.parse.SplitResult | None:

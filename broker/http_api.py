@@ -11,11 +11,11 @@ import msgspec
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from broker.backplane import BackplaneUnavailable
+from broker.backplane.control import DisconnectClient
 from broker.conversion import UnconvertibleData, convert_for_subscribers
-from broker.dependencies import BrokerDep, HubDep
-from broker.hub import ChannelsQuery, Reply
-from broker.metrics import CONTENT_TYPE, render
-from protocol import JSON, Channel, CloseCode
+from broker.dependencies import BrokerDep
+from broker.metrics import CONTENT_TYPE, scrape
+from protocol import JSON, Channel, IdempotencyKey, explain_channel_errors
 
 router = APIRouter()
 
@@ -23,6 +23,7 @@ router = APIRouter()
 class PublishBody(msgspec.Struct, frozen=True):
     channel: Channel
     data: msgspec.Raw
+    idempotency_key: IdempotencyKey | None = None
 
 
 _body_decoder = msgspec.json.Decoder(PublishBody)
@@ -54,13 +55,15 @@ async def publish(request: Request, broker: BrokerDep) -> Response:
     try:
         body = _body_decoder.decode(raw)
     except (msgspec.DecodeError, RecursionError) as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from None
+        raise HTTPException(status_code=400, detail=explain_channel_errors(str(exc))) from None
     try:
         converted = convert_for_subscribers(body.data, JSON)
     except UnconvertibleData as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
     try:
-        head = await broker.publish(body.channel, body.data, JSON, None, converted)
+        head = await broker.publish(
+            body.channel, body.data, JSON, None, converted, body.idempotency_key
+        )
     except BackplaneUnavailable:
         return _json(
             {"error": "unavailable", "message": "the broker cannot publish right now"}, 503
@@ -69,31 +72,31 @@ async def publish(request: Request, broker: BrokerDep) -> Response:
 
 
 @router.get("/v1/channels")
-async def channels(hub: HubDep) -> Response:
-    reply: Reply[list[tuple[str, int]]] = Reply()
-    await hub.submit(ChannelsQuery(reply))
-    listing = await reply.wait()
-    return _json(
-        {
-            "channels": [
-                {"channel": name, "subscribers": count}
-                for name, count in listing
-                if not name.startswith("#")
-            ]
-        }
-    )
+async def channels(broker: BrokerDep) -> Response:
+    # For the whole broker: every process answers (on Redis, over the backplane's bus).
+    try:
+        listing = await broker.control.channels()
+    except BackplaneUnavailable:
+        return _json({"error": "unavailable", "message": "the broker cannot list channels"}, 503)
+    return _json({"channels": [{"channel": name, "subscribers": n} for name, n in listing]})
 
 
 @router.post("/v1/clients/{client}/disconnect")
 async def disconnect(client: str, broker: BrokerDep) -> Response:
-    connection = broker.connections.get(client)
-    if connection is not None:
-        connection.request_close(CloseCode.DISCONNECTED_BY_OPERATOR)
-    return _json({"client": client, "disconnected": connection is not None})
+    # On whichever process the client is connected to.
+    try:
+        count = await broker.control.count(DisconnectClient(client))
+    except BackplaneUnavailable:
+        return _json({"error": "unavailable", "message": "the broker cannot reach it"}, 503)
+    return _json({"client": client, "disconnected": count > 0})
 
 
 @router.get("/healthz")
-async def healthz() -> Response:
+async def healthz(broker: BrokerDep) -> Response:
+    """200 while the broker works; 503 with the reason once it has failed (its hub or backplane
+    stopped): restart it."""
+    if broker.failure is not None:
+        return _json({"status": "failed", "reason": broker.failure}, 503)
     return _json({"status": "ok"})
 
 
@@ -105,4 +108,6 @@ async def readyz(broker: BrokerDep) -> Response:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(render(request.app.state.metrics_registry), media_type=CONTENT_TYPE)
+    state = request.app.state
+    body = await scrape(state.metrics_registry, state.metrics_workers_dir)
+    return Response(body, media_type=CONTENT_TYPE)

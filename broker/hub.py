@@ -18,13 +18,16 @@ it keeps the offset it delivered last, and:
   tells subscribers of what could not be found with ``gap``;
 * a new epoch means the stream was lost and started again: the hub follows the new stream.
 
-Recovery (``subscribe`` with ``since``, PROTOCOL.md §1) reads the missed publications in a task
+Recovery (``subscribe`` with ``since``, docs/protocol.md §1) reads the missed publications in a task
 while the subscriber's live publications are held in a buffer of its own; the reply carries the
 missed ones up to the offset where the buffer starts, so live messages follow with no gap and no
-duplicate. Reads run in tasks of the hub's task group and come back as commands.
+duplicate. A ``since`` this process has not reached is checked against the channel's head, which
+the process first catches up with. Subscribing, admission and recovery are in
+``broker.hub_admission`` (a mixin of ``Hub``). Reads run in tasks of the hub's task group and come
+back as commands.
 
-The chat room of ``/ws/chat`` (PROTOCOL.md §3) is local to the process: its frames are plain text,
-under a name no client can use.
+The chat room of ``/ws/chat`` (docs/protocol.md §3) is in ``broker.hub_chat``: its frames are
+text, under a name no client can use, and on Redis they reach the members on every process.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ from broker.backplane.base import (
     LivePublication,
     Page,
     RemoteAnnouncement,
+    RoomFrame,
 )
-from broker.channel_state import ChannelState, Recovery
+from broker.channel_state import ChannelState
 from broker.commands import (
     ChannelsQuery,
     ChatJoinCommand,
@@ -56,13 +60,18 @@ from broker.commands import (
     Command,
     DetachCommand,
     FilledCommand,
+    HeadReadCommand,
     HistoryCommand,
     PresenceCommand,
     RecoveredCommand,
     SubscribeCommand,
     UnsubscribeCommand,
+    UnsubscribeUserCommand,
 )
+from broker.hub_admission import Admission
+from broker.hub_chat import CHAT_LEFT, CHAT_ROOM, ChatRoom
 from broker.logs import get_logger
+from broker.monitor.instruments import Instruments
 from broker.settings import NamespaceSettings, Settings
 from broker.subscriber import Reply, Subscriber
 from protocol import (
@@ -74,14 +83,11 @@ from protocol import (
     Gap,
     History,
     HistoryResult,
-    Join,
     Leave,
     Message,
     Presence,
     PresenceResult,
-    Publication,
     PublicationFrames,
-    Subscribe,
     Subscribed,
     Unsubscribe,
     Unsubscribed,
@@ -90,12 +96,10 @@ from protocol import (
 
 log = get_logger(__name__)
 
-#: The chat room's channel name: ``#`` is outside the client alphabet, so no client can reach it.
-CHAT_ROOM = "#chat"
-CHAT_LEFT = b"A client has left the chat."
 
 # Re-exported: the hub's public vocabulary, so that callers import it from one place.
 __all__ = [
+    "CHAT_LEFT",
     "CHAT_ROOM",
     "ChannelState",
     "ChannelsQuery",
@@ -127,8 +131,9 @@ class HubStatistics:
     gaps: int
 
 
-class Hub:
-    """The hub actor. Start it with ``await task_group.start(hub.run)``."""
+class Hub(Admission, ChatRoom):
+    """The hub actor. Start it with ``await task_group.start(hub.run)``. Subscribing (admission,
+    recovery, catching up) is in ``broker.hub_admission``."""
 
     def __init__(self, settings: Settings, backplane: Backplane) -> None:
         self.settings = settings
@@ -143,6 +148,8 @@ class Hub:
         self._publications = 0
         self._deliveries = 0
         self._gaps = 0
+        #: Histograms and counters for metrics, fed here and by the connections.
+        self.instruments = Instruments()
         self._running = False
         #: Subscribers waiting to be detached, and whether a detach is under way: detaching one
         #: broadcasts its departure, which may find more departed subscribers, so detaching is a
@@ -215,6 +222,8 @@ class Hub:
                 self._recovered(command)
             case FilledCommand():
                 self._filled(command)
+            case HeadReadCommand():
+                self._head_read(command)
             case ChannelHead(channel=channel, head=head):
                 self._head(channel, head)
             case RemoteAnnouncement(channel=channel, message=message):
@@ -231,6 +240,11 @@ class Hub:
                 self._chat_join(subscriber)
             case ChatSayCommand(subscriber=subscriber, text=text):
                 self._chat_say(subscriber, text)
+            case RoomFrame(room=room, payload=payload):
+                if room == CHAT_ROOM:
+                    self._chat_broadcast(Frame(payload, CHAT_ROOM))
+            case UnsubscribeUserCommand(user=user, channel=channel, reply=reply):
+                reply.set(self._unsubscribe_user(user, channel))
             case ChannelsQuery(reply=reply):
                 reply.set(
                     [(name, len(state)) for name, state in self._channels.items() if len(state)]
@@ -273,143 +287,6 @@ class Hub:
     def _options(self, channel: str) -> NamespaceSettings:
         return self.settings.namespace(namespace_of(channel))
 
-    # --- subscribing ----------------------------------------------------------------------------
-
-    def _subscribe(self, subscriber: Subscriber, request: Subscribe) -> None:
-        if subscriber.detached:
-            return
-        channel = request.channel
-        if channel in subscriber.channels:
-            self._error(
-                subscriber,
-                request.id,
-                ErrorCode.ALREADY_SUBSCRIBED,
-                f"already subscribed to {channel!r}",
-            )
-            return
-        limit = self.settings.limits.max_subscriptions
-        if len(subscriber.channels) >= limit:
-            self._error(
-                subscriber,
-                request.id,
-                ErrorCode.LIMIT_EXCEEDED,
-                f"at most {limit} subscriptions per connection",
-            )
-            return
-        state = self._watch(channel)
-        subscriber.channels.add(channel)
-        subscriber.idle_since = None
-        if state.watching:
-            self._admit(state, subscriber, request)
-        else:
-            state.joining.append((subscriber, request))
-
-    def _watch(self, channel: str) -> ChannelState:
-        state = self._channels.get(channel)
-        if state is None:
-            state = self._channels[channel] = ChannelState(channel, self._options(channel))
-            head = self.backplane.watch(channel)
-            if head is not None:
-                self._start(state, head)
-        return state
-
-    def _start(self, state: ChannelState, head: Head) -> None:
-        state.watching = True
-        state.epoch, state.offset = head.epoch, head.offset
-
-    def _admit(self, state: ChannelState, subscriber: Subscriber, request: Subscribe) -> None:
-        """Answer ``request`` at the channel's current position, or start its recovery."""
-        since = request.since
-        if since is not None and since.epoch == state.epoch and since.offset < state.offset:
-            state.recovering[subscriber] = Recovery(request)
-            self._spawn(self._read_missed, subscriber, request, state.offset, state.options)
-            return
-        recovered = (
-            since is not None and since.epoch == state.epoch and since.offset == state.offset
-        )
-        self._reply(
-            subscriber,
-            Subscribed(
-                id=request.id,
-                channel=state.name,
-                epoch=state.epoch,
-                offset=state.offset,
-                recovered=recovered,
-            ),
-        )
-        self._go_live(state, subscriber)
-
-    async def _read_missed(
-        self, subscriber: Subscriber, request: Subscribe, upto: int, options: NamespaceSettings
-    ) -> None:
-        assert request.since is not None
-        page: Page | None = None
-        try:
-            page = await self.backplane.read(
-                request.channel, request.since.offset, upto - request.since.offset, options
-            )
-        except BackplaneUnavailable:
-            pass
-        except Exception:
-            log.exception("hub.recovery_read_failed", channel=request.channel)
-        # Always answered: without a page, the reply says ``recovered: false``.
-        await self.submit(RecoveredCommand(subscriber, request, upto, page))
-
-    def _recovered(self, command: RecoveredCommand) -> None:
-        subscriber, request, upto = command.subscriber, command.request, command.upto
-        state = self._channels.get(request.channel)
-        if state is None or subscriber not in state.recovering:
-            return  # It left (or was dropped) while the read was in flight.
-        held = state.recovering.pop(subscriber).held
-        since = request.since
-        assert since is not None and subscriber.encoding is not None
-        missed: list[PublicationFrames] = []
-        page = command.page
-        if page is not None and page.head.epoch == since.epoch:
-            missed = [p for p in page.publications if since.offset < p.offset <= upto]
-        # Recovered only when every publication from ``since`` to ``upto`` is there: a client
-        # must never be fed a partial set (PROTOCOL.md §1).
-        recovered = [p.offset for p in missed] == list(range(since.offset + 1, upto + 1))
-        encoding = subscriber.encoding
-        publications: list[Publication] = []
-        if recovered:
-            try:
-                publications = [p.message(encoding) for p in missed]
-            except (ValueError, TypeError, OverflowError):
-                # A payload this encoding cannot carry (stored by another broker version):
-                # the set would be partial, so nothing is recovered.
-                recovered = False
-        self._reply(
-            subscriber,
-            Subscribed(
-                id=request.id,
-                channel=state.name,
-                epoch=since.epoch if recovered else state.epoch,
-                offset=upto,
-                recovered=recovered,
-                publications=publications,
-            ),
-        )
-        for publication in held:
-            if subscriber.detached:
-                return
-            if not subscriber.outbox.offer(publication.frame(encoding)):
-                self._detach(subscriber)
-                return
-        self._go_live(state, subscriber)
-
-    def _go_live(self, state: ChannelState, subscriber: Subscriber) -> None:
-        if subscriber.detached:
-            return
-        options = state.options
-        if options.join_leave:
-            join = Join(channel=state.name, client=subscriber.id, user=subscriber.user)
-            self._broadcast_control(state, join)
-            self.backplane.announce(state.name, join)
-        if options.presence:
-            self.backplane.presence_add(state.name, subscriber.info())
-        state.add(subscriber)
-
     def _unsubscribe(self, subscriber: Subscriber, request: Unsubscribe) -> None:
         channel = request.channel
         if channel not in subscriber.channels:
@@ -420,6 +297,21 @@ class Hub:
         self._leave(subscriber, channel)
         self._reply(subscriber, Unsubscribed(id=request.id, channel=channel))
 
+    def _unsubscribe_user(self, user: str, channel: str) -> int:
+        """Unsubscribe every connection of ``user`` from ``channel``; how many there were."""
+        state = self._channels.get(channel)
+        if state is None or channel == CHAT_ROOM:
+            return 0
+        members = [s for group in state.live.values() for s in group]
+        members += list(state.recovering) + [s for s, _ in state.joining + state.waiting]
+        targets = {s: None for s in members if s.user == user and not s.detached}
+        for subscriber in targets:
+            self._leave(subscriber, channel)
+            # ``id`` 0: no request of the client's asked for it (the Python client's ids start
+            # at 1).
+            self._reply(subscriber, Unsubscribed(id=0, channel=channel))
+        return len(targets)
+
     def _leave(self, subscriber: Subscriber, channel: str) -> None:
         subscriber.channels.discard(channel)
         if not subscriber.channels:
@@ -428,12 +320,12 @@ class Hub:
         if state is None:
             return
         was_live = subscriber in state.live.get(subscriber.encoding, {})
-        pending = [r for s, r in state.joining if s is subscriber]
+        pending = [r for s, r in state.joining + state.waiting if s is subscriber]
         recovery = state.recovering.get(subscriber)
         if recovery is not None:
             pending.append(recovery.request)
         for request in pending:
-            # Every subscribe is answered (PROTOCOL.md §1), even one overtaken by its undoing.
+            # Every subscribe is answered (docs/protocol.md §1), even one overtaken by its undoing.
             self._reply(
                 subscriber,
                 Subscribed(id=request.id, channel=channel, epoch=state.epoch, offset=state.offset),
@@ -471,7 +363,7 @@ class Hub:
         for channel in list(subscriber.channels):
             self._leave(subscriber, channel)
             if channel == CHAT_ROOM:
-                self._chat_broadcast(Frame(CHAT_LEFT, CHAT_ROOM))
+                self._chat_said(CHAT_LEFT)
 
     def _broadcast_control(self, state: ChannelState, message: Message) -> None:
         """Send a message that is not a publication (``join``, ``leave``, ``gap``) to a
@@ -571,6 +463,8 @@ class Hub:
         found = []
         if page is not None and page.head.epoch == state.epoch:
             found = [p for p in page.publications if state.offset < p.offset <= command.upto]
+        self.instruments.fills += 1
+        self.instruments.filled_publications += len(found)
         for publication in found:
             if publication.offset > state.offset + 1:
                 self._gap(state, state.offset + 1, publication.offset - 1)
@@ -581,6 +475,8 @@ class Hub:
             state.offset = command.upto
         state.filling = False
         self._resequence(state)
+        if state.waiting:
+            self._release_waiting(state)
 
     def _resequence(self, state: ChannelState) -> None:
         """Sequence the publications held back while a range was read."""
@@ -600,6 +496,7 @@ class Hub:
         last: int,
     ) -> None:
         self._gaps += 1
+        self.instruments.gap_messages += len(group)
         frame = Frame(
             CODECS[encoding].encode(Gap(channel=channel, from_offset=first, to_offset=last))
         )
@@ -610,6 +507,9 @@ class Hub:
     def _gap(self, state: ChannelState, first: int, last: int) -> None:
         """Publications ``first`` to ``last`` are lost to this process: say so."""
         self._gaps += 1
+        self.instruments.gap_messages += sum(
+            len(group) for encoding, group in state.live.items() if encoding is not None
+        )
         log.warning("hub.gap", channel=state.name, from_offset=first, to_offset=last)
         self._broadcast_control(state, Gap(channel=state.name, from_offset=first, to_offset=last))
 
@@ -629,13 +529,7 @@ class Hub:
             return
         # Live delivery was re-established (after an outage): catch up on what was missed,
         # from the start of the stream when it is a new one.
-        if head.epoch != state.epoch:
-            state.epoch, state.offset = head.epoch, 0
-        if head.offset > state.offset and not state.filling:
-            state.filling = True
-            self._spawn(
-                self._read_range, channel, state.epoch, state.offset, head.offset, state.options
-            )
+        self._catch_up(state, head)
 
     # --- history and presence -------------------------------------------------------------------
 
@@ -712,34 +606,6 @@ class Hub:
         self._reply(
             subscriber, PresenceResult(id=request.id, channel=request.channel, clients=members)
         )
-
-    # --- the chat room of /ws/chat --------------------------------------------------------------
-
-    def _chat_join(self, subscriber: Subscriber) -> None:
-        if subscriber.detached:
-            return
-        state = self._channels.get(CHAT_ROOM)
-        if state is None:
-            state = ChannelState(CHAT_ROOM, self.settings.default_namespace)
-            state.watching = True
-            self._channels[CHAT_ROOM] = state
-        state.add(subscriber)
-        subscriber.channels.add(CHAT_ROOM)
-
-    def _chat_say(self, subscriber: Subscriber, text: str) -> None:
-        if subscriber.detached:
-            return
-        self._chat_broadcast(Frame(f"Client says: {text}".encode(), CHAT_ROOM))
-
-    def _chat_broadcast(self, frame: Frame) -> None:
-        state = self._channels.get(CHAT_ROOM)
-        if state is None:
-            return
-        group = state.live.get(None, {})
-        refused = [subscriber for subscriber in group if not subscriber.outbox.offer(frame)]
-        self._deliveries += len(group) - len(refused)
-        for subscriber in refused:
-            self._detach(subscriber)
 
     # --- observation ----------------------------------------------------------------------------
 

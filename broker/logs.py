@@ -8,6 +8,7 @@ Contract:
 
   - JSON lines, one object per line, when ``settings.format`` is ``json``, or ``auto`` and the
     stream is not a TTY. Keys: ``timestamp`` (ISO 8601, UTC, ``Z``), ``level``, ``logger``,
+    ``pid`` (the process that wrote it: with ``--workers N`` several share the stream),
     ``event``, then the bound context variables and the event's fields. An exception becomes a
     structured ``exception`` list (``dict_tracebacks``) without local variables.
   - structlog's ``ConsoleRenderer`` when ``settings.format`` is ``console``, or ``auto`` on a TTY;
@@ -29,12 +30,14 @@ uvicorn: ``configure_logging`` removes any handler from the ``uvicorn``, ``uvico
 ``structlog.stdlib.ProcessorFormatter`` renders them like our own events. The caller must create
 ``uvicorn.Config(..., log_config=None)``: uvicorn's default ``LOGGING_CONFIG`` would install its
 own handlers again. Leave ``log_level`` unset (``None``, the default) so that the level from the
-settings applies; ``access_log=False`` still silences access lines.
+settings applies. uvicorn's access lines are always off (``uvicorn.access`` is disabled): the
+broker logs one line per connection, in one process or with ``--workers N`` alike.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -141,7 +144,7 @@ _JSON_ENCODER: Final = msgspec.json.Encoder(enc_hook=str)
 
 
 def _dumps(obj: Any, default: Any = None, **_kwargs: Any) -> str:
-    """Serializer for ``JSONRenderer``; ignores the ``default=`` it passes (FINDINGS.md).
+    """Serializer for ``JSONRenderer``; ignores the ``default=`` it passes (docs/stack-findings.md).
 
     ``enc_hook`` does the job ``default`` would do. The result is ``str`` because the stdlib
     handler writes text.
@@ -149,7 +152,7 @@ def _dumps(obj: Any, default: Any = None, **_kwargs: Any) -> str:
     return _JSON_ENCODER.encode(obj).decode()
 
 
-_LEADING_KEYS: Final = ("timestamp", "level", "logger", "event")
+_LEADING_KEYS: Final = ("timestamp", "level", "logger", "pid", "event")
 
 
 def _leading_keys_first(
@@ -159,6 +162,12 @@ def _leading_keys_first(
     ordered = {key: event_dict[key] for key in _LEADING_KEYS if key in event_dict}
     ordered.update(event_dict)
     return ordered
+
+
+def _add_pid(_logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
+    """Which process wrote the line: with ``--workers N`` several write to one stream."""
+    event_dict["pid"] = os.getpid()
+    return event_dict
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -208,6 +217,7 @@ def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) ->
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_pid,
     ]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=pre_chain,
@@ -232,6 +242,10 @@ def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) ->
         uvicorn_logger.handlers.clear()
         uvicorn_logger.setLevel(logging.NOTSET)  # inherit the root's level
         uvicorn_logger.propagate = True
+    # No access lines, whatever uvicorn.Config said and whichever ran first (a --workers process
+    # configures logging after its Config): the broker writes its own line per connection, and
+    # a line per /readyz probe would drown everything else.
+    logging.getLogger("uvicorn.access").disabled = True
 
     structlog.configure(
         processors=[

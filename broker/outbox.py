@@ -32,7 +32,7 @@ class FlushScheduler:
     sustained stream of publications, all together at most once per ``interval``.
 
     The hub handles a burst of commands in one turn; each subscriber's frames from that turn then
-    leave in one write, made here, without waking its writer task: no task switch per delivery,
+    leave in one write, made here, without waking its writer: no task switch per delivery,
     and a batch whenever several messages are queued. An outbox whose socket does not take the
     write at once wakes its writer instead, which waits with a deadline.
 

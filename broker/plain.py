@@ -1,4 +1,4 @@
-"""The tutorial's three servers (PROTOCOL.md §3) on the broker's machinery.
+"""The tutorial's three servers (docs/protocol.md §3) on the broker's machinery.
 
 Each runs on a ``Connection``: its replies go through the bounded outbox and the writer, so a
 client that stops reading is dropped as a slow consumer instead of stalling anyone. ``/ws/chat``

@@ -1,25 +1,32 @@
 """``Broker``: one process's broker, the object every route reaches through ``Depends``.
 
 It owns the hub, knows every live connection (for ``max_connections``, the HTTP API's
-``disconnect`` and metrics) and admits or refuses new ones. ``serve`` runs the hub; nothing is
-accepted before the hub takes commands.
+``disconnect`` and metrics) and admits or refuses new ones. ``serve`` runs the hub and the
+backplane; nothing is accepted before both take commands, and if either stops later the broker
+has failed (``Broker.fail``): it says so in the log and on ``/healthz`` instead of living on
+half-alive.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import anyio
 import msgspec
+import structlog
 from anyio.abc import TaskStatus
 
 from broker.backplane import Backplane, Head, create_backplane
 from broker.connection import Connection, ConnectionStatistics
+from broker.control import BrokerControl
 from broker.hub import Hub
-from broker.logs import get_logger
+from broker.logs import configure_logging, get_logger
+from broker.monitor.loopwatch import LoopWatch
 from broker.outbox import FlushScheduler
 from broker.settings import Settings
 from protocol import Codec, Encoding, namespace_of
@@ -39,32 +46,97 @@ class Totals:
     bytes_out: int = 0
     protocol_errors: int = 0
     slow_consumers: int = 0
+    #: Slow consumers by cause (``outbox_full``, ``write_timeout``, ``replies_held``).
+    slow_consumer_causes: dict[str, int] = field(default_factory=dict)
 
 
 class Broker:
+    #: Called with the broker when one fails (``fail``), in the event loop's thread.
+    failure_hooks: ClassVar[list[Callable[[Broker], None]]] = []
+
     def __init__(self, settings: Settings, backplane: Backplane | None = None) -> None:
         self.settings = settings
         self.backplane = backplane or create_backplane(settings)
         self.hub = Hub(settings, self.backplane)
+        #: This process's name in control answers.
+        self.process_id = secrets.token_urlsafe(9)
+        #: The cross-process control path: requests about the whole broker.
+        self.control = BrokerControl(self)
         #: Flushes the outboxes fed during a turn of the event loop: right after it, or (for
         #: publications under a sustained stream) once per ``queue.flush_interval``.
         self.flusher = FlushScheduler(settings.queue.flush_interval)
         self.connections: dict[str, Connection] = {}
         self.totals = Totals()
         self.close_codes: dict[int, int] = {}
+        #: Why the broker stopped working (``fail``); None while it works.
+        self.failure: str | None = None
+        self._started = False
+        monitor = settings.monitor
+        #: The blocked-loop watch: event-loop lag histogram and ``loop.blocked`` warnings.
+        self.loopwatch = LoopWatch(
+            interval=monitor.loop_check_interval,
+            warning=monitor.loop_lag_warning,
+            describe=self.describe,
+        )
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the hub and the backplane until cancelled; ``task_status.started()`` once both
-        take requests."""
+        take requests.
+
+        Both must run as long as the broker does. Once started, if either ends (an exception, or
+        a return nobody asked for), the broker has failed: see ``fail``. A failure while
+        starting is raised, so that start-up fails.
+        """
         async with anyio.create_task_group() as tasks:
-            await tasks.start(self.hub.run)
-            await tasks.start(self.backplane.run, self.hub.submit)
+            await tasks.start(self._essential, "hub", self.hub.run)
+            await tasks.start(self._essential, "control", self.control.run)
+            await tasks.start(
+                self._essential, "backplane", self.backplane.run, self.control.deliver
+            )
+            await tasks.start(self.loopwatch.run)
+            self._started = True
             task_status.started()
+
+    async def _essential(
+        self,
+        name: str,
+        run: Callable[..., Awaitable[None]],
+        *args: Any,
+        task_status: TaskStatus[None],
+    ) -> None:
+        try:
+            await run(*args, task_status=task_status)
+        except Exception as exc:
+            if not self._started:
+                raise
+            self.fail(name, exc)
+        else:
+            if self._started:
+                self.fail(name, None)
+
+    def fail(self, task: str, error: BaseException | None) -> None:
+        """The broker cannot go on: ``task`` ended. Log it once at error level, turn ``/healthz``
+        and ``/readyz`` to 503, and call every hook in ``Broker.failure_hooks`` (the broker's own
+        server installs one that stops the process, so that its supervisor starts a new one).
+        Mounted in a host app, ending the process is the host's decision: its health check
+        sees the 503."""
+        if self.failure is not None:
+            return
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]  # the task groups it went through say nothing
+        self.failure = (
+            f"{task} stopped: {type(error).__name__}: {error}"
+            if error
+            else (f"{task} stopped unexpectedly")
+        )
+        log.error("broker.failed", task=task, reason=self.failure, exc_info=error)
+        for hook in Broker.failure_hooks:
+            hook(self)
 
     @property
     def ready(self) -> bool:
         """Ready to take traffic: the hub runs and the backplane is connected (``/readyz``)."""
-        return self.hub.running and self.backplane.ready
+        return self.failure is None and self.hub.running and self.backplane.ready
 
     async def publish(
         self,
@@ -73,11 +145,15 @@ class Broker:
         codec: Codec,
         publisher: str | None,
         converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head:
-        """Publish into ``channel``: its offset and epoch once the backplane has it. Raises
+        """Publish into ``channel``: its offset and epoch once the backplane has it (for a
+        repeated ``idempotency_key``, the first publication's, without publishing again). Raises
         ``BackplaneUnavailable``."""
         options = self.settings.namespace(namespace_of(channel))
-        return await self.backplane.publish(channel, data, codec, publisher, options, converted)
+        return await self.backplane.publish(
+            channel, data, codec, publisher, options, converted, idempotency_key
+        )
 
     async def publish_submit(
         self,
@@ -87,6 +163,7 @@ class Broker:
         publisher: str | None,
         converted: dict[Encoding, msgspec.Raw] | None = None,
         on_settled: Callable[[], None] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head | asyncio.Future[Head]:
         """``publish`` for a publisher that goes on before the result: the head when the
         backplane has it at once (in memory), otherwise a future that ends with it or with
@@ -98,12 +175,19 @@ class Broker:
         not ready)."""
         options = self.settings.namespace(namespace_of(channel))
         return await self.backplane.publish_submit(
-            channel, data, codec, publisher, options, converted, on_settled
+            channel, data, codec, publisher, options, converted, on_settled, idempotency_key
         )
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Broker]:
-        """Run the broker for the duration of the block (for a host app's lifespan)."""
+        """Run the broker for the duration of the block (for a host app's lifespan).
+
+        When nothing has configured structlog yet (a host app run by plain ``uvicorn``), the
+        broker's ``[log]`` settings are applied first, so that its lines are JSON when stdout
+        is not a terminal, as under ``broker serve``.
+        """
+        if not structlog.is_configured():
+            configure_logging(self.settings.log)
         async with anyio.create_task_group() as tasks:
             await tasks.start(self.serve)
             try:
@@ -142,10 +226,39 @@ class Broker:
         totals.messages_out += stats.messages_out
         totals.bytes_out += stats.bytes_out
         totals.protocol_errors += stats.protocol_errors
-        if connection.slow_consumer is not None:
+        cause = connection.slow_consumer
+        if cause is not None:
             totals.slow_consumers += 1
-        code = connection.close_code or 1005
+            causes = totals.slow_consumer_causes
+            causes[cause] = causes.get(cause, 0) + 1
+        # No close code known: the connection ended without a close frame (RFC 6455: 1006).
+        code = connection.close_code or 1006
         self.close_codes[code] = self.close_codes.get(code, 0) + 1
+
+    def drops(self) -> dict[str, int]:
+        """Clients dropped and requests refused so far, by reason (``broker_drops_total``);
+        every reason is present."""
+        causes = self.totals.slow_consumer_causes
+        return {
+            "outbox_overflow": causes.get("outbox_full", 0) + causes.get("replies_held", 0),
+            "write_timeout": causes.get("write_timeout", 0),
+            "rate_limit": self.hub.instruments.rate_limited,
+            "connection_limit": self.totals.connections_refused,
+            "heartbeat": self.close_codes.get(4009, 0),
+            "protocol_error": self.live_statistics().protocol_errors,
+            "auth_failure": self.close_codes.get(4001, 0),
+        }
+
+    def describe(self) -> dict[str, int]:
+        """What the broker is doing now, in a few figures (the ``loop.blocked`` warning)."""
+        hub = self.hub.statistics()
+        return {
+            "connections": len(self.connections),
+            "hub_mailbox_queued": hub.mailbox_queued,
+            "channels": hub.channels,
+            "subscriptions": hub.subscriptions,
+            "publications": hub.publications,
+        }
 
     def live_statistics(self) -> ConnectionStatistics:
         """Totals of closed connections plus those of the live ones."""

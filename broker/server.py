@@ -1,6 +1,6 @@
 """Running the broker app under uvicorn with the settings' limits applied.
 
-uvicorn's own defaults suit a web app, not a broker (../shared/FINDINGS.md): permessage-deflate on
+uvicorn's own defaults suit a web app, not a broker (docs/stack-findings.md): permessage-deflate on
 and 16 MiB messages. Here the WebSocket protocol is ``BrokerWebSocketProtocol`` (the fast write
 path and socket reset), messages are capped at ``websocket.max_message_bytes`` at the frame
 parser, compression follows config, and SIGTERM/SIGINT drain connections within
@@ -10,16 +10,24 @@ parser, compression follows config, and SIGTERM/SIGINT drain connections within
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
+import ssl
+import sys
+import tempfile
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 from uvicorn.supervisors import Multiprocess
 
 from broker.app import create_app
 from broker.config import CONFIG_PATH_ENV, load_settings
 from broker.logs import configure_logging, get_logger
+from broker.monitor.workers import METRICS_DIR_ENV
+from broker.runtime import Broker
 from broker.settings import Settings
 from broker.transport import BrokerWebSocketProtocol, configure_protocol
 
@@ -27,7 +35,7 @@ log = get_logger("broker.server")
 
 
 def uvicorn_config(
-    settings: Settings, *, app: FastAPI | str | None = None, workers: int = 1
+    settings: Settings, *, app: ASGIApp | str | None = None, workers: int = 1
 ) -> uvicorn.Config:
     """The uvicorn config that serves ``app`` (the broker for ``settings`` when None) with the
     settings' limits applied."""
@@ -49,6 +57,12 @@ def uvicorn_config(
         ws_ping_interval=websocket.heartbeat,
         ws_ping_timeout=websocket.heartbeat + websocket.heartbeat_grace,
         timeout_graceful_shutdown=max(1, round(settings.server.shutdown_grace)),
+        # TLS when server.tls_certfile is set (checked by broker.config before this runs).
+        ssl_certfile=settings.server.tls_certfile or None,
+        ssl_keyfile=settings.server.tls_keyfile or None,
+        ssl_keyfile_password=settings.server.tls_keyfile_password or None,
+        ssl_ca_certs=settings.server.tls_ca_certs or None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if settings.server.tls_ca_certs else ssl.CERT_NONE,
         lifespan="on",
         # Logging is configured by broker.logs; uvicorn's loggers go through the same renderer.
         log_config=None,
@@ -65,12 +79,16 @@ def app_from_environment() -> FastAPI:
     """
     settings = load_settings(os.environ.get(CONFIG_PATH_ENV), os.environ)
     configure_logging(settings.log)
+    # A worker whose broker failed stops; the supervisor starts a new one in its place.
+    Broker.failure_hooks.append(_stop_on_failure)
     websocket = settings.websocket
     configure_protocol(
         transport_buffer_bytes=websocket.transport_buffer_bytes,
         close_timeout=websocket.close_timeout,
     )
-    return create_app(settings)
+    app = create_app(settings)
+    app.state.metrics_workers_dir = os.environ.get(METRICS_DIR_ENV)
+    return app
 
 
 def serve_workers(settings: Settings, workers: int, config_path: str | None) -> None:
@@ -87,10 +105,66 @@ def serve_workers(settings: Settings, workers: int, config_path: str | None) -> 
         port=settings.server.port,
         workers=workers,
         backplane=settings.backplane.kind.value,
+        tls=bool(settings.server.tls_certfile),
     )
-    sock = config.bind_socket()
-    Multiprocess(config, sockets=[sock]).run()
+    sock = listen(settings.server.host, settings.server.port)
+    # Where the workers share their figures, so that /metrics answers for all of them.
+    metrics_dir = tempfile.mkdtemp(prefix="broker-metrics-")
+    os.environ[METRICS_DIR_ENV] = metrics_dir
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     log.info("broker.stopped")
+
+
+class StartupError(Exception):
+    """The broker cannot start (its port is taken, say): one line for the operator."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or ``StartupError`` saying why not.
+
+    Bound here rather than by uvicorn, which logs a traceback-shaped error line after "startup
+    complete" when the port is taken, and exits 1.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"server.host = {host!r}: cannot resolve it ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "(is another broker or program using this port? set server.port or --port)"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class _StopOnFailure:
+    """Ends this process when its broker fails (``Broker.fail``): a SIGTERM to itself drains the
+    clients (``disconnect`` with ``reconnect`` true, then 1001) and stops the server, and the
+    process exits 1, so that systemd, Kubernetes or the ``--workers`` supervisor starts a new one.
+    """
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def __call__(self, broker: Broker) -> None:
+        self.failed = True
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_stop_on_failure = _StopOnFailure()
 
 
 class BrokerServer(uvicorn.Server):
@@ -106,15 +180,52 @@ class BrokerServer(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def serve(settings: Settings, *, sock: socket.socket | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain and return."""
-    config = uvicorn_config(settings)
+def serve(
+    settings: Settings, *, sock: socket.socket | None = None, app: ASGIApp | None = None
+) -> int:
+    """Run until SIGTERM or SIGINT, then drain and return 0; 1 when the broker failed.
+
+    ``app`` is the app to serve: the broker's own for ``settings`` when None, or a host app with
+    the broker mounted in it, which then gets everything ``broker serve`` gives (the write path,
+    the drain on SIGTERM, the limits, the logs). Raises ``StartupError`` when the port is taken.
+    """
+    config = uvicorn_config(settings, app=app)
     server = BrokerServer(config)
+    if sock is None:
+        sock = listen(settings.server.host, settings.server.port)
     log.info(
         "broker.starting",
         host=settings.server.host,
-        port=settings.server.port,
+        port=sock.getsockname()[1],
         backplane=settings.backplane.kind.value,
+        workers=1,
+        tls=bool(settings.server.tls_certfile),
     )
-    server.run(sockets=[sock] if sock is not None else None)
-    log.info("broker.stopped")
+    Broker.failure_hooks.append(_stop_on_failure)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        Broker.failure_hooks.remove(_stop_on_failure)
+    if _stop_on_failure.failed:
+        log.error("broker.stopped", exit_code=1)
+        return 1
+    log.info("broker.stopped", exit_code=0)
+    return 0
+
+
+def run(app: ASGIApp, settings: Settings | None = None) -> None:
+    """Serve a host app that mounts the broker, as ``broker serve`` serves the broker alone:
+    logging configured from ``settings.log``, the broker's uvicorn settings, the drain on
+    SIGTERM, and the process's exit code (1 if the broker failed, 2 if it could not start)::
+
+        if __name__ == "__main__":
+            run(app, settings)
+    """
+    settings = settings or Settings()
+    configure_logging(settings.log)
+    try:
+        code = serve(settings, app=app)
+    except StartupError as exc:
+        print(f"broker: {exc}", file=sys.stderr)  # noqa: T201 - the one line an operator reads
+        code = 2
+    sys.exit(code)

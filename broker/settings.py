@@ -64,6 +64,16 @@ class ServerSettings(_Section, frozen=True):
     shutdown_grace: Seconds = 10.0
     #: Browser origins allowed to open a WebSocket; empty allows any origin.
     allowed_origins: list[str] = msgspec.field(default_factory=list)
+    #: TLS (``wss://``, ``https://``) without a proxy: the certificate chain file (PEM); empty
+    #: serves plain ``ws://`` and ``http://``.
+    tls_certfile: str = ""
+    #: The private key file (PEM); empty when the key is in ``tls_certfile``.
+    tls_keyfile: str = ""
+    #: The password of an encrypted private key; empty when it is not encrypted.
+    tls_keyfile_password: str = ""
+    #: CA certificates (PEM): when set, every client must present a certificate they signed
+    #: (mutual TLS); empty asks clients for none.
+    tls_ca_certs: str = ""
 
 
 class WebSocketSettings(_Section, frozen=True):
@@ -142,6 +152,15 @@ class BackplaneSettings(_Section, frozen=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Several Redis instances to shard channels across; overrides ``redis_url`` when not empty.
     redis_urls: list[str] = msgspec.field(default_factory=list)
+    #: Redis Sentinels (``host:port``) that name the master of ``redis_sentinel_master``; when
+    #: not empty, the backplane connects to that master, and ``redis_url`` gives only the user,
+    #: password, database and TLS of the master's connections.
+    redis_sentinels: list[str] = msgspec.field(default_factory=list)
+    #: The master's name in the Sentinels' configuration (``sentinel monitor <name> ...``).
+    redis_sentinel_master: str = "mymaster"
+    #: Redis Cluster: ``redis_url`` (or each of ``redis_urls``) is a node to discover it from;
+    #: channels hash to slots and live publications use sharded pub/sub (Redis 7 or newer).
+    redis_cluster: bool = False
     #: Prefix of every Redis key and pub/sub channel, so several brokers can share one Redis.
     key_prefix: str = "broker"
     #: Seconds a Redis command may take before the backplane counts Redis as down.
@@ -154,6 +173,10 @@ class BackplaneSettings(_Section, frozen=True):
     #: Publishes per Redis server queued or in flight in this process's publish pipeline; a
     #: publisher waits for room beyond it.
     publish_queue: PositiveInt = 1024
+    #: Seconds a publish's ``idempotency_key`` is remembered (per channel): a repeat within it is
+    #: answered with the first publication's offset and epoch and not published again. It must
+    #: outlast the longest a publisher retries (the Python client: ``publish_retry_for``).
+    idempotency_window: Seconds = 300.0
 
 
 class LogSettings(_Section, frozen=True):
@@ -161,6 +184,14 @@ class LogSettings(_Section, frozen=True):
     format: LogFormat = LogFormat.AUTO
     #: Protocol errors logged per connection; later ones are only counted.
     max_protocol_errors_logged: NonNegativeInt = 3
+
+
+class MonitorSettings(_Section, frozen=True):
+    #: Seconds between the blocked-loop watch's wake-ups (each measures how late it woke).
+    loop_check_interval: Annotated[float, msgspec.Meta(ge=0.01, le=10)] = 0.1
+    #: Seconds of event-loop lag above which ``loop.blocked`` is logged (at most one warning per
+    #: 10 s; every such stall is counted in ``broker_event_loop_stalls_total``).
+    loop_lag_warning: Seconds = 0.25
 
 
 class ConsoleSettings(_Section, frozen=True):
@@ -179,8 +210,18 @@ class Settings(_Section, frozen=True):
     namespaces: dict[NamespaceName, NamespaceSettings] = msgspec.field(default_factory=dict)
     backplane: BackplaneSettings = msgspec.field(default_factory=BackplaneSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
+    monitor: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
     console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
 
     def namespace(self, name: str) -> NamespaceSettings:
         """Options of namespace ``name``; the default namespace's when it is not configured."""
         return self.namespaces.get(name, self.default_namespace)
+
+
+def sentinel_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a Sentinel's ``host:port``; None when it is not one."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)

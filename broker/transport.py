@@ -1,7 +1,7 @@
 """Writing frames to a client's socket, with the fast path below ASGI where uvicorn allows it.
 
 The hub's design pays off only when a writer hands the socket every queued frame in one write (one
-syscall) and can cut a stuck client loose (../shared/FINDINGS.md). ASGI offers neither: ``send``
+syscall) and can cut a stuck client loose (docs/stack-findings.md). ASGI offers neither: ``send``
 takes one message at a time, and nothing in it can abort a transport. So
 ``BrokerWebSocketProtocol``, a small subclass of uvicorn's websockets-sansio protocol, publishes
 a ``TransportLink`` in the ASGI scope's ``extensions`` under ``"broker.transport"``:
@@ -234,6 +234,11 @@ class _ReceiveQueue:
     def empty(self) -> bool:
         return not self._items
 
+    def relabel_last_disconnect(self, code: int, reason: str) -> None:
+        """Give the last queued ``websocket.disconnect`` message ``code`` and ``reason``."""
+        if self._items and self._items[-1].get("type") == "websocket.disconnect":
+            self._items[-1] = {**self._items[-1], "code": code, "reason": reason}
+
 
 class _Flag:
     """What uvicorn needs of its per-connection ``asyncio.Event`` (``writable``), without the
@@ -296,7 +301,12 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         self._notify_writable()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # No close frame came (a reset, a vanished peer): RFC 6455 §7.1.5 calls that 1006.
+        # uvicorn reports 1005, which the RFC reserves for a close frame without a status code.
+        lost = self.handshake_complete and self.conn.close_rcvd is None
         super().connection_lost(exc)
+        if lost:
+            self.queue.relabel_last_disconnect(1006, "connection lost")  # type: ignore[attr-defined]
         self._notify_writable()
 
     def _notify_writable(self) -> None:

@@ -1,6 +1,6 @@
 """The reader of ``/v1/ws``: client frames in, hub commands (or direct replies) out.
 
-PROTOCOL.md §1. Answers it can give alone (``pong``, ``error`` for a bad frame or the rate limit)
+docs/protocol.md §1. Answers it can give alone (``pong``, ``error`` for a bad frame or rate limit)
 go straight to the connection's outbox; everything touching channels goes to the hub. A bad frame
 never ends the connection: it gets ``error`` ``bad_request``. Only the wrong frame kind for the
 negotiated encoding (1003) and an oversized message (1009) close it.
@@ -48,7 +48,7 @@ from protocol import (
 
 log = get_logger("broker.v1")
 
-_UNAVAILABLE = "the broker cannot publish right now"
+_UNAVAILABLE = "the broker cannot publish right now; a retry with the same idempotency_key is safe"
 #: A publish whose result is not known yet (its future, ``id`` and channel), or a reply frame
 #: waiting for the replies to earlier publishes.
 _Held = tuple["asyncio.Future[Head]", int | None, str] | bytes
@@ -166,6 +166,7 @@ class V1Reader:
                 self.connection.protocol_error("protocol.rate_limit_abuse", strikes=self.strikes)
                 self.connection.request_close(CloseCode.RATE_LIMIT_ABUSE)
                 return
+            self.hub.instruments.rate_limited += 1
             self.error(message.id, ErrorCode.RATE_LIMITED, "publish rate limit exceeded")
             return
         self.strikes = 0
@@ -184,7 +185,13 @@ class V1Reader:
             return
         try:
             outcome = await self.broker.publish_submit(
-                channel, message.data, self.codec, self.connection.id, converted, self.settle
+                channel,
+                message.data,
+                self.codec,
+                self.connection.id,
+                converted,
+                self.settle,
+                message.idempotency_key,
             )
         except BackplaneUnavailable:
             self.error(message.id, ErrorCode.UNAVAILABLE, _UNAVAILABLE)

@@ -1,4 +1,4 @@
-"""The WebSocket endpoints: ``/v1/ws`` (PROTOCOL.md §1) and the plain ``/ws``, ``/ws/data`` and
+"""The WebSocket endpoints: ``/v1/ws`` (docs/protocol.md §1) and the plain ``/ws``, ``/ws/data`` and
 ``/ws/chat`` (§3). Each admits the client, runs a ``Connection`` with the endpoint's reader, and
 leaves nothing behind when it ends.
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket
+from starlette.responses import PlainTextResponse
 
 from broker.connection import Connection
 from broker.dependencies import BrokerDep, SettingsDep
@@ -30,10 +31,21 @@ from protocol import (
 router = APIRouter()
 
 
+async def deny(websocket: WebSocket, status: int, reason: str) -> None:
+    """Refuse the handshake with an HTTP ``status`` and ``reason`` as a plain-text body, so that
+    whoever reads it learns what was wrong. A server without the ASGI denial-response
+    extension answers 403 with no body instead."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(PlainTextResponse(reason + "\n", status_code=status))
+    else:
+        await websocket.close(code=1008)
+
+
 async def _admit(websocket: WebSocket, broker: Broker, codec: Codec | None) -> bool:
     """Accept the handshake, or refuse it; False when the connection must not go on."""
-    if not broker.origin_allowed(websocket.headers.get("origin")):
-        await websocket.close(code=1008)  # before accept: uvicorn answers HTTP 403
+    origin = websocket.headers.get("origin")
+    if not broker.origin_allowed(origin):
+        await deny(websocket, 403, f"origin {origin} is not allowed (server.allowed_origins)")
         return False
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol=codec.encoding.subprotocol if codec and offered else None)
@@ -82,8 +94,14 @@ async def _run(
 async def serve_v1(websocket: WebSocket, broker: Broker, settings: Settings) -> None:
     codec = codec_for_subprotocols(websocket.scope.get("subprotocols") or [])
     if codec is None:
-        # Only unknown subprotocols offered: refuse the handshake (PROTOCOL.md §1).
-        await websocket.close(code=1002)
+        # Only unknown subprotocols offered: refuse the handshake (docs/protocol.md §1).
+        offered = ", ".join(websocket.scope.get("subprotocols") or [])
+        await deny(
+            websocket,
+            400,
+            f"unknown subprotocol ({offered}): offer broker.v1.json or broker.v1.msgpack, "
+            "or none for JSON",
+        )
         return
     if not await _admit(websocket, broker, codec):
         return

@@ -1,6 +1,12 @@
-"""The broker's wire protocol (PROTOCOL.md): message types, codecs and channel names. No I/O."""
+"""The broker's wire protocol (docs/protocol.md): message types, codecs, channel names. No I/O."""
 
-from protocol.channels import Channel, is_valid_channel, namespace_of
+from protocol.channels import (
+    CHANNEL_RULE,
+    Channel,
+    explain_channel_errors,
+    is_valid_channel,
+    namespace_of,
+)
 from protocol.codec import (
     CODECS,
     JSON,
@@ -22,6 +28,7 @@ from protocol.messages import (
     Gap,
     History,
     HistoryResult,
+    IdempotencyKey,
     Join,
     Leave,
     Message,
@@ -42,6 +49,7 @@ from protocol.messages import (
 )
 
 __all__ = [
+    "CHANNEL_RULE",
     "CLOSE_REASONS",
     "CODECS",
     "JSON",
@@ -62,6 +70,7 @@ __all__ = [
     "Gap",
     "History",
     "HistoryResult",
+    "IdempotencyKey",
     "Join",
     "Leave",
     "Message",
@@ -82,6 +91,7 @@ __all__ = [
     "Welcome",
     "codec_for_subprotocols",
     "convert_payload",
+    "explain_channel_errors",
     "is_valid_channel",
     "namespace_of",
 ]

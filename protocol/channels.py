@@ -1,4 +1,4 @@
-"""Channel names (PROTOCOL.md §1, "Channels, offsets, epochs and recovery").
+"""Channel names (docs/protocol.md §1, "Channels, offsets, epochs and recovery").
 
 A name is 1 to 255 bytes of ``A-Z a-z 0-9 _ - : . @ /``. The part before the first ``:`` is the
 namespace whose options come from config; a name without ``:`` belongs to the default namespace,
@@ -22,6 +22,21 @@ Channel = Annotated[
 ]
 
 _CHANNEL_RE: Final = re.compile(CHANNEL_PATTERN)
+
+
+#: What a channel name is, in words, for error messages (clients and operators read them).
+CHANNEL_RULE: Final = (
+    "a channel name: 1 to 255 characters, each a letter, a digit or one of _ - : . @ /"
+)
+
+_PATTERN_IN_ERRORS: Final = re.compile(r"`str` matching regex '[^']*'")
+
+
+def explain_channel_errors(message: str) -> str:
+    """``message`` (a msgspec validation error) with the channel name pattern said in words."""
+    if "regex" not in message:
+        return message
+    return _PATTERN_IN_ERRORS.sub(CHANNEL_RULE, message)
 
 
 def is_valid_channel(name: str) -> bool:

@@ -1,4 +1,4 @@
-"""JSON and MessagePack codecs, built once per process and reused (PROTOCOL.md §1).
+"""JSON and MessagePack codecs, built once per process and reused (docs/protocol.md §1).
 
 ``Codec.decode_client`` never raises: a frame that cannot be decoded or validated comes back as a
 ``DecodeFailure`` value naming the problem (and the request ``id`` when one could be read), which
@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
+from protocol.channels import explain_channel_errors
 from protocol.messages import ClientMessage, Message, ServerMessage
 
 _Decoder = msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]
@@ -45,7 +46,7 @@ class _RequestIdProbe(msgspec.Struct):
     id: int | None = None
 
 
-# Errors that decoding hostile input can raise besides msgspec's own (../shared/FINDINGS.md):
+# Errors that decoding hostile input can raise besides msgspec's own (docs/stack-findings.md):
 # deeply nested input overflows the recursion limit, and MessagePack str may hold invalid UTF-8.
 _DECODE_ERRORS: Final = (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError)
 
@@ -95,7 +96,7 @@ class Codec:
         try:
             return self._client.decode(frame)  # type: ignore[no-any-return]
         except msgspec.ValidationError as exc:
-            return DecodeFailure(self._request_id(frame), str(exc))
+            return DecodeFailure(self._request_id(frame), explain_channel_errors(str(exc)))
         except _DECODE_ERRORS as exc:
             if isinstance(exc, RecursionError):
                 return DecodeFailure(None, "message is nested too deeply")

@@ -1,4 +1,4 @@
-"""The error-code and close-code tables of PROTOCOL.md §1.
+"""The error-code and close-code tables of docs/protocol.md §1.
 
 Nothing here raises: the sans-I/O core reports a problem as a value (an ``ErrorCode`` for an
 ``error`` reply, a ``CloseCode`` for a close frame) and the I/O layer acts on it.

@@ -8,6 +8,7 @@ encoding pair, however many subscribers there are. Every subscriber's outbox get
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import msgspec
@@ -35,6 +36,9 @@ class Frame:
     #: The whole WebSocket frame (RFC 6455 header and payload), made by the transport the first
     #: time it is written and reused for every other subscriber.
     wire: bytes | None = field(default=None, compare=False, repr=False)
+    #: For a publication's ``message`` frame: when the broker process took the publication in
+    #: (``time.monotonic()``), for the delivery latency metric; 0 for every other frame.
+    accepted: float = field(default=0.0, compare=False, repr=False)
 
     @property
     def size(self) -> int:
@@ -44,7 +48,16 @@ class Frame:
 class PublicationFrames:
     """One publication and its frames, built lazily, at most once per encoding."""
 
-    __slots__ = ("_frames", "_payloads", "channel", "epoch", "offset", "publisher", "source")
+    __slots__ = (
+        "_frames",
+        "_payloads",
+        "accepted",
+        "channel",
+        "epoch",
+        "offset",
+        "publisher",
+        "source",
+    )
 
     def __init__(
         self,
@@ -55,7 +68,11 @@ class PublicationFrames:
         publisher: str | None,
         data: msgspec.Raw,
         source: Codec,
+        accepted: float | None = None,
     ) -> None:
+        #: When this process took the publication in (monotonic clock): now unless given. Made
+        #: where a publication is accepted (in memory) or arrives from the backplane (Redis).
+        self.accepted = time.monotonic() if accepted is None else accepted
         self.channel = channel
         self.offset = offset
         self.epoch = epoch
@@ -93,6 +110,6 @@ class PublicationFrames:
         frame = self._frames.get(encoding)
         if frame is None:
             data = CODECS[encoding].encode(self.message(encoding))
-            frame = Frame(data, self.channel, self.offset)
+            frame = Frame(data, self.channel, self.offset, accepted=self.accepted)
             self._frames[encoding] = frame
         return frame

@@ -1,4 +1,4 @@
-"""Every message of PROTOCOL.md §1 as a frozen, tagged msgspec Struct.
+"""Every message of docs/protocol.md §1 as a frozen, tagged msgspec Struct.
 
 Two tagged unions on the ``type`` field, one per direction: ``ClientMessage`` (client to server)
 and ``ServerMessage`` (server to client). ``data`` is ``msgspec.Raw``: the broker passes a
@@ -25,6 +25,9 @@ PROTOCOL_VERSION: Final = "1"
 RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Offset = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Limit = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+#: A publisher's name for one publication, so that a retry is not published twice: 1 to 128
+#: printable ASCII characters, no spaces.
+IdempotencyKey = Annotated[str, msgspec.Meta(pattern=r"^[!-~]{1,128}\Z")]
 
 
 class Message(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
@@ -63,6 +66,9 @@ class Publish(Message, tag="publish", frozen=True):
     channel: Channel
     data: msgspec.Raw
     id: RequestId | None = None
+    #: A repeat of a key within the broker's idempotency window is answered with the first
+    #: publication's offset and epoch, and not published again.
+    idempotency_key: IdempotencyKey | None = None
 
 
 class History(Message, tag="history", frozen=True):

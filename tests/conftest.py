@@ -1,8 +1,15 @@
-"""Shared fixtures: a real uvicorn server on 127.0.0.1 and a free port, and real clients."""
+"""Shared fixtures: a real uvicorn server on 127.0.0.1 and a free port, and real clients.
+
+The Redis tests start a private ``redis-server`` of their own on a free port (never a running
+one), so the binary must be on PATH. When it is not and the session holds a test that needs it,
+the session stops at once with one line saying what to install: failing, not skipping, so that
+CI cannot turn green without them.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -15,13 +22,49 @@ from fastapi import FastAPI
 
 from broker.runtime import Broker
 from broker.server import uvicorn_config
-from broker.settings import Settings
+from broker.settings import BackplaneKind, Settings
 
 if TYPE_CHECKING:
     from tests.redis_server import RedisServer
 
 #: The one timeout every wait in the suite is scaled from.
 TIMEOUT = 10.0
+
+
+#: What to do when ``redis-server`` is missing, said once (and by ``RedisServer`` as a backstop).
+REDIS_MISSING = (
+    "redis-server is not on PATH; the Redis tests start a private one on a free port. "
+    "Install it (Debian/Ubuntu: apt-get install redis-server), or deselect them: -m 'not redis'"
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selects on the marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs ``redis-server`` with ``redis``."""
+    for item in items:
+        if _needs_redis(item):
+            item.add_marker(pytest.mark.redis)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stop the session, before any test runs, when it needs ``redis-server`` and there is none."""
+    if shutil.which("redis-server") is not None:
+        return
+    needing = [item for item in session.items if item.get_closest_marker("redis") is not None]
+    if needing:
+        raise pytest.UsageError(f"{REDIS_MISSING} ({len(needing)} selected tests need it)")
+
+
+def _needs_redis(item: pytest.Item) -> bool:
+    from tests.redis_server import RedisServer
+
+    if "redis_server" in getattr(item, "fixturenames", ()):
+        return True
+    if getattr(getattr(item, "module", None), "RedisServer", None) is not RedisServer:
+        return False
+    # A module that runs each test on both backplanes: the in-memory runs need no Redis.
+    callspec = getattr(item, "callspec", None)
+    return callspec is None or callspec.params.get("backplane") is not BackplaneKind.MEMORY
 
 
 @pytest.fixture
@@ -57,10 +100,13 @@ def free_socket() -> socket.socket:
 
 
 @asynccontextmanager
-async def serve_broker(settings: Settings | None = None) -> AsyncIterator[RunningBroker]:
-    """Serve a broker until the block ends; the server accepts connections once this yields."""
+async def serve_broker(
+    settings: Settings | None = None, *, app: FastAPI | None = None
+) -> AsyncIterator[RunningBroker]:
+    """Serve a broker (or ``app``, made with ``create_app``) until the block ends; the server
+    accepts connections once this yields."""
     sock = free_socket()
-    config = uvicorn_config(settings or Settings())
+    config = uvicorn_config(settings or Settings(), app=app)
     server = uvicorn.Server(config)
     # uvicorn installs signal handlers in the main thread; tests stop it through should_exit.
     server.capture_signals = _no_signals  # type: ignore[method-assign]

@@ -64,13 +64,8 @@ async def open_client(
 ) -> AsyncIterator[ProtocolClient]:
     """A connected client that has read its ``welcome``."""
     subprotocols = [Subprotocol(encoding.subprotocol)] if subprotocol else None
-    async with connect(
-        url,
-        subprotocols=subprotocols,
-        compression=None,
-        open_timeout=TIMEOUT,
-        **kwargs,
-    ) as ws:
+    kwargs.setdefault("compression", None)
+    async with connect(url, subprotocols=subprotocols, open_timeout=TIMEOUT, **kwargs) as ws:
         client = ProtocolClient(ws, CODECS[encoding])
         client.welcome = await client.expect(Welcome)
         yield client

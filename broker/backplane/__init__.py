@@ -20,7 +20,7 @@ def create_backplane(settings: Settings) -> Backplane:
         from broker.backplane.redis import RedisBackplane
 
         return RedisBackplane(settings.backplane)
-    return MemoryBackplane()
+    return MemoryBackplane(settings)
 
 
 __all__ = [

@@ -5,6 +5,10 @@ every process that serves a channel see the same publications in the same order.
 channel's stream: it assigns each publication its offset atomically with storing it, keeps the
 history the namespace asks for, and tells the hub of publications as they happen.
 
+It also carries what is about the whole broker rather than one channel: frames of the plain chat
+room (``room_publish``) and control commands every process carries out (``control``, see
+``broker.backplane.control``).
+
 Two implementations, one behaviour (the same test suite runs over both):
 
 * ``memory``: one process is the whole broker; the stream is a deque in this process.
@@ -30,12 +34,15 @@ from typing import Protocol
 import msgspec
 from anyio.abc import TaskStatus
 
+from broker.backplane.control import Control, ControlAnswer, ControlRequest
 from broker.settings import NamespaceSettings
 from protocol import ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames
 
 
 class BackplaneUnavailable(Exception):
-    """The backplane cannot serve the request now (Redis down, say). Nothing was published."""
+    """The backplane cannot serve the request now (Redis down, say). A publish that fails with it
+    may have been published all the same (the reply is what was lost): a retry with the same
+    ``idempotency_key`` is safe."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +88,23 @@ class RemoteAnnouncement:
     message: Join | Leave
 
 
-BackplaneEvent = LivePublication | ChannelHead | RemoteAnnouncement
+@dataclass(slots=True)
+class RoomFrame:
+    """A frame for a plain-text room (the chat of ``/ws/chat``) sent on another process."""
+
+    room: str
+    payload: bytes
+
+
+@dataclass(slots=True)
+class ControlEvent:
+    """A cross-process control request (``broker.backplane.control``) to carry out here and
+    answer with ``Backplane.answer``."""
+
+    request: ControlRequest
+
+
+BackplaneEvent = LivePublication | ChannelHead | RemoteAnnouncement | RoomFrame | ControlEvent
 Deliver = Callable[[BackplaneEvent], Awaitable[None]]
 
 
@@ -106,9 +129,13 @@ class Backplane(Protocol):
         publisher: str | None,
         options: NamespaceSettings,
         converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head:
         """Append a publication to ``channel``; returns its offset and epoch once it is in the
-        stream (and on its way to every process). Raises ``BackplaneUnavailable``."""
+        stream (and on its way to every process). With an ``idempotency_key`` already used on
+        ``channel`` within ``backplane.idempotency_window``, nothing is published and the first
+        publication's head is returned (checked atomically with publishing). Raises
+        ``BackplaneUnavailable``."""
 
     async def publish_submit(
         self,
@@ -119,6 +146,7 @@ class Backplane(Protocol):
         options: NamespaceSettings,
         converted: dict[Encoding, msgspec.Raw] | None = None,
         on_settled: Callable[[], None] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head | asyncio.Future[Head]:
         """``publish`` without waiting for the result when the backplane can do without: either
         the head at once, or a future that ends with it (or with ``BackplaneUnavailable``), in
@@ -152,3 +180,15 @@ class Backplane(Protocol):
 
     def announce(self, channel: str, message: Join | Leave) -> None:
         """Tell the other processes of a ``join`` or ``leave`` made here."""
+
+    def room_publish(self, room: str, payload: bytes) -> None:
+        """Send a frame of a plain-text room, delivered here already, to the other processes
+        (they get a ``RoomFrame``). Best effort: lost while Redis is unreachable."""
+
+    async def control(self, command: Control) -> list[ControlAnswer]:
+        """Have every process of the broker (this one included) carry ``command`` out, and
+        return their answers (those in within ``backplane.timeout``). Each process gets a
+        ``ControlEvent``. Raises ``BackplaneUnavailable``."""
+
+    def answer(self, answer: ControlAnswer) -> None:
+        """Send the answer to a ``ControlEvent``'s request to the process that asked."""

@@ -1,10 +1,15 @@
 """The in-memory backplane: one process is the whole broker.
 
 Each channel's stream is a record in this process: its epoch, its latest offset and a deque of
-retained publications. A record is dropped when nothing is retained and nobody watches the
-channel; the next publication then starts a new stream with a new epoch, which is exactly the
-contract ("the epoch changes whenever retained history is lost"). A restart loses everything, so
-every epoch changes.
+retained publications. The epoch changes only when history is lost (the contract): a record of a
+namespace that keeps history stays while nobody watches it, even empty (offset 0), as on Redis:
+with ``history_ttl = 0`` for as long as the process lives, otherwise for a day (or the TTL, if
+longer) after its last use. A record of a namespace without history is dropped as soon as nobody
+watches it: nothing can be recovered from it anyway. A restart loses everything, so every epoch
+changes.
+
+Idempotency keys are remembered per channel for ``backplane.idempotency_window`` seconds: a
+publish repeating one is answered with the first publication's head and not published again.
 
 ``publish`` assigns the offset and hands the publication to the hub before it returns, in the
 caller's task. Offsets reach the hub in order even when the mailbox is full: anyio's memory
@@ -24,9 +29,17 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
-from broker.backplane.base import Deliver, Head, LivePublication, Page
-from broker.settings import NamespaceSettings
-from protocol import ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames
+from broker.backplane.base import (
+    BackplaneUnavailable,
+    ControlEvent,
+    Deliver,
+    Head,
+    LivePublication,
+    Page,
+)
+from broker.backplane.control import Control, ControlAnswer, ControlRequest, Gathering
+from broker.settings import NamespaceSettings, Settings
+from protocol import ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames, namespace_of
 
 
 @dataclass(slots=True)
@@ -36,11 +49,17 @@ class Retained:
     expires: float
 
 
+#: How long the record of a history namespace's channel outlives its last use (as on Redis).
+_HEAD_KEEP = 24 * 3600.0
+
+
 @dataclass(slots=True)
 class Stream:
     epoch: str = field(default_factory=lambda: secrets.token_urlsafe(6))
     offset: int = 0
     history: deque[Retained] = field(default_factory=deque)
+    #: ``time.monotonic()`` until which the record is kept while unwatched and empty.
+    keep_until: float = 0.0
 
     def evict(self, now: float) -> None:
         history = self.history
@@ -51,11 +70,16 @@ class Stream:
 class MemoryBackplane:
     kind = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings or Settings()
         self._streams: dict[str, Stream] = {}
         self._watched: set[str] = set()
         self._presence: dict[str, dict[str, ClientInfo]] = {}
         self._deliver: Deliver | None = None
+        #: (channel, idempotency key) -> the head it was published at, and the order of expiry.
+        self._keys: dict[tuple[str, str], Head] = {}
+        self._key_expiry: deque[tuple[float, tuple[str, str]]] = deque()
+        self._gatherings: dict[str, Gathering] = {}
 
     @property
     def ready(self) -> bool:
@@ -65,9 +89,27 @@ class MemoryBackplane:
         self._deliver = deliver
         task_status.started()
         try:
-            await anyio.sleep_forever()
+            while True:
+                await anyio.sleep(60)
+                self._sweep(time.monotonic())
         finally:
             self._deliver = None
+
+    def _sweep(self, now: float) -> None:
+        """Forget the records kept past their time, and expired idempotency keys."""
+        for channel in [c for c, s in self._streams.items() if s.keep_until <= now]:
+            self._forget_if_unused(channel)
+        self._expire_keys(now)
+
+    def _expire_keys(self, now: float) -> None:
+        expiry = self._key_expiry
+        while expiry and expiry[0][0] <= now:
+            self._keys.pop(expiry.popleft()[1], None)
+
+    def _keep(self, stream: Stream, options: NamespaceSettings, now: float) -> None:
+        if options.history_size:
+            ttl = options.history_ttl
+            stream.keep_until = math.inf if ttl <= 0 else now + max(_HEAD_KEEP, ttl)
 
     def _stream(self, channel: str) -> Stream:
         stream = self._streams.get(channel)
@@ -77,7 +119,12 @@ class MemoryBackplane:
 
     def _forget_if_unused(self, channel: str) -> None:
         stream = self._streams.get(channel)
-        if stream is not None and not stream.history and channel not in self._watched:
+        if (
+            stream is not None
+            and not stream.history
+            and channel not in self._watched
+            and stream.keep_until <= time.monotonic()
+        ):
             del self._streams[channel]
 
     async def publish(
@@ -88,8 +135,16 @@ class MemoryBackplane:
         publisher: str | None,
         options: NamespaceSettings,
         converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head:
+        now = time.monotonic()
+        if idempotency_key is not None:
+            self._expire_keys(now)
+            seen = self._keys.get((channel, idempotency_key))
+            if seen is not None:
+                return seen
         stream = self._stream(channel)
+        self._keep(stream, options, now)
         stream.offset += 1
         publication = PublicationFrames(
             channel=channel,
@@ -103,13 +158,16 @@ class MemoryBackplane:
             for encoding, payload in converted.items():
                 publication.add_payload(encoding, payload)
         if options.history_size:
-            now = time.monotonic()
             ttl = options.history_ttl
             stream.history.append(Retained(publication, now + ttl if ttl > 0 else math.inf))
             while len(stream.history) > options.history_size:
                 stream.history.popleft()
             stream.evict(now)
         head = Head(stream.epoch, stream.offset)
+        if idempotency_key is not None:
+            key = (channel, idempotency_key)
+            self._keys[key] = head
+            self._key_expiry.append((now + self._settings.backplane.idempotency_window, key))
         deliver = self._deliver
         if channel in self._watched and deliver is not None:
             await deliver(LivePublication(publication))
@@ -126,25 +184,33 @@ class MemoryBackplane:
         options: NamespaceSettings,
         converted: dict[Encoding, msgspec.Raw] | None = None,
         on_settled: Callable[[], None] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head:
         # Nothing to wait for: the publication is done when ``publish`` returns (``on_settled``
         # is for futures only).
-        return await self.publish(channel, data, codec, publisher, options, converted)
+        return await self.publish(
+            channel, data, codec, publisher, options, converted, idempotency_key
+        )
 
     def watch(self, channel: str) -> Head | None:
         self._watched.add(channel)
         stream = self._stream(channel)
+        self._keep(stream, self._settings.namespace(namespace_of(channel)), time.monotonic())
         return Head(stream.epoch, stream.offset)
 
     def unwatch(self, channel: str) -> None:
         self._watched.discard(channel)
         self._forget_if_unused(channel)
 
-    def _retained(self, channel: str) -> tuple[Head, list[PublicationFrames]]:
+    def _retained(
+        self, channel: str, options: NamespaceSettings
+    ) -> tuple[Head, list[PublicationFrames]]:
         stream = self._streams.get(channel)
         if stream is None:
-            # Never published to (or forgotten): an empty stream with a fresh epoch.
+            # Never published to (or forgotten): an empty stream with a fresh epoch, kept where
+            # the namespace keeps history, so that the epoch read now stays valid.
             stream = self._stream(channel)
+            self._keep(stream, options, time.monotonic())
             head = Head(stream.epoch, stream.offset)
             self._forget_if_unused(channel)
             return head, []
@@ -157,12 +223,12 @@ class MemoryBackplane:
     async def read(
         self, channel: str, after: int, limit: int | None, options: NamespaceSettings
     ) -> Page:
-        head, publications = self._retained(channel)
+        head, publications = self._retained(channel, options)
         selected = [p for p in publications if p.offset > after]
         return Page(head, selected if limit is None else selected[:limit])
 
     async def latest(self, channel: str, limit: int | None, options: NamespaceSettings) -> Page:
-        head, publications = self._retained(channel)
+        head, publications = self._retained(channel, options)
         if limit is not None:
             publications = publications[max(0, len(publications) - limit) :] if limit else []
         return Page(head, publications)
@@ -182,3 +248,24 @@ class MemoryBackplane:
 
     def announce(self, channel: str, message: Join | Leave) -> None:
         pass  # No other process to tell.
+
+    def room_publish(self, room: str, payload: bytes) -> None:
+        pass  # No other process to tell.
+
+    async def control(self, command: Control) -> list[ControlAnswer]:
+        deliver = self._deliver
+        if deliver is None:
+            raise BackplaneUnavailable("the backplane is not running")
+        request = ControlRequest(id=secrets.token_urlsafe(9), origin=self.kind, command=command)
+        gathering = self._gatherings[request.id] = Gathering()
+        gathering.expect(1)  # this process is the whole broker
+        try:
+            await deliver(ControlEvent(request))
+            return await gathering.wait(self._settings.backplane.timeout)
+        finally:
+            del self._gatherings[request.id]
+
+    def answer(self, answer: ControlAnswer) -> None:
+        gathering = self._gatherings.get(answer.id)
+        if gathering is not None:
+            gathering.add(answer)

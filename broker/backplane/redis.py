@@ -1,5 +1,9 @@
 """The Redis backplane: any number of broker processes, on one machine or many, as one broker.
 
+On one Redis server, on several (client-side shards), on the master that Redis Sentinels name, or
+on a Redis Cluster (hash-tagged keys, sharded pub/sub): see ``redis_connect`` and
+docs/scaleout.md.
+
 Per shard (one Redis server; channels are spread over ``backplane.redis_urls`` by a stable hash
 of their name, so every process puts a channel on the same server):
 
@@ -26,20 +30,19 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import secrets
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
 import msgspec
-import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from broker.backoff import Backoff
 from broker.backplane.base import (
     BackplaneUnavailable,
     ChannelHead,
@@ -49,13 +52,22 @@ from broker.backplane.base import (
     Page,
     RemoteAnnouncement,
 )
+from broker.backplane.control import Control, ControlAnswer
+from broker.backplane.redis_bus import RedisBus
+from broker.backplane.redis_cluster_pipeline import ClusterPublishPipeline
+from broker.backplane.redis_connect import connect
 from broker.backplane.redis_pipeline import PublishPipeline, Settled
 from broker.backplane.redis_scripts import HEAD_SCRIPT, PUBLISH_SCRIPT, RedisKeys
 from broker.logs import get_logger, redact_text
+from broker.monitor.histogram import Histogram
 from broker.settings import BackplaneSettings, NamespaceSettings
 from protocol import CODECS, ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames
 
 log = get_logger("broker.backplane.redis")
+
+#: Delays between attempts to bring the pub/sub link back: up to 0.2 s after the first failure,
+#: never more than 5 s, however long Redis stays away.
+_RECONNECT = Backoff(base=0.1, cap=5.0)
 
 _ENCODING_TAGS = {Encoding.JSON: b"j", Encoding.MSGPACK: b"m"}
 _TAG_CODECS = {tag: CODECS[encoding] for encoding, tag in _ENCODING_TAGS.items()}
@@ -64,8 +76,6 @@ _HEAD_KEEP_MS = 24 * 3600 * 1000
 _announcement = msgspec.json.Decoder(Join | Leave)
 _member_encoder = msgspec.json.Encoder()
 _member_decoder = msgspec.json.Decoder(ClientInfo)
-#: Connections per shard and process (the pub/sub connection included).
-_POOL_SIZE = 100
 # What a broken connection, a timeout or a Redis that went away raise in redis-py.
 _FAILURES = (RedisError, OSError, TimeoutError)
 
@@ -83,28 +93,24 @@ class RedisShard:
         self.url = url
         self.settings = settings
         self.process = process
-        self.keys = RedisKeys(settings.key_prefix)
-        # A blocking pool: a burst of more concurrent commands than connections (publishes from
-        # many clients at once) waits for a free connection, up to ``timeout``. redis-py's default
-        # pool raises "Too many connections" at once, which would answer ``unavailable`` to
-        # publishes while Redis is perfectly healthy.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=_POOL_SIZE,
-            timeout=settings.timeout,
-            socket_timeout=settings.timeout,
-            socket_connect_timeout=settings.timeout,
-            health_check_interval=0,
-        )
-        self.redis = aioredis.Redis.from_pool(pool)
+        #: Redis Cluster: keys of a channel share a hash tag, pub/sub is sharded.
+        self.cluster = settings.redis_cluster
+        self.keys = RedisKeys(settings.key_prefix, tagged=self.cluster)
+        self.connected = connect(url, settings)
+        #: For logs: the URL with its password masked, or the Sentinels.
+        self.name = self.connected.name
+        self.redis = self.connected.redis
         self._head = self.redis.register_script(HEAD_SCRIPT)
-        self.pipeline = PublishPipeline(
+        pipeline = ClusterPublishPipeline if self.cluster else PublishPipeline
+        self.pipeline = pipeline(
             self.redis,
             PUBLISH_SCRIPT,
             size=settings.publish_queue,
             timeout=settings.timeout,
             ready=lambda: self.ready,
         )
+        #: The command the publish script publishes with (``SPUBLISH`` on Redis Cluster).
+        self.publish_command = "SPUBLISH" if self.cluster else "PUBLISH"
         self.watched: set[str] = set()
         self._subscribed: set[str] = set()
         self._changed = anyio.Event()
@@ -115,6 +121,13 @@ class RedisShard:
         self._presence: dict[str, dict[str, ClientInfo]] = {}
         self._deliver: Deliver | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
+        #: Set on the shard that carries the broker's bus (the first): handles its messages.
+        self.on_bus: Callable[[bytes], Awaitable[None]] | None = None
+        #: For metrics: pub/sub links established, live publications received over pub/sub,
+        #: and seconds per history read (``read``, ``latest``).
+        self.links = 0
+        self.received = 0
+        self.read_seconds = Histogram()
 
     @property
     def ready(self) -> bool:
@@ -135,7 +148,7 @@ class RedisShard:
         finally:
             self._tasks = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                await self.redis.aclose()
+                await self.connected.aclose()
 
     async def _link(self) -> None:
         """Keep the pub/sub link up: connect, subscribe, listen; on failure, back off and redo."""
@@ -146,6 +159,15 @@ class RedisShard:
                 if self._connected or self._failures == 0:
                     error = str(failures.exceptions[0])
                     log.warning("backplane.link_lost", url=redact_text(self.url), error=error)
+                self._connected = False
+            except* Exception as failures:
+                # A bug, not an outage: say so loudly, once per failure, and reconnect as for an
+                # outage rather than leave the process up without its link.
+                log.error(
+                    "backplane.link_failed",
+                    url=redact_text(self.url),
+                    exc_info=failures.exceptions[0],
+                )
                 self._connected = False
             finally:
                 self._connected = False
@@ -159,15 +181,22 @@ class RedisShard:
                             pass
             self._failures += 1
             # Full jitter, capped: many processes must not all hammer a Redis that comes back.
-            await anyio.sleep(random.uniform(0, min(5.0, 0.1 * 2**self._failures)))
+            await anyio.sleep(_RECONNECT.delay(self._failures))
 
     async def _serve_link(self) -> None:
+        if self.cluster and self._failures:
+            # After a failover the pub/sub client would go on trying the dead node: read the
+            # cluster's topology again first.
+            cluster: Any = self.redis
+            await cluster.nodes_manager.initialize()
         pubsub = self.redis.pubsub()
         self._pubsub = pubsub
-        await pubsub.subscribe(self.keys.health(self.process))
+        extra = [self.keys.bus()] if self.on_bus is not None else []
+        await self._subscribe(pubsub, self.keys.health(self.process), *extra)
         self._connected = True
         self._failures = 0
-        log.info("backplane.link_up", url=redact_text(self.url))
+        self.links += 1
+        log.info("backplane.link_up", url=self.name)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._reconcile, pubsub)
             tasks.start_soon(self._check_health)
@@ -175,7 +204,7 @@ class RedisShard:
             # now rather than at the next renewal.
             tasks.start_soon(self._write_all_presence)
             while True:
-                message = await pubsub.get_message(timeout=self.settings.health_interval)
+                message = await self._next_message(pubsub, self.settings.health_interval)
                 if message is not None:
                     await self._on_message(message)
 
@@ -186,20 +215,47 @@ class RedisShard:
             new = wanted - self._subscribed
             gone = self._subscribed - wanted
             if new:
-                await pubsub.subscribe(*(self.keys.live(c) for c in new))
+                await self._subscribe(pubsub, *(self.keys.live(c) for c in new))
                 self._subscribed |= new
             if gone:
-                await pubsub.unsubscribe(*(self.keys.live(c) for c in gone))
+                await self._unsubscribe(pubsub, *(self.keys.live(c) for c in gone))
                 self._subscribed -= gone
             if wanted == self.watched:
                 self._changed = anyio.Event()
                 await self._changed.wait()
 
+    # --- pub/sub: plain, or sharded on Redis Cluster ----------------------------------------------
+
+    async def _subscribe(self, pubsub: PubSub, *channels: str) -> None:
+        if self.cluster:
+            await pubsub.ssubscribe(*channels)
+        else:
+            await pubsub.subscribe(*channels)
+
+    async def _unsubscribe(self, pubsub: PubSub, *channels: str) -> None:
+        if self.cluster:
+            await pubsub.sunsubscribe(*channels)
+        else:
+            await pubsub.unsubscribe(*channels)
+
+    async def _next_message(self, pubsub: PubSub, timeout: float) -> dict[str, Any] | None:  # noqa: ASYNC109
+        if self.cluster:
+            message: dict[str, Any] | None = await pubsub.get_sharded_message(timeout=timeout)
+            return message
+        plain: dict[str, Any] | None = await pubsub.get_message(timeout=timeout)
+        return plain
+
+    async def publish_raw(self, channel: str, body: bytes) -> int:
+        """``PUBLISH`` (``SPUBLISH`` on a cluster) ``body``; how many connections received it."""
+        if self.cluster:
+            return int(await self.redis.spublish(channel, body))
+        return int(await self.redis.publish(channel, body))
+
     async def _check_health(self) -> None:
         channel = self.keys.health(self.process)
         while True:
             with anyio.fail_after(self.settings.timeout):
-                await self.redis.publish(channel, str(time.monotonic()))
+                await self.publish_raw(channel, str(time.monotonic()).encode())
             await anyio.sleep(self.settings.health_interval)
 
     async def _on_message(self, message: dict[str, Any]) -> None:
@@ -207,22 +263,26 @@ class RedisShard:
         assert deliver is not None
         kind = message["type"]
         channel_key = message["channel"].decode()
-        if kind == "subscribe":
-            if channel_key.startswith(self.keys.live("")):
+        if kind in ("subscribe", "ssubscribe"):
+            if channel_key.startswith(self.keys.live_prefix()):
                 channel = self.keys.channel_of(channel_key)
                 # Subscribed: every later publication arrives live. The head read now tells the
                 # hub where live delivery starts (and, after an outage, what it missed).
                 assert self._tasks is not None
                 self._tasks.start_soon(self._report_head, channel)
             return
-        if kind != "message":
+        if kind not in ("message", "smessage"):
             return
         data: bytes = message["data"]
         if channel_key == self.keys.health(self.process):
             self._last_echo = time.monotonic()
             return
+        if self.on_bus is not None and channel_key == self.keys.bus():
+            await self.on_bus(data)
+            return
         channel = self.keys.channel_of(channel_key)
         if data.startswith(b"p|"):
+            self.received += 1
             _, offset, epoch, tag, publisher, payload = data.split(b"|", 5)
             await deliver(
                 LivePublication(
@@ -282,13 +342,20 @@ class RedisShard:
         publisher: str | None,
         options: NamespaceSettings,
         on_settled: Settled | None = None,
+        idempotency_key: str | None = None,
     ) -> asyncio.Future[Head]:
         """Queue the publication in the pipeline (waiting only while it is full); the future
         ends with its head or ``BackplaneUnavailable``, then ``on_settled`` is called. Raises
         ``BackplaneUnavailable`` at once, without trying Redis, while the shard is not ready."""
         if not self.ready:
             raise BackplaneUnavailable("redis is not reachable")
-        keys = (self.keys.meta(channel), self.keys.stream(channel), self.keys.live(channel))
+        keys: tuple[str, ...] = (
+            self.keys.meta(channel),
+            self.keys.stream(channel),
+            self.keys.live(channel),
+        )
+        if idempotency_key is not None:
+            keys += (self.keys.idempotency(channel, idempotency_key),)
         args = (
             secrets.token_urlsafe(6),
             options.history_size,
@@ -298,6 +365,8 @@ class RedisShard:
             _ENCODING_TAGS[codec.encoding],
             publisher or "",
             bytes(data),
+            int(self.settings.idempotency_window * 1000),
+            self.publish_command,
         )
         return await self.pipeline.submit(keys, args, on_settled)
 
@@ -308,8 +377,11 @@ class RedisShard:
         codec: Codec,
         publisher: str | None,
         options: NamespaceSettings,
+        idempotency_key: str | None = None,
     ) -> Head:
-        future = await self.publish_submit(channel, data, codec, publisher, options)
+        future = await self.publish_submit(
+            channel, data, codec, publisher, options, idempotency_key=idempotency_key
+        )
         # Cancelled while waiting (an HTTP client gone): the future is cancelled with it, and the
         # pipeline does not send it unless its batch is already on its way.
         return await future
@@ -317,6 +389,7 @@ class RedisShard:
     async def read(
         self, channel: str, after: int, limit: int | None, options: NamespaceSettings
     ) -> Page:
+        started = time.monotonic()
         head = await self.head(channel, options)
         key = self.keys.stream(channel)
         publications: list[PublicationFrames] = []
@@ -335,9 +408,12 @@ class RedisShard:
                 batch = max(limit - len(publications), 2 * batch)
         except _FAILURES as exc:
             raise BackplaneUnavailable(str(exc)) from None
+        finally:
+            self.read_seconds.observe(time.monotonic() - started)
         return Page(head, publications if limit is None else publications[:limit])
 
     async def latest(self, channel: str, limit: int | None, options: NamespaceSettings) -> Page:
+        started = time.monotonic()
         head = await self.head(channel, options)
         if limit == 0:
             return Page(head, [])
@@ -347,6 +423,8 @@ class RedisShard:
             )
         except _FAILURES as exc:
             raise BackplaneUnavailable(str(exc)) from None
+        finally:
+            self.read_seconds.observe(time.monotonic() - started)
         return Page(head, self._publications(channel, head, list(reversed(entries or [])), options))
 
     def _publications(
@@ -430,7 +508,7 @@ class RedisShard:
 
     async def _publish_raw(self, key: str, body: bytes) -> None:
         try:
-            await self.redis.publish(key, body)
+            await self.publish_raw(key, body)
         except _FAILURES as exc:
             log.info("backplane.announce_failed", error=str(exc))
 
@@ -449,7 +527,11 @@ class RedisBackplane:
         #: This process's id in announcements and health checks.
         self.process = secrets.token_urlsafe(9)
         urls = settings.redis_urls or [settings.redis_url]
+        if settings.redis_cluster:
+            urls = urls[:1]  # one cluster, discovered from its first node
         self.shards = [RedisShard(url, settings, self.process) for url in urls]
+        #: The broker's bus (control requests, room frames), on the first shard.
+        self.bus = RedisBus(self.shards[0], settings, self.process)
 
     def shard(self, channel: str) -> RedisShard:
         # crc32, not hash(): the same on every process and every run.
@@ -460,6 +542,7 @@ class RedisBackplane:
         return all(shard.ready for shard in self.shards)
 
     async def run(self, deliver: Deliver, *, task_status: TaskStatus[None]) -> None:
+        self.bus.deliver = deliver
         async with anyio.create_task_group() as tasks:
             for shard in self.shards:
                 await tasks.start(shard.run, deliver)
@@ -473,9 +556,12 @@ class RedisBackplane:
         publisher: str | None,
         options: NamespaceSettings,
         converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
     ) -> Head:
         # ``converted`` is not sent: each process converts once, for its own subscribers.
-        return await self.shard(channel).publish(channel, data, codec, publisher, options)
+        return await self.shard(channel).publish(
+            channel, data, codec, publisher, options, idempotency_key
+        )
 
     async def publish_submit(
         self,
@@ -486,9 +572,10 @@ class RedisBackplane:
         options: NamespaceSettings,
         converted: dict[Encoding, msgspec.Raw] | None = None,
         on_settled: Settled | None = None,
+        idempotency_key: str | None = None,
     ) -> asyncio.Future[Head]:
         return await self.shard(channel).publish_submit(
-            channel, data, codec, publisher, options, on_settled
+            channel, data, codec, publisher, options, on_settled, idempotency_key
         )
 
     def watch(self, channel: str) -> Head | None:
@@ -517,3 +604,14 @@ class RedisBackplane:
 
     def announce(self, channel: str, message: Join | Leave) -> None:
         self.shard(channel).announce(channel, message)
+
+    # --- the bus (``redis_bus``) ----------------------------------------------------------------
+
+    def room_publish(self, room: str, payload: bytes) -> None:
+        self.bus.room_publish(room, payload)
+
+    async def control(self, command: Control) -> list[ControlAnswer]:
+        return await self.bus.control(command)
+
+    def answer(self, answer: ControlAnswer) -> None:
+        self.bus.answer(answer)

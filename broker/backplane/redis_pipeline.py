@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from broker.backplane.base import BackplaneUnavailable, Head
 from broker.logs import get_logger
+from broker.monitor.histogram import Histogram
 
 log = get_logger("broker.backplane.redis")
 
@@ -60,7 +62,7 @@ BATCH = 256
 # What a broken connection, a timeout or a Redis that went away raise in redis-py.
 _FAILURES = (RedisError, OSError, TimeoutError)
 
-Keys = tuple[str, str, str]
+Keys = tuple[str, ...]
 Args = tuple[str | int | bytes, ...]
 Settled = Callable[[], None]
 
@@ -95,7 +97,7 @@ class PublishPipeline:
         timeout: float,
         ready: Callable[[], bool],
     ) -> None:
-        self._pool = redis.connection_pool
+        self._redis = redis
         self._script = script
         self._sha = hashlib.sha1(script.encode()).hexdigest()
         self._timeout = timeout
@@ -109,6 +111,8 @@ class PublishPipeline:
         self._in_flight = 0
         self._round_trips = 0
         self._sent = 0
+        #: Seconds per round trip (``broker_backplane_round_trip_seconds{op="publish"}``).
+        self.round_trip_seconds = Histogram()
 
     def statistics(self) -> PipelineStatistics:
         return PipelineStatistics(len(self._queue), self._in_flight, self._round_trips, self._sent)
@@ -189,14 +193,16 @@ class PublishPipeline:
         ``timeout``, and settle each entry as its reply is read. Returns the entries answered
         ``NOSCRIPT`` after which no script ran: they may be sent again, in order."""
         self._round_trips += 1
-        pool = self._pool
+        started = time.monotonic()
+        pool = self._redis.connection_pool
         noscript: list[_Entry] = []
         failures: list[ResponseError] = []
         with anyio.fail_after(self._timeout):
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:
                 commands: list[tuple[str | int | bytes, ...]] = [
-                    ("EVALSHA", self._sha, 3, *entry.keys, *entry.args) for entry in entries
+                    ("EVALSHA", self._sha, len(entry.keys), *entry.keys, *entry.args)
+                    for entry in entries
                 ]
                 if load:
                     commands.insert(0, ("SCRIPT", "LOAD", self._script))
@@ -222,6 +228,7 @@ class PublishPipeline:
             finally:
                 with anyio.CancelScope(shield=True):
                     await pool.release(connection)
+                self.round_trip_seconds.observe(time.monotonic() - started)
         if failures:
             # A script error is not an outage: say so, once per round trip.
             log.warning("backplane.publish_failed", failed=len(failures), error=str(failures[0]))

@@ -14,7 +14,7 @@ See ``session.py`` for connections and reconnection, ``subscription.py`` for del
 and ``ResyncNeeded``, and ``errors.py`` for the exceptions.
 """
 
-from broker.client.backoff import Backoff
+from broker.backoff import Backoff
 from broker.client.errors import (
     ClientClosed,
     ClientError,

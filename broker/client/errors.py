@@ -15,7 +15,7 @@
                             (``disconnect`` with ``reconnect: false``, or a close code that a
                             retry cannot fix, such as 4001 or 1009)
 
-Nothing here does I/O; the codes are those of PROTOCOL.md §1.
+Nothing here does I/O; the codes are those of docs/protocol.md §1.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class ResyncNeeded(ClientError):
 
     The subscription is still alive. The next message it yields comes after ``offset`` in the
     stream ``epoch``; whatever came before must be reloaded from the application's own source of
-    truth (PROTOCOL.md §1, "Channels, offsets, epochs and recovery").
+    truth (docs/protocol.md §1, "Channels, offsets, epochs and recovery").
     """
 
     def __init__(self, channel: str, epoch: str, offset: int) -> None:

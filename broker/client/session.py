@@ -11,7 +11,7 @@ connection. Per connection, a task group runs
   an idle client with 4009, and a ``pong`` overdue by ``heartbeat`` seconds means the server is
   gone: the connection is cut and replaced.
 
-When the connection ends, the close decides what happens next (PROTOCOL.md §1): a ``disconnect``
+When the connection ends, the close decides what comes next (docs/protocol.md §1): a ``disconnect``
 with ``reconnect: false``, or a close code a retry cannot fix (1002, 1003, 1007, 1008, 1009, 1010,
 4001), closes the client with ``Disconnected``; anything else (1001 drain, 1006 reset, 1011, 1013,
 4008, 4009, ...) reconnects after ``max(retry_after, backoff)``, with capped exponential backoff
@@ -20,8 +20,11 @@ and full jitter (``backoff.py``). Each subscription is then sent again with ``si
 live ones, ``recovered: false`` makes the subscription raise ``ResyncNeeded`` once.
 
 Requests in flight when the connection drops fail with ``ConnectionLost`` (they may or may not
-have been done, so they are not replayed: a replayed ``publish`` would publish twice). Requests
-made while disconnected wait for the next connection, within their timeout.
+have been done, so they are not replayed). Requests made while disconnected wait for the next
+connection, within their timeout. ``publish`` is the exception: every publish carries an
+``idempotency_key`` (random, or the caller's), so the broker publishes it once however often it
+is sent, and ``publish`` sends it again, with the same key, after ``unavailable``, a lost
+connection or a timeout, for up to ``publish_retry_for`` seconds.
 
 The transport is the ``websockets`` asyncio client, so the client runs on asyncio (anyio's
 asyncio backend included), not on trio.
@@ -34,14 +37,14 @@ import logging
 from collections.abc import Callable
 from functools import partial
 from types import TracebackType
-from typing import Any, Final, Literal, overload
+from typing import Final, Literal, overload
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
 from websockets.exceptions import ConnectionClosed
 
-from broker.client.backoff import Backoff
+from broker.backoff import Backoff
 from broker.client.errors import (
     ClientClosed,
     ClientError,
@@ -52,10 +55,10 @@ from broker.client.errors import (
     RequestTimeout,
 )
 from broker.client.link import FINAL_CLOSE_CODES, OPEN_ERRORS, Link, Pending, Refused, open_link
-from broker.client.messages import HistoryPage, Message, PresenceChange
+from broker.client.messages import Message, PresenceChange
+from broker.client.requests import Requests
 from broker.client.subscription import AnySubscription, Subscription
 from protocol import (
-    ClientInfo,
     ClientMessage,
     Codec,
     Disconnect,
@@ -69,10 +72,8 @@ from protocol import (
     Leave,
     Ping,
     Pong,
-    Presence,
     PresenceResult,
     Publication,
-    Publish,
     Published,
     ServerMessage,
     StreamPosition,
@@ -108,6 +109,7 @@ def connect(
     backoff: Backoff | None = None,
     max_attempts: int | None = None,
     max_frame_bytes: int | None = 64 * 1024 * 1024,
+    publish_retry_for: float = 30.0,
 ) -> Client:
     """A client for the broker at ``url`` (a ``/v1/ws`` endpoint); use it as
     ``async with connect(url) as client:``.
@@ -116,7 +118,9 @@ def connect(
     ``request_timeout`` bounds each request, waiting for a connection included. ``queue_size``
     is each subscription's default queue bound. ``backoff`` spaces reconnection attempts;
     ``max_attempts`` failed attempts in a row close the client with ``ConnectFailed`` (None: try
-    for ever; 0: never reconnect).
+    for ever; 0: never reconnect). ``publish_retry_for`` bounds the seconds a ``publish`` is
+    retried (with its idempotency key) after ``unavailable``, a lost connection or a timeout; keep
+    it below the broker's ``backplane.idempotency_window``.
     """
     return Client(
         url,
@@ -128,11 +132,13 @@ def connect(
         backoff=backoff or Backoff(),
         max_attempts=max_attempts,
         max_frame_bytes=max_frame_bytes,
+        publish_retry_for=publish_retry_for,
     )
 
 
-class Client:
-    """A connection to the broker that survives disconnections. See the module docstring."""
+class Client(Requests):
+    """A connection to the broker that survives disconnections. See the module docstring.
+    ``publish``, ``history``, ``presence`` and ``ping`` are in ``broker.client.requests``."""
 
     def __init__(
         self,
@@ -146,8 +152,10 @@ class Client:
         backoff: Backoff,
         max_attempts: int | None,
         max_frame_bytes: int | None,
+        publish_retry_for: float = 30.0,
     ) -> None:
         self.url = url
+        self.publish_retry_for = publish_retry_for
         self.encoding = encoding
         self.request_timeout = request_timeout
         self.open_timeout = open_timeout
@@ -709,65 +717,6 @@ class Client:
                 sub.history_unavailable()
         elif isinstance(reply, HistoryResult):
             sub.caught_up(reply)
-
-    # --- other requests -------------------------------------------------------------------------
-
-    @overload
-    async def publish(
-        self, channel: str, data: Any, *, wait: Literal[True] = True
-    ) -> Published: ...
-
-    @overload
-    async def publish(self, channel: str, data: Any, *, wait: Literal[False]) -> None: ...
-
-    async def publish(self, channel: str, data: Any, *, wait: bool = True) -> Published | None:
-        """Publish ``data`` (any value the encoding can carry) to ``channel``.
-
-        With ``wait``, returns the ``published`` reply (the publication's offset and epoch) and
-        raises ``RequestError`` if it was refused. Without, returns once the frame is sent: a
-        refusal is only logged, and a publish sent just before the connection drops may be lost.
-        """
-        payload = self._codec.encode_payload(data)
-        if wait:
-            reply = await self._request(lambda rid: Publish(id=rid, channel=channel, data=payload))
-            assert isinstance(reply, Published), reply
-            return reply
-        self._check_open()
-        try:
-            with anyio.fail_after(self.request_timeout):
-                link = await self._wait_link()
-        except TimeoutError:
-            raise RequestTimeout(f"no connection within {self.request_timeout} s") from None
-        await self._send(link, Publish(channel=channel, data=payload))
-        return None
-
-    async def history(
-        self, channel: str, *, since: StreamPosition | None = None, limit: int | None = None
-    ) -> HistoryPage:
-        """The publications ``channel`` retains: after ``since`` (when its epoch is current),
-        at most ``limit`` of them (the oldest after ``since``, else the latest)."""
-        reply = await self._request(
-            lambda rid: History(id=rid, channel=channel, since=since, limit=limit)
-        )
-        assert isinstance(reply, HistoryResult), reply
-        return HistoryPage(
-            channel=reply.channel,
-            epoch=reply.epoch,
-            offset=reply.offset,
-            publications=[self._decode(p) for p in reply.publications],
-        )
-
-    async def presence(self, channel: str) -> list[ClientInfo]:
-        """The clients subscribed to ``channel`` (where its namespace enables presence)."""
-        reply = await self._request(lambda rid: Presence(id=rid, channel=channel))
-        assert isinstance(reply, PresenceResult), reply
-        return list(reply.clients)
-
-    async def ping(self) -> float:
-        """Round-trip time of a ``ping``, in seconds."""
-        started = anyio.current_time()
-        await self._request(lambda rid: Ping(id=rid))
-        return anyio.current_time() - started
 
 
 def _history_request(channel: str, since: StreamPosition, limit: int) -> Callable[[int], History]:

@@ -183,7 +183,7 @@ class Subscription(Generic[ItemT]):
         if since is None:
             self.epoch, self.offset = reply.epoch, reply.offset
         elif reply.recovered:
-            # Exactly the missed publications, in order; live ones follow them (PROTOCOL.md §1).
+            # Exactly the missed publications, in order; live ones follow (docs/protocol.md §1).
             for publication in reply.publications:
                 needs_fetch |= self.accept(publication, source="recovered")
             self.epoch = reply.epoch

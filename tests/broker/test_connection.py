@@ -34,8 +34,8 @@ async def publish_many(
     pub: ProtocolClient, channel: str, count: int, readers: list[ProtocolClient]
 ) -> None:
     """Publish ``count`` 2 KB messages, reading every healthy subscriber along the way, so that
-    none of them becomes a slow consumer itself (FINDINGS: keep the publisher from running
-    ahead)."""
+    none of them becomes a slow consumer itself (docs/stack-findings.md: keep the publisher from
+    running ahead)."""
     for i in range(count):
         data = msgspec.Raw(JSON.encode_payload({"i": i, "pad": PAYLOAD}))
         await pub.send(Publish(id=i, channel=channel, data=data))

@@ -1,4 +1,4 @@
-"""The HTTP API (PROTOCOL.md §2) against a real server, with real WebSocket clients watching."""
+"""The HTTP API (docs/protocol.md §2) against a real server, real WebSocket clients watching."""
 
 from __future__ import annotations
 

@@ -424,7 +424,7 @@ async def test_an_http_api_publication_is_delivered_with_from_null() -> None:
         await running.barrier()
         (frame,) = subscriber.outbox.drain()
         assert only(JSON.decode_server(frame.data), Publication).from_ is None
-        # Present and null on the wire, not absent (PROTOCOL.md §1).
+        # Present and null on the wire, not absent (docs/protocol.md §1).
         assert b'"from":null' in frame.data
 
 
@@ -525,7 +525,7 @@ async def test_history_forgets_publications_older_than_history_ttl() -> None:
         assert await running.history_offsets(subscriber, "t:log") == []
 
 
-# --- recovery (PROTOCOL.md §1) ------------------------------------------------------------------
+# --- recovery (docs/protocol.md §1) ---------------------------------------------------------------
 
 
 async def test_recovery_returns_exactly_the_missed_publications_then_live_ones_follow() -> None:
@@ -622,7 +622,7 @@ async def test_recovery_without_history_fails_once_a_publication_was_missed() ->
 
 
 async def test_a_subscribe_cancelled_by_unsubscribe_during_its_recovery_is_still_answered() -> None:
-    # PROTOCOL.md §1: every ``subscribe`` is answered by ``subscribed`` or ``error``.
+    # docs/protocol.md §1: every ``subscribe`` is answered by ``subscribed`` or ``error``.
     async with running_hub() as running:
         subscribed = await running.subscribe(client("watcher"), "h:room")
         await running.publish("h:room", 1)
@@ -798,7 +798,7 @@ async def test_a_subscriber_whose_outbox_overflows_is_detached_and_the_others_ge
         assert running.hub.statistics().deliveries == 2 + 2 * 5
 
 
-# --- the chat room of /ws/chat (PROTOCOL.md §3) -------------------------------------------------
+# --- the chat room of /ws/chat (docs/protocol.md §3) ----------------------------------------------
 
 
 def texts(subscriber: Subscriber) -> list[bytes]:
@@ -861,7 +861,7 @@ async def test_the_hub_keeps_serving_after_a_publication_fails_to_encode() -> No
 
 
 async def test_a_subscriber_that_cannot_be_sent_a_publication_is_told_of_the_gap() -> None:
-    # PROTOCOL.md §1: offset order, no silent hole; ``gap`` is how a skip is announced.
+    # docs/protocol.md §1: offset order, no silent hole; ``gap`` is how a skip is announced.
     async with running_hub() as running:
         msgpack_subscriber = client("m", Encoding.MSGPACK)
         await running.subscribe(client("j"), "news")

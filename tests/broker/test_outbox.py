@@ -286,7 +286,7 @@ def test_a_publication_larger_than_max_bytes_is_skipped_itself_and_never_queued(
 
 def test_a_skipped_oversized_publication_is_not_reported_before_older_ones_of_its_channel() -> None:
     # The writer sends the gaps first, then the queued frames (broker/connection.py): the gap for
-    # offset 2 must not reach the client ahead of offset 1 (PROTOCOL.md §1: offset order).
+    # offset 2 must not reach the client ahead of offset 1 (docs/protocol.md §1: offset order).
     box = outbox(max_bytes=30, policy=DROP_OLDEST)
     box.offer(publication("a", 1))
     box.offer(publication("a", 2, size=31))

@@ -1,4 +1,4 @@
-"""The tutorial's plain endpoints ``/ws``, ``/ws/data`` and ``/ws/chat`` (PROTOCOL.md §3)."""
+"""The tutorial's plain endpoints ``/ws``, ``/ws/data`` and ``/ws/chat`` (docs/protocol.md §3)."""
 
 from __future__ import annotations
 
@@ -172,8 +172,8 @@ async def test_chat_room_is_separate_from_echo_and_data(running: RunningBroker) 
 
 
 async def test_a_chat_client_that_stops_reading_does_not_hold_the_others_back() -> None:
-    # The stalled client's kernel buffers absorb ~3-4 MB (FINDINGS.md) before the server's writer
-    # waits; past that, its 64 KiB outbox overflows at once.
+    # The stalled client's kernel buffers absorb ~3-4 MB (docs/stack-findings.md) before the
+    # server's writer waits; past that, its 64 KiB outbox overflows at once.
     settings = Settings(
         queue=QueueSettings(max_messages=64, max_bytes=64 * 1024),
         websocket=WebSocketSettings(max_message_bytes=128 * 1024),

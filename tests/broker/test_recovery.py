@@ -1,5 +1,5 @@
-"""History, recovery and presence on the server side (PROTOCOL.md §1, "Channels, offsets, epochs
-and recovery"), over real sockets with the protocol-level test client."""
+"""History, recovery and presence on the server side (docs/protocol.md §1,
+"Channels, offsets, epochs and recovery"), over real sockets with the protocol-level test client."""
 
 from __future__ import annotations
 

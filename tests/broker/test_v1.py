@@ -1,4 +1,4 @@
-"""``/v1/ws`` over real sockets (PROTOCOL.md §1), in both encodings wherever encoding matters."""
+"""``/v1/ws`` over real sockets (docs/protocol.md §1), in both encodings where encoding matters."""
 
 from __future__ import annotations
 
@@ -751,7 +751,7 @@ async def test_a_message_over_max_message_bytes_closes_with_1009(encoding: Encod
 async def test_a_message_over_max_message_bytes_is_announced_with_disconnect_1009(
     encoding: Encoding,
 ) -> None:
-    """PROTOCOL.md: ``disconnect`` is sent just before a server-initiated close."""
+    """docs/protocol.md: ``disconnect`` is sent just before a server-initiated close."""
     settings = Settings(websocket=WebSocketSettings(max_message_bytes=1024))
     async with serve_broker(settings) as running, open_client(running.url(), encoding) as client:
         await client.send(Publish(id=2, channel="big", data=raw(client, "x" * 1100)))

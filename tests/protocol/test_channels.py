@@ -1,4 +1,4 @@
-"""Channel names and namespaces (PROTOCOL.md §1, "Channels, offsets, epochs and recovery")."""
+"""Channel names and namespaces (docs/protocol.md §1, "Channels, offsets, epochs and recovery")."""
 
 from __future__ import annotations
 

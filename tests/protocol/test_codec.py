@@ -1,4 +1,4 @@
-"""Codecs: hostile client frames, batch frames and subprotocol negotiation (PROTOCOL.md §1)."""
+"""Codecs: hostile client frames, batch frames and subprotocol negotiation (docs/protocol.md §1)."""
 
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def test_longest_channel_name_is_accepted(codec: Codec) -> None:
 
 @pytest.mark.parametrize("codec", BOTH)
 def test_batch_from_a_client_is_rejected(codec: Codec) -> None:
-    # Clients send exactly one message per frame (PROTOCOL.md §1); only the server batches.
+    # Clients send exactly one message per frame (docs/protocol.md §1); only the server batches.
     frame = frame_of(codec, [{"type": "ping", "id": 1}, {"type": "ping", "id": 2}])
     failure = failure_of(codec, frame)
     assert failure.id is None
@@ -276,7 +276,7 @@ def test_msgpack_non_string_keys_and_extensions() -> None:
     assert "$.id" in failure_of(MSGPACK, timestamp_id).message
 
 
-# --- batch frames (PROTOCOL.md §1: a server frame holds one message or an array of them) --------
+# --- batch frames (docs/protocol.md §1: a server frame holds one message or an array of them) -----
 
 
 def sample_messages(count: int, codec: Codec) -> list[ServerMessage]:

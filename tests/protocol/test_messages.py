@@ -1,4 +1,4 @@
-"""The message types against the field names and type tags of PROTOCOL.md §1.
+"""The message types against the field names and type tags of docs/protocol.md §1.
 
 Client frames are written out literally, as a client in another language would send them; server
 frames are decoded with the standard library (JSON) or untyped msgspec (MessagePack), so these
@@ -46,17 +46,17 @@ from protocol import (
 
 CODECS = [pytest.param(JSON, id="json"), pytest.param(MSGPACK, id="msgpack")]
 
-#: PROTOCOL.md §1, "Client to server": type tag -> field names.
+#: docs/protocol.md §1, "Client to server": type tag -> field names.
 CLIENT_CONTRACT: dict[str, set[str]] = {
     "subscribe": {"id", "channel", "since"},
     "unsubscribe": {"id", "channel"},
-    "publish": {"id", "channel", "data"},
+    "publish": {"id", "channel", "data", "idempotency_key"},
     "history": {"id", "channel", "since", "limit"},
     "presence": {"id", "channel"},
     "ping": {"id"},
 }
 
-#: PROTOCOL.md §1, "Server to client": type tag -> field names.
+#: docs/protocol.md §1, "Server to client": type tag -> field names.
 SERVER_CONTRACT: dict[str, set[str]] = {
     "welcome": {"client", "version", "heartbeat", "max_message_bytes"},
     "subscribed": {"id", "channel", "epoch", "offset", "recovered", "publications"},

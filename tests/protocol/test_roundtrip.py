@@ -230,7 +230,7 @@ def test_decode_client_never_raises_on_near_messages(codec: Codec, value: Any) -
 
 
 def reference_is_valid_channel(name: str) -> bool:
-    """PROTOCOL.md §1 read literally: 1 to 255 bytes of ``A-Z a-z 0-9 _ - : . @ /``."""
+    """docs/protocol.md §1 read literally: 1 to 255 bytes of ``A-Z a-z 0-9 _ - : . @ /``."""
     return 1 <= len(name.encode("utf-8")) <= 255 and all(char in ALPHABET for char in name)
 
 

@@ -43,6 +43,8 @@ export interface ConnectOptions {
   backoff?: Backoff | BackoffOptions;
   /** Failed reconnection attempts in a row before giving up (null: never give up; 0: never reconnect). */
   maxAttempts?: number | null;
+  /** How long a `publish` is retried with its idempotency key after unavailable/lost/timeout, ms (default 30000). */
+  publishRetryFor?: number;
   /** Refresh a provider's token at most this long before it expires, ms (default 30000). */
   refreshMargin?: number;
   /** A MessagePack module (`encode`, `decode`), instead of importing ./msgpack.js. */
@@ -152,6 +154,8 @@ export interface ClientEvents {
   resync: ResyncNeeded;
   gap: GapNotice;
   error: ClientError;
+  /** The server ended a subscription (an operator unsubscribed this user). */
+  unsubscribed: { channel: string };
 }
 
 export interface Client extends Events<ClientEvents> {}
@@ -175,8 +179,16 @@ export class Client {
     options?: SubscribeOptions<T> | ((message: Message<T>) => void),
   ): Promise<Subscription<T>>;
   unsubscribe(channel: string): Promise<void>;
-  publish(channel: string, data: unknown, options?: { wait?: true }): Promise<PublishResult>;
-  publish(channel: string, data: unknown, options: { wait: false }): Promise<null>;
+  publish(
+    channel: string,
+    data: unknown,
+    options?: { wait?: true; idempotencyKey?: string },
+  ): Promise<PublishResult>;
+  publish(
+    channel: string,
+    data: unknown,
+    options: { wait: false; idempotencyKey?: string },
+  ): Promise<null>;
   history<T = unknown>(
     channel: string,
     options?: { since?: StreamPosition | null; limit?: number | null },

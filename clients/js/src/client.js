@@ -88,6 +88,7 @@ export class Client extends Emitter {
       backoff = new Backoff(),
       maxAttempts = null,
       refreshMargin = 30_000,
+      publishRetryFor = 30_000,
       msgpack = undefined,
       WebSocket = undefined,
       watchNetwork = true,
@@ -100,6 +101,7 @@ export class Client extends Emitter {
     this.backoff = backoff instanceof Backoff ? backoff : new Backoff(backoff);
     this.maxAttempts = maxAttempts;
     this.refreshMargin = refreshMargin;
+    this.publishRetryFor = publishRetryFor;
     this._token = token;
     this._msgpack = msgpack;
     this._WebSocket = WebSocket;
@@ -518,6 +520,18 @@ export class Client extends Emitter {
         return;
       case "welcome":
         return;
+      case "unsubscribed":
+        if (message.id === 0) {
+          // An operator unsubscribed this connection's user: id 0 answers no request of ours.
+          const sub = this._subs.get(message.channel);
+          if (sub) {
+            this._subs.delete(message.channel);
+            sub.close();
+            this.emit("unsubscribed", { channel: message.channel });
+          }
+          return;
+        }
+      // falls through: the reply to our own unsubscribe
       default: {
         if (message.type === "error" && (message.id === null || message.id === undefined)) {
           this.emit("error", new RequestError(message.code, message.message));
@@ -798,19 +812,45 @@ export class Client extends Emitter {
   // --- other requests ------------------------------------------------------------------------
 
   /**
-   * Publish `data` (any value the encoding can carry) to `channel`; resolves with
-   * `{channel, offset, epoch}`. With `{wait: false}`, resolves once sent, without a reply.
+   * Publish `data` (any value the encoding can carry) to `channel`, once; resolves with
+   * `{channel, offset, epoch}`.
+   *
+   * Every publish carries an `idempotency_key` (a random one unless `idempotencyKey` is given):
+   * the broker publishes a key once within its idempotency window and answers a repeat with the
+   * first publication's offset and epoch. So after `unavailable` (maybe published), a lost
+   * connection or a timeout, the same publish is sent again with the same key, backing off, for
+   * up to `publishRetryFor` ms; then the last error is thrown. Other refusals throw RequestError
+   * at once. With `{wait: false}`, resolves once sent, without a reply or retries.
    */
-  async publish(channel, data, { wait = true } = {}) {
+  async publish(channel, data, { wait = true, idempotencyKey = null } = {}) {
     if (data === undefined) throw new TypeError("publish needs data (null is fine, undefined is not)");
-    if (wait) {
-      const reply = await this._request((id) => ({ type: "publish", id, channel, data }));
-      return { channel: reply.channel, offset: reply.offset, epoch: reply.epoch };
-    }
+    const key = idempotencyKey ?? randomKey();
+    if (wait) return await this._publishUntilAnswered(channel, data, key);
     this._checkOpen();
     const link = this._link && this._link.ready ? this._link : await this._waitReady();
-    this._send(link, { type: "publish", channel, data });
+    this._send(link, { type: "publish", channel, data, idempotency_key: key });
     return null;
+  }
+
+  async _publishUntilAnswered(channel, data, key) {
+    const deadline = Date.now() + this.publishRetryFor;
+    for (let attempt = 0; ; attempt++) {
+      let error;
+      try {
+        const reply = await this._request((id) => ({ type: "publish", id, channel, data, idempotency_key: key }));
+        return { channel: reply.channel, offset: reply.offset, epoch: reply.epoch };
+      } catch (caught) {
+        const retry =
+          (caught instanceof RequestError && caught.code === "unavailable") ||
+          caught instanceof ConnectionLost ||
+          caught instanceof RequestTimeout;
+        if (!retry) throw caught;
+        error = caught;
+      }
+      const delay = this.backoff.delay(attempt);
+      if (Date.now() + delay >= deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
   }
 
   _waitReady() {
@@ -871,6 +911,16 @@ async function importWs() {
       `no WebSocket here: install the "ws" package, or pass a WebSocket class as the WebSocket option (${error.message})`,
     );
   }
+}
+
+const KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/** A random idempotency key: 22 URL-safe characters (132 bits). */
+function randomKey() {
+  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(22));
+  let key = "";
+  for (const byte of bytes) key += KEY_ALPHABET[byte & 63];
+  return key;
 }
 
 function decodePublication(publication) {

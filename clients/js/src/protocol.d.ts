@@ -141,6 +141,8 @@ export interface Publish {
   data: unknown;
   /** default null */
   id?: number | null;
+  /** default null */
+  idempotency_key?: string | null;
 }
 
 export interface Published {

@@ -175,6 +175,33 @@ test("waitConnected resolves with the next connection's client id", async () => 
   }
 });
 
+test("a publish is sent once per idempotency key, and retried with it when the connection drops", async () => {
+  const sockets = [];
+  class Recording extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols);
+      sockets.push(this);
+    }
+  }
+  const client = await connect(broker.url, { WebSocket: Recording, backoff: { base: 10, cap: 50 } });
+  try {
+    const channel = fresh();
+    const first = await client.publish(channel, "a", { idempotencyKey: "key-1" });
+    const again = await client.publish(channel, "a", { idempotencyKey: "key-1" });
+    assert.deepEqual(again, first);
+    // Cut the connection right behind the publish: it may or may not have arrived.
+    const pending = client.publish(channel, "b");
+    sockets.at(-1).terminate();
+    const reply = await pending;
+    assert.equal(client.connections, 2);
+    const page = await client.history(channel);
+    assert.deepEqual(page.publications.map((p) => [p.offset, p.data]), [[1, "a"], [2, "b"]]);
+    assert.equal(reply.offset, 2);
+  } finally {
+    client.close();
+  }
+});
+
 test("errors carry the server's code and leave the connection open", async () => {
   const client = await connect(broker.url);
   try {

@@ -1,6 +1,6 @@
-"""One behavioural suite, run over both backplanes (issue #6): whatever the backplane, a client
+"""One behavioural suite, run over both backplanes: whatever the backplane, a client
 over a real socket sees the same publications, offsets, history, recovery and presence
-(PROTOCOL.md §1). The Redis runs use a private redis-server per test."""
+(docs/protocol.md §1). The Redis runs use a private redis-server per test."""
 
 from __future__ import annotations
 
@@ -357,7 +357,7 @@ async def test_recovery_fails_from_an_unknown_epoch_or_beyond_what_is_retained(
 async def test_recovery_while_publishing_goes_on_delivers_every_offset_once_in_order(
     backplane: BackplaneSettings, watched: bool
 ) -> None:
-    """The race of PROTOCOL.md §1: what is published while the missed ones are read must follow
+    """The race of docs/protocol.md §1: what is published while the missed ones are read must follow
     them, with no gap and no duplicate, whether or not the channel was watched here already."""
     async with (
         serve(backplane, h=NamespaceSettings(history_size=10_000)) as running,

@@ -1,4 +1,4 @@
-"""Real ``broker serve`` processes on the Redis backplane (issue #6): several processes as one
+"""Real ``broker serve`` processes on the Redis backplane: several processes as one
 broker, a process killed with SIGKILL whose clients go on elsewhere, ``--workers N``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Redis backplane's own behaviour (issue #6), with real redis-servers: several brokers as one,
+"""The Redis backplane's own behaviour, with real redis-servers: several brokers as one,
 pub/sub only for watched channels, presence across brokers and after a death, outages, sharding.
 
 Several ``serve_broker`` in one test are separate brokers (each its own backplane, its own

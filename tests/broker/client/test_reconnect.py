@@ -129,7 +129,7 @@ async def test_a_subscriber_closed_by_the_server_reconnects_and_gets_every_publi
     running: RunningBroker,
 ) -> None:
     async def close(running: RunningBroker, client_id: str) -> None:
-        # What a drain does (PROTOCOL.md 1001: reconnect and recover), on this one connection.
+        # What a drain does (docs/protocol.md 1001: reconnect and recover), on this one connection.
         running.broker.connections[client_id].request_close(
             CloseCode.GOING_AWAY, reconnect=True, retry_after=0.05
         )
@@ -205,7 +205,8 @@ async def test_a_client_that_cannot_reconnect_gives_up_after_max_attempts() -> N
 async def test_a_client_dropped_as_a_slow_consumer_reconnects_and_recovers() -> None:
     """Overflow policy ``disconnect`` promises "the client reconnects and recovers"
     (broker/settings.py). A one-message outbox overflows when the hub queues a client both a
-    publication and the reply to its own publish: the broker drops it with 4008."""
+    publication and the reply to its own publish: the broker drops it with 4008. The publish,
+    whose reply was lost, is sent again with its idempotency key: published once."""
     settings = Settings(
         queue=QueueSettings(max_messages=1),
         namespaces={"h": NamespaceSettings(history_size=100)},
@@ -215,12 +216,14 @@ async def test_a_client_dropped_as_a_slow_consumer_reconnects_and_recovers() -> 
         connect(running.url(), backoff=FAST) as client,
     ):
         sub = await client.subscribe("h:self")
-        with pytest.raises(ConnectionLost):
-            await client.publish("h:self", "mine")  # its reply is what overflows
+        reply = await client.publish("h:self", "mine")  # its first reply is what overflows
+        assert reply.offset == 1
         async with asyncio.timeout(TIMEOUT):
             message = await anext(sub)
         assert (message.offset, message.data) == (1, "mine")
         assert client.connections == 2
+        second = await client.publish("h:self", "next")
+        assert second.offset == 2  # the retry published nothing
 
 
 async def test_a_client_refused_at_the_connection_limit_waits_retry_after_before_trying_again() -> (

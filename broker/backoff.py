@@ -1,4 +1,6 @@
-"""Reconnection delays: capped exponential backoff with full jitter.
+"""Reconnection delays: capped exponential backoff with full jitter, the one backoff used
+everywhere something reconnects (the Python client to the broker, the Redis backplane to Redis).
+It imports nothing of the broker, so the client can use it without the server.
 
 "Full jitter" (AWS Architecture Blog, *Exponential Backoff And Jitter*, 2015): the n-th delay is
 drawn uniformly from ``[0, min(cap, base * factor**n)]``. Of the schemes compared there it spreads
@@ -27,11 +29,16 @@ class Backoff:
             raise ValueError("Backoff needs base >= 0, cap >= 0 and factor >= 1")
 
     def ceiling(self, attempt: int) -> float:
-        """The largest delay attempt ``attempt`` may get."""
-        # min() before the power would overflow: factor**attempt grows without bound.
+        """The largest delay attempt ``attempt`` may get, for any ``attempt`` however large (an
+        outage of days counts its attempts in the tens of thousands)."""
+        # Stop before the power: factor**attempt overflows a float near attempt 1024, and long
+        # before that the cap applies anyway.
         if attempt > 64:
             return self.cap
-        return min(self.cap, self.base * self.factor**attempt)
+        try:
+            return min(self.cap, self.base * self.factor**attempt)
+        except OverflowError:  # a factor large enough to overflow within 64 attempts
+            return self.cap
 
     def delay(self, attempt: int) -> float:
         """A delay for attempt ``attempt``: uniform in ``[0, ceiling(attempt)]``."""
