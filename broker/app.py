@@ -28,7 +28,9 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from broker import console, http_api, stats, web_client, websocket_routes
+from broker.auth import Auth, Authenticate, Authorize
 from broker.backplane import Backplane
+from broker.config import ConfigError, validate
 from broker.dependencies import get_broker, get_hub, get_settings
 from broker.metrics import make_registry
 from broker.monitor.workers import publish_snapshots
@@ -97,14 +99,34 @@ def _route_path(scope: Scope) -> str:
 
 
 def create_app(
-    settings: Settings | None = None, *, backplane: Backplane | None = None
+    settings: Settings | None = None,
+    *,
+    authenticate: Authenticate | None = None,
+    authorize: Authorize | None = None,
+    backplane: Backplane | None = None,
 ) -> BrokerApp:
     """The broker app for ``settings`` (defaults when None). Its state holds ``broker``.
 
+    ``authenticate``: the host app's authentication, called like a FastAPI dependency on the
+    handshake (an ``HTTPConnection`` parameter, ``Cookie()``, ``Header()``, ``Depends(...)``),
+    returning an ``Identity`` or None to refuse (broker/auth/hostapp.py); it replaces
+    ``auth.mode``.
+    Cookie-authenticated WebSockets are only safe with an ``Origin`` check, so it cannot be
+    combined with ``allowed_origins = ["*"]``. ``authorize(identity, channel, action)``: the
+    host app's per-channel decision (True, False, or None for the config's answer).
     ``backplane`` replaces the one ``settings.backplane`` names: any object that implements
-    ``broker.backplane.Backplane``.
+    ``broker.backplane.Backplane``. Raises ``ConfigError`` for settings that break a rule
+    (``broker.config.validate``).
     """
-    broker = Broker(settings or Settings(), backplane)
+    settings = settings or Settings()
+    validate(settings)
+    if authenticate is not None and "*" in settings.server.allowed_origins:
+        raise ConfigError(
+            "settings: server.allowed_origins = ['*']: expected specific origins when the host "
+            "app authenticates WebSockets (any web page could use its visitors' cookies)"
+        )
+    auth = Auth(settings, authenticate=authenticate, authorize=authorize)
+    broker = Broker(settings, backplane, auth=auth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -116,7 +138,7 @@ def create_app(
             yield
             tasks.cancel_scope.cancel()
 
-    app = BrokerApp(title="broker", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = BrokerApp(title="broker", lifespan=lifespan, redoc_url=None)
     app.state.broker = broker
     app.state.metrics_registry = make_registry(broker)
     #: Set by ``broker serve --workers N`` (``broker.monitor.workers``); None: this process only.

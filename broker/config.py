@@ -48,10 +48,11 @@ from typing import Any, Final
 
 import msgspec
 
+from broker.auth.startup import problems as security_problems
 from broker.logs import SECRET_MASK, is_secret_key, redact_text
 from broker.settings import BackplaneKind, Settings, sentinel_address
 
-__all__ = ["CONFIG_PATH_ENV", "ConfigError", "load_settings", "validate"]
+__all__ = ["CONFIG_PATH_ENV", "ConfigError", "load_settings", "redacted_settings", "validate"]
 
 #: The environment variable the CLI reads the config file path from; never an override.
 CONFIG_PATH_ENV: Final = "BROKER_CONFIG"
@@ -108,7 +109,8 @@ def load_settings(
         raise ConfigError(_message(source, key_path, _lookup(raw, key_path), expected)) from None
     if (problem := next(_problems(settings), None)) is not None:
         key_path, value, expected = problem
-        raise ConfigError(_message(_origin(origins, key_path), key_path, value, expected))
+        shown = _MISSING if value is None else value  # None: a missing setting, nothing to show
+        raise ConfigError(_message(_origin(origins, key_path), key_path, shown, expected))
     return settings
 
 
@@ -120,7 +122,13 @@ def validate(settings: Settings) -> None:
     """
     if (problem := next(_problems(settings), None)) is not None:
         key_path, value, expected = problem
-        raise ConfigError(_message("settings", key_path, value, expected))
+        shown = _MISSING if value is None else value
+        raise ConfigError(_message("settings", key_path, shown, expected))
+
+
+def redacted_settings(settings: Settings) -> Any:
+    """``settings`` as plain data with every secret masked (``check-config``, logs)."""
+    return {key: _redacted((key,), value) for key, value in msgspec.to_builtins(settings).items()}
 
 
 # --- Reading the sources
@@ -417,6 +425,7 @@ def _problems(settings: Settings) -> Iterator[tuple[KeyPath, Any, str]]:
             )
 
     yield from _tls_problems(settings)
+    yield from security_problems(settings)
 
     backplane = settings.backplane
     if backplane.kind is BackplaneKind.REDIS:

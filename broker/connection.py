@@ -192,17 +192,23 @@ class Connection:
         reconnect: bool | None = None,
         retry_after: float = 0.0,
         flush: bool = False,
+        reason: str | None = None,
     ) -> None:
         """Ask the writer to close the connection with ``code``; the first request wins.
 
-        ``reconnect`` defaults to what PROTOCOL.md advises for ``code`` (``RECONNECT_CODES``).
+        ``reconnect`` defaults to what PROTOCOL.md advises for ``code`` (``RECONNECT_CODES``);
+        ``reason`` to the code's usual one (``CLOSE_REASONS``); a close frame carries at most
+        123 bytes of it.
         """
         if reconnect is None:
             reconnect = code in RECONNECT_CODES
         if self.close_request is None:
-            self.close_request = CloseRequest(
-                int(code), CLOSE_REASONS[code], reconnect, retry_after, flush
+            text = (
+                CLOSE_REASONS[code]
+                if reason is None
+                else reason.encode()[:123].decode(errors="ignore")
             )
+            self.close_request = CloseRequest(int(code), text, reconnect, retry_after, flush)
             self.outbox.interrupt()
             if not flush:
                 self._interrupt_write()
@@ -644,7 +650,7 @@ class Connection:
             code=self.close_code,
             reason=self.close_reason,
         )
-        structlog.contextvars.unbind_contextvars("client")
+        structlog.contextvars.unbind_contextvars("client", "user")
 
 
 def _remote(websocket: WebSocket) -> str | None:

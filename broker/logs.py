@@ -78,7 +78,7 @@ _HANDLER_NAME: Final = "broker.logs"
 # ``accessToken``, ``client_secret``, ``x-api-key``, ``password_hash``. Not ``tokens`` or
 # ``max_tokens`` (a token bucket's level is not a secret) and not ``key_prefix``.
 _SECRET_KEY_RE: Final = re.compile(
-    r"(?:token|passw(?:or)?d|passphrase|pwd|secret|authorization|api[_\-]?key|private[_\-]?key"
+    r"(?:token|passw(?:or)?d|passphrase|pwd|secrets?|authorization|api[_\-]?keys?|private[_\-]?key"
     r"|cookies?|credentials?)(?:$|[_\-.])",
     re.IGNORECASE,
 )
@@ -89,9 +89,13 @@ _QUERY_PARAM_RE: Final = re.compile(r"([?&;]([^=&;#?\s]+)=)([^&;#\s]*)")
 _BEARER_RE: Final = re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/\-]+=*", re.IGNORECASE)
 
 
+#: Setting names that hold secrets without saying so (the API keys of ``[api]``).
+_SECRET_NAMES: Final = frozenset({"keys", "publish_keys"})
+
+
 def is_secret_key(name: str) -> bool:
     """Whether a field or parameter called ``name`` holds a secret whose value must not be shown."""
-    return _SECRET_KEY_RE.search(name) is not None
+    return name.lower() in _SECRET_NAMES or _SECRET_KEY_RE.search(name) is not None
 
 
 def _mask_userinfo(match: re.Match[str]) -> str:

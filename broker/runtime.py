@@ -21,6 +21,9 @@ import msgspec
 import structlog
 from anyio.abc import TaskStatus
 
+from broker.auth import Auth
+from broker.auth.origin import origin_allowed
+from broker.auth.startup import log_posture
 from broker.backplane import Backplane, Head, create_backplane
 from broker.connection import Connection, ConnectionStatistics
 from broker.control import BrokerControl
@@ -54,8 +57,12 @@ class Broker:
     #: Called with the broker when one fails (``fail``), in the event loop's thread.
     failure_hooks: ClassVar[list[Callable[[Broker], None]]] = []
 
-    def __init__(self, settings: Settings, backplane: Backplane | None = None) -> None:
+    def __init__(
+        self, settings: Settings, backplane: Backplane | None = None, *, auth: Auth | None = None
+    ) -> None:
         self.settings = settings
+        #: Authentication, permissions and API keys (broker/auth).
+        self.auth = auth or Auth(settings)
         self.backplane = backplane or create_backplane(settings)
         self.hub = Hub(settings, self.backplane)
         #: This process's name in control answers.
@@ -188,6 +195,7 @@ class Broker:
         """
         if not structlog.is_configured():
             configure_logging(self.settings.log)
+        log_posture(self.settings, host_authentication=self.auth.authenticate is not None)
         async with anyio.create_task_group() as tasks:
             await tasks.start(self.serve)
             try:
@@ -209,10 +217,13 @@ class Broker:
             refused_total=self.totals.connections_refused,
         )
 
-    def origin_allowed(self, origin: str | None) -> bool:
-        allowed = self.settings.server.allowed_origins
-        # Non-browser clients send no Origin; browsers always do (RFC 6455 §4.1, §10.2).
-        return not allowed or origin is None or origin in allowed
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """Whether a handshake from ``origin`` to ``host`` may go on (broker/auth/origin.py)."""
+        return origin_allowed(origin, host, self.settings.server.allowed_origins)
+
+    def connections_of(self, user: str) -> list[Connection]:
+        """This process's connections of ``user``."""
+        return [c for c in self.connections.values() if c.subscriber.user == user]
 
     def add(self, connection: Connection) -> None:
         self.connections[connection.id] = connection

@@ -53,6 +53,35 @@ class BackplaneKind(enum.Enum):
     REDIS = "redis"
 
 
+class AuthMode(enum.Enum):
+    #: No authentication: every connection is anonymous (loopback, or an explicit opt-in).
+    NONE = "none"
+    #: JWT connection tokens (broker/auth).
+    JWT = "jwt"
+
+
+class SubscribePolicy(enum.Enum):
+    """Who may subscribe to the channels of a namespace (when authentication is on)."""
+
+    #: Any authenticated connection.
+    AUTHENTICATED = "authenticated"
+    #: Only a connection whose ``channels`` claim matches the channel.
+    CLAIM = "claim"
+    #: Only with a subscription token naming the channel and the user (a private namespace).
+    TOKEN = "token"
+
+
+class PublishPolicy(enum.Enum):
+    """Who may publish in the channels of a namespace (when authentication is on)."""
+
+    #: Any authenticated connection.
+    AUTHENTICATED = "authenticated"
+    #: Only a connection whose ``publish`` claim matches the channel.
+    CLAIM = "claim"
+    #: Only a connection subscribed to the channel.
+    SUBSCRIBERS = "subscribers"
+
+
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
 
@@ -62,7 +91,8 @@ class ServerSettings(_Section, frozen=True):
     port: Port = 8000
     #: Seconds a SIGTERM/SIGINT drain may take before remaining connections are cut.
     shutdown_grace: Seconds = 10.0
-    #: Browser origins allowed to open a WebSocket; empty allows any origin.
+    #: Browser origins allowed to open a WebSocket; empty allows the broker's own origin only (the
+    #: ``Origin`` must match ``Host``), ``["*"]`` allows any. Clients sending no Origin are let in.
     allowed_origins: list[str] = msgspec.field(default_factory=list)
     #: TLS (``wss://``, ``https://``) without a proxy: the certificate chain file (PEM); empty
     #: serves plain ``ws://`` and ``http://``.
@@ -144,6 +174,16 @@ class NamespaceSettings(_Section, frozen=True):
     join_leave: bool = False
     #: Whether clients may publish (the HTTP API always may).
     allow_publish: bool = True
+    #: Who may subscribe when authentication is on: ``authenticated``, ``claim`` or ``token``.
+    subscribe: SubscribePolicy = SubscribePolicy.CLAIM
+    #: Who may publish when authentication is on: ``authenticated``, ``claim`` or ``subscribers``.
+    publish: PublishPolicy = PublishPolicy.CLAIM
+    #: Whether a client that may subscribe may also read ``history`` (the HTTP API always may).
+    history_for_subscribers: bool = True
+    #: Whether a client that may subscribe may also read ``presence`` (the HTTP API always may).
+    presence_for_subscribers: bool = True
+    #: Whether connections without a user (``auth.anonymous_connect``) may subscribe and read.
+    anonymous: bool = False
 
 
 class BackplaneSettings(_Section, frozen=True):
@@ -194,6 +234,71 @@ class MonitorSettings(_Section, frozen=True):
     loop_lag_warning: Seconds = 0.25
 
 
+class ClaimNames(_Section, frozen=True):
+    """The JWT claims the broker reads, by name."""
+
+    #: The user id.
+    sub: str = "sub"
+    #: Channel patterns the client may subscribe to.
+    channels: str = "channels"
+    #: Channel patterns the client may publish to.
+    publish: str = "publish"
+    #: An object shown to others in presence.
+    info: str = "info"
+    #: Channels the server subscribes the client to at connect.
+    subs: str = "subs"
+    #: In a subscription token: the channel it is for.
+    channel: str = "channel"
+
+
+class AuthSettings(_Section, frozen=True):
+    #: ``none`` (every connection anonymous; only on a loopback ``server.host`` unless
+    #: ``insecure_allow_anonymous``) or ``jwt``.
+    mode: AuthMode = AuthMode.NONE
+    #: Allow ``mode = "none"`` on a non-loopback host (and an API without keys); logged.
+    insecure_allow_anonymous: bool = False
+    #: Accepted JWT algorithms; a token's own ``alg`` never chooses, ``none`` is refused.
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["HS256"])
+    #: Secrets for HS256/384/512 (several at once for rotation).
+    hmac_secrets: list[str] = msgspec.field(default_factory=list)
+    #: PEM public keys (text) for RS*/PS*/ES*/EdDSA.
+    public_keys: list[str] = msgspec.field(default_factory=list)
+    #: Files holding one PEM public key each.
+    public_key_files: list[str] = msgspec.field(default_factory=list)
+    #: A JWKS document: an ``https://`` URL or a file path; empty for none.
+    jwks: str = ""
+    #: Seconds a fetched JWKS document is used when its response sets no max-age.
+    jwks_cache_ttl: Seconds = 300.0
+    #: Least seconds between two fetches of the JWKS document (an unknown ``kid`` triggers one).
+    jwks_min_refresh_interval: NonNegativeSeconds = 30.0
+    #: Seconds one fetch of the JWKS document may take.
+    jwks_timeout: Seconds = 5.0
+    #: Required ``aud`` claim; empty: not checked.
+    audience: str = ""
+    #: Required ``iss`` claim; empty: not checked.
+    issuer: str = ""
+    #: Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
+    leeway: NonNegativeSeconds = 5.0
+    #: Seconds a connection without a token in its handshake has to send ``connect``.
+    connect_timeout: Seconds = 5.0
+    #: In ``jwt`` mode, accept connections without a token as anonymous.
+    anonymous_connect: bool = False
+    #: Verified tokens remembered, so a reconnecting client costs no signature check.
+    verified_cache_size: NonNegativeInt = 10_000
+    claims: ClaimNames = msgspec.field(default_factory=ClaimNames)
+
+
+class ApiSettings(_Section, frozen=True):
+    #: API keys of the HTTP API (several for rotation); any one is accepted.
+    keys: list[str] = msgspec.field(default_factory=list)
+    #: A file with more API keys, one per line (``#`` comments and blank lines skipped).
+    keys_file: str = ""
+    #: API keys that may only publish (``/v1/publish``, ``/v1/broadcast``).
+    publish_keys: list[str] = msgspec.field(default_factory=list)
+    #: Whether ``/metrics`` needs an API key too (when keys are configured).
+    metrics_require_key: bool = True
+
+
 class ConsoleSettings(_Section, frozen=True):
     #: The web console at ``/console``: ``"auto"`` (on only when ``server.host`` is a loopback
     #: address), ``true`` or ``false``.
@@ -211,6 +316,8 @@ class Settings(_Section, frozen=True):
     backplane: BackplaneSettings = msgspec.field(default_factory=BackplaneSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     monitor: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
 
     def namespace(self, name: str) -> NamespaceSettings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
@@ -23,6 +23,8 @@ class Subscriber:
     encoding: Encoding | None
     outbox: Outbox
     user: str | None = None
+    #: Shown to others in presence (the ``info`` claim); fixed for the connection's life.
+    details: dict[str, Any] | None = None
     #: Channels this connection is subscribed to (or subscribing); owned by the hub.
     channels: set[str] = field(default_factory=set)
     detached: bool = False
@@ -34,7 +36,7 @@ class Subscriber:
         return CODECS[self.encoding]
 
     def info(self) -> ClientInfo:
-        return ClientInfo(client=self.id, user=self.user)
+        return ClientInfo(client=self.id, user=self.user, info=self.details)
 
 
 class Reply(Generic[T]):

@@ -5,6 +5,12 @@ go straight to the connection's outbox; everything touching channels goes to the
 never ends the connection: it gets ``error`` ``bad_request``. Only the wrong frame kind for the
 negotiated encoding (1003) and an oversized message (1009) close it.
 
+Authentication (broker/auth/session.py) comes first: ``welcome`` is sent once the connection's
+identity is known, from the handshake or a ``connect`` message, followed by the identity's
+server-side subscriptions. Every ``subscribe``, ``publish``, ``history`` and ``presence`` is then
+checked against the identity (``Auth.permit``), unless nothing can forbid it (no authentication,
+no ``authorize`` hook, no user-limited channel): that check is a few attribute reads.
+
 On the Redis backplane the reader does not wait for a publish's result before it reads the next
 frame (``Broker.publish_submit``, docs/scaleout.md): the reply follows from a callback, and the
 replies to publishes, with the errors the reader makes itself, leave in the order of the requests.
@@ -16,6 +22,8 @@ import asyncio
 import time
 from collections import deque
 
+from broker.auth import Action, Refused
+from broker.auth.session import ConnectionAuth
 from broker.backplane import BackplaneUnavailable, Head
 from broker.connection import Connection
 from broker.conversion import UnconvertibleData, convert_for_subscribers
@@ -31,6 +39,7 @@ from broker.runtime import Broker
 from protocol import (
     CloseCode,
     Codec,
+    Connect,
     DecodeFailure,
     Error,
     ErrorCode,
@@ -40,9 +49,11 @@ from protocol import (
     Presence,
     Publish,
     Published,
+    Refresh,
     Subscribe,
     Unsubscribe,
     Welcome,
+    is_valid_channel,
     namespace_of,
 )
 
@@ -57,7 +68,18 @@ _Held = tuple["asyncio.Future[Head]", int | None, str] | bytes
 class V1Reader:
     """Reads one ``/v1/ws`` connection."""
 
-    __slots__ = ("broker", "bucket", "codec", "connection", "held", "hub", "idle_timer", "strikes")
+    __slots__ = (
+        "auth",
+        "broker",
+        "bucket",
+        "codec",
+        "connection",
+        "held",
+        "hub",
+        "idle_timer",
+        "open_checks",
+        "strikes",
+    )
 
     def __init__(self, connection: Connection, broker: Broker, codec: Codec) -> None:
         self.connection = connection
@@ -74,16 +96,43 @@ class V1Reader:
         self.idle_timer: asyncio.TimerHandle | None = None
         #: Replies waiting for an earlier publish's result (``publish``); None while none is.
         self.held: deque[_Held] | None = None
+        self.auth = ConnectionAuth(connection, broker.auth, codec)
+        #: No authentication and no ``authorize`` hook: only user-limited channels need a look.
+        self.open_checks = not broker.auth.enforced and broker.auth.authorize is None
 
-    async def run(self) -> None:
+    async def welcome(self) -> None:
+        """Send ``welcome`` and make the identity's server-side subscriptions."""
         connection = self.connection
         websocket_settings = connection.settings.websocket
+        identity = self.auth.identity
+        assert identity is not None
         welcome = Welcome(
             client=connection.id,
             heartbeat=websocket_settings.heartbeat,
             max_message_bytes=websocket_settings.max_message_bytes,
+            user=identity.user,
+            expires_at=identity.expires_at,
         )
         connection.send_frame(self.codec.encode(welcome))
+        for channel in identity.subs:
+            if is_valid_channel(channel):
+                # Answered with ``subscribed`` id 0 (docs/protocol.md, "Authentication").
+                await self.hub.submit(
+                    SubscribeCommand(connection.subscriber, Subscribe(id=0, channel=channel))
+                )
+
+    async def run(self) -> None:
+        connection = self.connection
+        websocket_settings = connection.settings.websocket
+        try:
+            if await self.auth.open():
+                await self.welcome()
+            await self._run(websocket_settings.heartbeat + websocket_settings.heartbeat_grace)
+        finally:
+            self.auth.close()
+
+    async def _run(self, heartbeat: float) -> None:
+        connection = self.connection
         idle_timeout = connection.settings.limits.idle_timeout
         if idle_timeout > 0:
             # A timer, not a task: a sleeping task per connection costs memory for nothing.
@@ -94,7 +143,7 @@ class V1Reader:
             await connection.receive_loop(
                 self.on_text,
                 self.on_bytes,
-                heartbeat=websocket_settings.heartbeat + websocket_settings.heartbeat_grace,
+                heartbeat=heartbeat,
             )
         finally:
             if self.idle_timer is not None:
@@ -130,19 +179,35 @@ class V1Reader:
 
     async def handle(self, frame: bytes) -> None:
         message = self.codec.decode_client(frame)
+        if self.auth.identity is None:
+            if await self.auth.on_first(message):
+                await self.welcome()
+            return
         match message:
             case Publish():
                 await self.publish(message)
             case Subscribe():
-                await self.hub.submit(SubscribeCommand(self.connection.subscriber, message))
+                if await self.permitted(message.id, message.channel, Action.SUBSCRIBE, message):
+                    await self.hub.submit(SubscribeCommand(self.connection.subscriber, message))
             case Unsubscribe():
                 await self.hub.submit(UnsubscribeCommand(self.connection.subscriber, message))
             case Ping(id=request_id):
                 self.connection.send_frame(self.codec.encode(Pong(id=request_id)))
             case History():
-                await self.hub.submit(HistoryCommand(self.connection.subscriber, message))
+                if await self.permitted(message.id, message.channel, Action.HISTORY):
+                    await self.hub.submit(HistoryCommand(self.connection.subscriber, message))
             case Presence():
-                await self.hub.submit(PresenceCommand(self.connection.subscriber, message))
+                if await self.permitted(message.id, message.channel, Action.PRESENCE):
+                    await self.hub.submit(PresenceCommand(self.connection.subscriber, message))
+            case Refresh():
+                reply = await self.auth.refresh(message)
+                if reply is not None:
+                    self.reply(reply)
+            case Connect(id=request_id):
+                # Authenticated already (by the handshake, or no authentication): nothing to do,
+                # except saying so to a client that brings a token the broker will not look at.
+                if message.token is not None and self.broker.auth.verifier is not None:
+                    self.error(request_id, ErrorCode.BAD_REQUEST, "already connected")
             case DecodeFailure(id=request_id, message=text):
                 self.connection.protocol_error("protocol.bad_request", detail=text[:200])
                 self.error(request_id, ErrorCode.BAD_REQUEST, text)
@@ -171,12 +236,9 @@ class V1Reader:
             return
         self.strikes = 0
         channel = message.channel
-        if not self.broker.settings.namespace(namespace_of(channel)).allow_publish:
-            self.error(
-                message.id,
-                ErrorCode.PERMISSION_DENIED,
-                f"clients may not publish in namespace {namespace_of(channel)!r}",
-            )
+        if not self.open_to(channel, Action.PUBLISH) and not await self.permitted(
+            message.id, channel, Action.PUBLISH
+        ):
             return
         try:
             converted = convert_for_subscribers(message.data, self.codec)
@@ -188,7 +250,7 @@ class V1Reader:
                 channel,
                 message.data,
                 self.codec,
-                self.connection.id,
+                self.connection.subscriber.user or self.connection.id,
                 converted,
                 self.settle,
                 message.idempotency_key,
@@ -210,6 +272,50 @@ class V1Reader:
         if held is None:
             held = self.held = deque()
         held.append((outcome, message.id, channel))
+
+    def open_to(self, channel: str, action: Action) -> bool:
+        """Whether no check is needed: no authentication, no hook, not a user-limited channel,
+        and (to publish) a namespace clients may publish in. The fast path of every request."""
+        return (
+            self.open_checks
+            and "#" not in channel
+            and (
+                action is not Action.PUBLISH
+                or self.connection.settings.namespace(namespace_of(channel)).allow_publish
+            )
+        )
+
+    async def permitted(
+        self, request_id: int | None, channel: str, action: Action, request: Subscribe | None = None
+    ) -> bool:
+        """Whether this connection may ``action`` on ``channel``; if not, answers
+        ``permission_denied``."""
+        auth = self.broker.auth
+        if self.open_to(channel, action):
+            return True
+        identity = self.auth.identity
+        assert identity is not None
+        subscription_token = False
+        if request is not None and request.token is not None and auth.verifier is not None:
+            try:
+                granted, _ = await auth.verifier.subscription(request.token, identity.user)
+                if granted != channel:
+                    raise Refused(f"subscription token for another channel than {channel!r}")
+            except Refused as refusal:
+                self.error(request_id, ErrorCode.PERMISSION_DENIED, refusal.reason)
+                return False
+            subscription_token = True
+        reason = await auth.permit(
+            identity,
+            channel,
+            action,
+            subscribed=channel in self.connection.subscriber.channels,
+            subscription_token=subscription_token,
+        )
+        if reason is None:
+            return True
+        self.error(request_id, ErrorCode.PERMISSION_DENIED, reason)
+        return False
 
     def settle(self) -> None:
         """Send the replies of the publishes whose results are known, and the replies held

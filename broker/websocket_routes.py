@@ -14,8 +14,10 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, WebSocket
 from starlette.responses import PlainTextResponse
 
+from broker.auth import Refused
 from broker.connection import Connection
 from broker.dependencies import BrokerDep, SettingsDep
+from broker.logs import get_logger
 from broker.plain import run_chat, run_data, run_echo
 from broker.runtime import Broker
 from broker.settings import Settings
@@ -29,6 +31,7 @@ from protocol import (
 )
 
 router = APIRouter()
+log = get_logger("broker.websocket")
 
 
 async def deny(websocket: WebSocket, status: int, reason: str) -> None:
@@ -44,11 +47,29 @@ async def deny(websocket: WebSocket, status: int, reason: str) -> None:
 async def _admit(websocket: WebSocket, broker: Broker, codec: Codec | None) -> bool:
     """Accept the handshake, or refuse it; False when the connection must not go on."""
     origin = websocket.headers.get("origin")
-    if not broker.origin_allowed(origin):
-        await deny(websocket, 403, f"origin {origin} is not allowed (server.allowed_origins)")
+    if not broker.origin_allowed(origin, websocket.headers.get("host")):
+        log.info("connection.origin_refused", origin=origin[:200] if origin else origin)
+        await deny(
+            websocket,
+            403,
+            f"origin {origin} is not allowed: server.allowed_origins (empty means the same "
+            "origin as the broker's own address)",
+        )
         return False
+    refusal: str | None = None
+    if codec is None and broker.auth.enforced:
+        # The plain endpoints have no ``connect`` message: the handshake must authenticate.
+        try:
+            if await broker.auth.identity_from_handshake(websocket) is None:
+                refusal = "no token"
+        except Refused as refused:
+            refusal = refused.reason
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol=codec.encoding.subprotocol if codec and offered else None)
+    if refusal is not None:
+        log.info("auth.refused", reason=refusal, endpoint=websocket.url.path)
+        await websocket.close(code=CloseCode.UNAUTHORIZED, reason=refusal[:120])
+        return False
     if broker.at_capacity():
         broker.refused()
         code = CloseCode.TRY_AGAIN_LATER

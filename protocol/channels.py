@@ -1,8 +1,9 @@
 """Channel names (docs/protocol.md §1, "Channels, offsets, epochs and recovery").
 
-A name is 1 to 255 bytes of ``A-Z a-z 0-9 _ - : . @ /``. The part before the first ``:`` is the
-namespace whose options come from config; a name without ``:`` belongs to the default namespace,
-named ``""`` here.
+A name is 1 to 255 bytes of ``A-Z a-z 0-9 _ - : . @ /``, optionally followed by ``#`` and the
+comma-separated ids of the only users allowed in it (a user-limited channel, ``dialog#42,43``).
+The part before the first ``:`` is the namespace whose options come from config; a name without
+``:`` belongs to the default namespace, named ``""`` here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Annotated, Final
 import msgspec
 
 # ``\Z``, not ``$``: ``$`` also matches before a trailing newline, which would admit "news\n".
-CHANNEL_PATTERN: Final = r"^[A-Za-z0-9_\-:.@/]{1,255}\Z"
+CHANNEL_PATTERN: Final = r"^[A-Za-z0-9_\-:.@/]+(?:#[A-Za-z0-9_\-:.@/,]*)?\Z"
 MAX_CHANNEL_BYTES: Final = 255
 
 #: The channel type used in every message Struct: msgspec validates it while decoding.
@@ -42,7 +43,7 @@ def explain_channel_errors(message: str) -> str:
 def is_valid_channel(name: str) -> bool:
     """Whether ``name`` is a channel name a client may use."""
     # The pattern admits only ASCII, so its length in characters is its length in bytes.
-    return _CHANNEL_RE.match(name) is not None
+    return len(name) <= MAX_CHANNEL_BYTES and _CHANNEL_RE.match(name) is not None
 
 
 def namespace_of(channel: str) -> str:

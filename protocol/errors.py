@@ -14,6 +14,7 @@ class ErrorCode(enum.StrEnum):
 
     BAD_REQUEST = "bad_request"
     PERMISSION_DENIED = "permission_denied"
+    UNAUTHORIZED = "unauthorized"
     NOT_SUBSCRIBED = "not_subscribed"
     ALREADY_SUBSCRIBED = "already_subscribed"
     LIMIT_EXCEEDED = "limit_exceeded"

@@ -14,7 +14,7 @@ because the contract lists ``from`` and ``user`` as present-but-null rather than
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -46,6 +46,8 @@ class ClientInfo(msgspec.Struct, frozen=True, kw_only=True):
 
     client: str
     user: str | None = None
+    #: The ``info`` claim of the member's connection token: shown to the others.
+    info: dict[str, Any] | None = None
 
 
 # --- client to server ---------------------------------------------------------------------------
@@ -55,6 +57,8 @@ class Subscribe(Message, tag="subscribe", frozen=True):
     id: RequestId
     channel: Channel
     since: StreamPosition | None = None
+    #: A subscription token, for the channels of a private namespace.
+    token: str | None = None
 
 
 class Unsubscribe(Message, tag="unsubscribe", frozen=True):
@@ -87,7 +91,21 @@ class Ping(Message, tag="ping", frozen=True):
     id: RequestId
 
 
-ClientMessage = Subscribe | Unsubscribe | Publish | History | Presence | Ping
+class Connect(Message, tag="connect", frozen=True):
+    """The first message, carrying the connection token when the handshake did not."""
+
+    id: RequestId | None = None
+    token: str | None = None
+
+
+class Refresh(Message, tag="refresh", frozen=True):
+    """A new connection token for the same user, before the current one expires."""
+
+    id: RequestId
+    token: str
+
+
+ClientMessage = Subscribe | Unsubscribe | Publish | History | Presence | Ping | Connect | Refresh
 
 
 # --- server to client ---------------------------------------------------------------------------
@@ -98,6 +116,10 @@ class Welcome(Message, tag="welcome", frozen=True):
     heartbeat: float
     max_message_bytes: int
     version: str = PROTOCOL_VERSION
+    #: The user id (the token's ``sub``); None when anonymous.
+    user: str | None = None
+    #: When the connection's token expires (unix seconds); None when it does not.
+    expires_at: float | None = None
 
 
 class Publication(Message, tag="message", frozen=True):
@@ -153,6 +175,13 @@ class Pong(Message, tag="pong", frozen=True):
     id: int
 
 
+class Refreshed(Message, tag="refreshed", frozen=True):
+    """Reply to ``refresh``: the connection now expires at ``expires_at``."""
+
+    id: int
+    expires_at: float | None = None
+
+
 class Join(Message, tag="join", frozen=True):
     channel: str
     client: str
@@ -194,6 +223,7 @@ ServerMessage = (
     | HistoryResult
     | PresenceResult
     | Pong
+    | Refreshed
     | Publication
     | Join
     | Leave

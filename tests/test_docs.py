@@ -261,7 +261,10 @@ def test_an_http_publish_over_the_documented_limit_gets_413(served: ServedBroker
     def post(size: int) -> int:
         body = head + b"x" * (size - len(head) - len(tail)) + tail
         request = urllib.request.Request(
-            f"http://{served.address}/v1/publish", data=body, method="POST"
+            f"http://{served.address}/v1/publish",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
         )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:

@@ -94,6 +94,8 @@ async def _cycle(spec: ChurnSpec, host: str, port: int, path: str) -> int:
 async def _worker(spec: ChurnSpec, conn: Connection) -> None:
     parts = urlsplit(spec.url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
+    if parts.query:  # e.g. the token query parameter of /v1/ws
+        path += "?" + parts.query
     conn.send(Ready(0, 0))
     go = await asyncio.to_thread(conn.recv)
     assert isinstance(go, Go)

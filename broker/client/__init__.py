@@ -26,7 +26,7 @@ from broker.client.errors import (
     ResyncNeeded,
 )
 from broker.client.messages import HistoryPage, Message, PresenceChange
-from broker.client.session import DEFAULT_URL, Client, connect
+from broker.client.session import DEFAULT_URL, Client, TokenProvider, connect
 from broker.client.subscription import Subscription, SubscriptionStatistics
 from protocol import ClientInfo, Encoding, Published, StreamPosition
 
@@ -51,5 +51,6 @@ __all__ = [
     "StreamPosition",
     "Subscription",
     "SubscriptionStatistics",
+    "TokenProvider",
     "connect",
 ]

@@ -9,7 +9,10 @@ connection. Per connection, a task group runs
   (see ``subscription.py`` for why and for what a full queue does instead);
 * the heartbeat: a ``ping`` every ``welcome.heartbeat / 2`` seconds, so the server never closes
   an idle client with 4009, and a ``pong`` overdue by ``heartbeat`` seconds means the server is
-  gone: the connection is cut and replaced.
+  gone: the connection is cut and replaced;
+* with a token *provider* and a token that expires (``welcome.expires_at``): a ``refresh`` with a
+  new token from the provider ahead of the expiry (a fifth of the remaining time, at most 30 s,
+  before it). The provider is also called for every (re)connection.
 
 When the connection ends, the close decides what comes next (docs/protocol.md §1): a ``disconnect``
 with ``reconnect: false``, or a close code a retry cannot fix (1002, 1003, 1007, 1008, 1009, 1010,
@@ -34,7 +37,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
 from typing import Final, Literal, overload
@@ -75,6 +79,8 @@ from protocol import (
     PresenceResult,
     Publication,
     Published,
+    Refresh,
+    Refreshed,
     ServerMessage,
     StreamPosition,
     Subscribe,
@@ -98,11 +104,15 @@ _CODECS: Final = {encoding: Codec(encoding) for encoding in Encoding}
 CATCH_UP_BATCH: Final = 100
 
 
+#: Gives a fresh connection token; called for every connection and before each expiry.
+TokenProvider = Callable[[], Awaitable[str]]
+
+
 def connect(
     url: str = DEFAULT_URL,
     *,
     encoding: Encoding = Encoding.JSON,
-    token: str | None = None,
+    token: str | TokenProvider | None = None,
     request_timeout: float = 10.0,
     open_timeout: float = 10.0,
     queue_size: int = 1000,
@@ -114,7 +124,9 @@ def connect(
     """A client for the broker at ``url`` (a ``/v1/ws`` endpoint); use it as
     ``async with connect(url) as client:``.
 
-    ``encoding`` picks JSON or MessagePack; ``token`` is sent as ``Authorization: Bearer``.
+    ``encoding`` picks JSON or MessagePack; ``token`` is sent as ``Authorization: Bearer``: a
+    string, or an async callable (a token provider) called for every connection and, before
+    the token expires, for a ``refresh``.
     ``request_timeout`` bounds each request, waiting for a connection included. ``queue_size``
     is each subscription's default queue bound. ``backoff`` spaces reconnection attempts;
     ``max_attempts`` failed attempts in a row close the client with ``ConnectFailed`` (None: try
@@ -145,7 +157,7 @@ class Client(Requests):
         url: str,
         *,
         encoding: Encoding,
-        token: str | None,
+        token: str | TokenProvider | None,
         request_timeout: float,
         open_timeout: float,
         queue_size: int,
@@ -163,7 +175,7 @@ class Client(Requests):
         self.backoff = backoff
         self.max_attempts = max_attempts
         self._max_frame_bytes = max_frame_bytes
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._token = token
         self._codec = _CODECS[encoding]
         self._subs: dict[str, AnySubscription] = {}
         self._pending: dict[int, Pending] = {}
@@ -294,7 +306,7 @@ class Client(Requests):
         link = await open_link(
             self.url,
             codec=self._codec,
-            headers=self._headers,
+            headers=await self._auth_headers(),
             open_timeout=self.open_timeout,
             max_frame_bytes=self._max_frame_bytes,
             number=self._links + 1,
@@ -321,6 +333,8 @@ class Client(Requests):
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._heartbeat, link)
+                if callable(self._token) and link.welcome.expires_at is not None:
+                    tasks.start_soon(self._refresh, link, self._token, link.welcome.expires_at)
                 tasks.start_soon(self._resubscribe, link)
                 await self._read(link)
                 tasks.cancel_scope.cancel()
@@ -393,6 +407,29 @@ class Client(Requests):
                 return
             except ClientError:
                 return
+
+    async def _auth_headers(self) -> dict[str, str]:
+        token = self._token
+        if callable(token):
+            token = await token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def _refresh(self, link: Link, provider: TokenProvider, expires_at: float) -> None:
+        """Send ``refresh`` with a new token ahead of each expiry of ``link``'s token."""
+        while True:
+            remaining = expires_at - time.time()
+            await anyio.sleep(max(0.0, remaining - min(30.0, remaining / 5)))
+            try:
+                token = await provider()
+                reply = await self._request(partial(_refresh_request, token), link=link)
+            except ClientError as exc:
+                # The server closes a connection whose refresh it refuses; the supervisor
+                # reconnects with a new token when the close allows it.
+                log.warning("client.refresh_failed: %s", exc)
+                return
+            if not isinstance(reply, Refreshed) or reply.expires_at is None:
+                return
+            expires_at = reply.expires_at
 
     def _abort(self, link: Link) -> None:
         """Cut ``link`` at once; its reader ends and the supervisor reconnects."""
@@ -717,6 +754,10 @@ class Client(Requests):
                 sub.history_unavailable()
         elif isinstance(reply, HistoryResult):
             sub.caught_up(reply)
+
+
+def _refresh_request(token: str, request_id: int) -> Refresh:
+    return Refresh(id=request_id, token=token)
 
 
 def _history_request(channel: str, since: StreamPosition, limit: int) -> Callable[[int], History]:

@@ -97,6 +97,8 @@ def test_environment_text_for_a_string_setting_is_kept_as_is() -> None:
         None,
         {
             "BROKER_SERVER__HOST": "1e3",  # a TOML float, but host is a string
+            # Not a loopback host: anonymous clients need the explicit opt-in.
+            "BROKER_AUTH__INSECURE_ALLOW_ANONYMOUS": "true",
             "BROKER_BACKPLANE__KEY_PREFIX": '"quoted"',  # a TOML string: its content
             "BROKER_BACKPLANE__REDIS_URL": "redis://cache:6379/1",
         },
@@ -213,7 +215,10 @@ def test_unknown_key_inside_a_namespace_names_the_namespace(tmp_path: Path) -> N
     path = write_toml(tmp_path, "[namespaces.chat]\nhistroy_size = 5\n")
     message = config_error(path)
     assert message.startswith(f"{path}: namespaces.chat.histroy_size = 5: unknown key")
-    assert "(known keys: history_size, history_ttl, presence, join_leave, allow_publish)" in message
+    assert (
+        "(known keys: history_size, history_ttl, presence, join_leave, allow_publish, subscribe, "
+        "publish, history_for_subscribers, presence_for_subscribers, anonymous)"
+    ) in message
 
 
 def test_wrong_type_names_key_value_and_expected_type(tmp_path: Path) -> None:
@@ -301,7 +306,8 @@ def test_environment_list_given_as_plain_text_suggests_a_toml_array() -> None:
 def test_unknown_section_in_a_variable_name_lists_the_sections() -> None:
     assert config_error(None, {"BROKER_NOPE__X": "1"}) == (
         "$BROKER_NOPE__X: nope.x = '1': unknown key 'nope' (known keys: server, websocket, "
-        "queue, hub, limits, default_namespace, namespaces, backplane, log, monitor, console)"
+        "queue, hub, limits, default_namespace, namespaces, backplane, log, monitor, auth, api, "
+        "console)"
     )
 
 
@@ -428,11 +434,11 @@ def test_values_of_secret_looking_keys_are_masked(tmp_path: Path) -> None:
 
 
 def test_secrets_nested_in_an_unknown_table_are_masked(tmp_path: Path) -> None:
-    path = write_toml(tmp_path, '[auth]\npassword = "s3cr3t"\nurl = "https://u:pw@idp"\n')
+    path = write_toml(tmp_path, '[oauth]\npassword = "s3cr3t"\nurl = "https://u:pw@idp"\n')
     message = config_error(path)
     assert "s3cr3t" not in message
     assert ":pw@" not in message
-    assert "auth = {'password': '***', 'url': 'https://u:***@idp'}" in message
+    assert "oauth = {'password': '***', 'url': 'https://u:***@idp'}" in message
 
 
 @pytest.mark.parametrize(

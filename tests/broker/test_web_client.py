@@ -12,7 +12,7 @@ import pytest
 
 from broker import console, typescript, web_client
 from broker.config import ConfigError, load_settings
-from broker.settings import ConsoleSettings, ServerSettings, Settings
+from broker.settings import AuthSettings, ConsoleSettings, ServerSettings, Settings
 from tests.conftest import TIMEOUT, RunningBroker, serve_broker
 
 pytestmark = pytest.mark.anyio
@@ -130,7 +130,10 @@ async def test_the_console_page_and_its_files_are_served_when_on_and_absent_when
             assert b'from "../v1/client.js"' in script.content
             assert (await http.get("/console/console.css")).status_code == 200
             assert (await http.get("/console/index.html")).status_code == 404
-    off = Settings(server=ServerSettings(host="0.0.0.0"))
+    off = Settings(
+        server=ServerSettings(host="0.0.0.0"),
+        auth=AuthSettings(insecure_allow_anonymous=True),
+    )
     async with serve_broker(off) as running:
         async with httpx.AsyncClient(base_url=running.http(""), timeout=TIMEOUT) as http:
             assert (await http.get("/console")).status_code == 404
@@ -144,5 +147,8 @@ def test_a_wrong_console_setting_names_the_values_it_may_take(tmp_path: Path) ->
         "$BROKER_CONSOLE__ENABLED: console.enabled = 'maybe': expected one of true, false, 'auto'"
     )
     config = tmp_path / "broker.toml"
-    config.write_text('[console]\nenabled = true\n[server]\nhost = "0.0.0.0"\n')
+    config.write_text(
+        '[console]\nenabled = true\n[server]\nhost = "0.0.0.0"\n'
+        "[auth]\ninsecure_allow_anonymous = true\n"
+    )
     assert console.enabled(load_settings(config, {}))

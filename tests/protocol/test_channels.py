@@ -42,6 +42,10 @@ VALID = [
     "/",
     "x" * MAX_CHANNEL_BYTES,
     ALPHABET,
+    # User-limited channels: the allowed users after '#', comma-separated.
+    "news#1",
+    "dialog#42,43",
+    "chat:dm#alice@example.com,bob",
 ]
 
 INVALID = [
@@ -57,7 +61,9 @@ INVALID = [
     "news\r",
     "a\tb",
     "a\x00b",
-    "news#1",
+    "#chat",  # '#' first: the chat room's name, out of every client's reach
+    "a#b#c",
+    "a#b c",
     "news?x=1",
     "a,b",
     "a*",

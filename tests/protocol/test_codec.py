@@ -164,7 +164,8 @@ BAD_CHANNELS = [
     pytest.param("\nnews", id="leading-newline"),
     pytest.param("a\tb", id="tab"),
     pytest.param("a\x00b", id="nul"),
-    pytest.param("news#1", id="hash"),
+    pytest.param("#news", id="leading-hash"),
+    pytest.param("a#b#c", id="two-hashes"),
     pytest.param("news?x=1", id="query"),
 ]
 

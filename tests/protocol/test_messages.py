@@ -35,6 +35,7 @@ from protocol import (
     Publication,
     Publish,
     Published,
+    Refreshed,
     ServerMessage,
     StreamPosition,
     Subscribe,
@@ -48,23 +49,26 @@ CODECS = [pytest.param(JSON, id="json"), pytest.param(MSGPACK, id="msgpack")]
 
 #: docs/protocol.md §1, "Client to server": type tag -> field names.
 CLIENT_CONTRACT: dict[str, set[str]] = {
-    "subscribe": {"id", "channel", "since"},
+    "subscribe": {"id", "channel", "since", "token"},
     "unsubscribe": {"id", "channel"},
     "publish": {"id", "channel", "data", "idempotency_key"},
     "history": {"id", "channel", "since", "limit"},
     "presence": {"id", "channel"},
     "ping": {"id"},
+    "connect": {"id", "token"},
+    "refresh": {"id", "token"},
 }
 
 #: docs/protocol.md §1, "Server to client": type tag -> field names.
 SERVER_CONTRACT: dict[str, set[str]] = {
-    "welcome": {"client", "version", "heartbeat", "max_message_bytes"},
+    "welcome": {"client", "version", "heartbeat", "max_message_bytes", "user", "expires_at"},
     "subscribed": {"id", "channel", "epoch", "offset", "recovered", "publications"},
     "unsubscribed": {"id", "channel"},
     "published": {"id", "channel", "offset", "epoch"},
     "history": {"id", "channel", "epoch", "offset", "publications"},
     "presence": {"id", "channel", "clients"},
     "pong": {"id"},
+    "refreshed": {"id", "expires_at"},
     "message": {"channel", "offset", "epoch", "data", "from"},
     "join": {"channel", "client", "user"},
     "leave": {"channel", "client", "user"},
@@ -274,8 +278,29 @@ def server_examples(codec: Codec) -> list[tuple[ServerMessage, dict[str, Any]]]:
                 "version": "1",
                 "heartbeat": 25.0,
                 "max_message_bytes": 65536,
+                "user": None,
+                "expires_at": None,
             },
         ),
+        (
+            Welcome(
+                client="c-2",
+                heartbeat=25.0,
+                max_message_bytes=65536,
+                user="42",
+                expires_at=1700000000.0,
+            ),
+            {
+                "type": "welcome",
+                "client": "c-2",
+                "version": "1",
+                "heartbeat": 25.0,
+                "max_message_bytes": 65536,
+                "user": "42",
+                "expires_at": 1700000000.0,
+            },
+        ),
+        (Refreshed(id=9, expires_at=None), {"type": "refreshed", "id": 9, "expires_at": None}),
         (
             Subscribed(
                 id=1,
@@ -332,13 +357,19 @@ def server_examples(codec: Codec) -> list[tuple[ServerMessage, dict[str, Any]]]:
             PresenceResult(
                 id=6,
                 channel="room",
-                clients=[ClientInfo(client="c-1", user="alice"), ClientInfo(client="c-2")],
+                clients=[
+                    ClientInfo(client="c-1", user="alice", info={"name": "Alice"}),
+                    ClientInfo(client="c-2"),
+                ],
             ),
             {
                 "type": "presence",
                 "id": 6,
                 "channel": "room",
-                "clients": [{"client": "c-1", "user": "alice"}, {"client": "c-2", "user": None}],
+                "clients": [
+                    {"client": "c-1", "user": "alice", "info": {"name": "Alice"}},
+                    {"client": "c-2", "user": None, "info": None},
+                ],
             },
         ),
         (Pong(id=7), {"type": "pong", "id": 7}),

@@ -230,14 +230,21 @@ def test_decode_client_never_raises_on_near_messages(codec: Codec, value: Any) -
 
 
 def reference_is_valid_channel(name: str) -> bool:
-    """docs/protocol.md §1 read literally: 1 to 255 bytes of ``A-Z a-z 0-9 _ - : . @ /``."""
-    return 1 <= len(name.encode("utf-8")) <= 255 and all(char in ALPHABET for char in name)
+    """docs/protocol.md §1 read literally: 1 to 255 bytes of ``A-Z a-z 0-9 _ - : . @ /``, then
+    optionally ``#`` and user ids of the same characters and ``,``."""
+    base, _, users = name.partition("#")
+    return (
+        1 <= len(name.encode("utf-8")) <= 255
+        and bool(base)
+        and all(char in ALPHABET for char in base)
+        and all(char in ALPHABET + "," for char in users)
+    )
 
 
 channel_candidates = (
     st.text(max_size=300)
     | st.text(alphabet=ALPHABET, max_size=300)
-    | st.text(alphabet=ALPHABET + " \n\r\t\x00#é\u212a", max_size=260)
+    | st.text(alphabet=ALPHABET + " \n\r\t\x00#,é\u212a", max_size=260)
     | st.builds(
         lambda name, suffix: name + suffix,
         st.text(alphabet=ALPHABET, min_size=1, max_size=255),

@@ -10,7 +10,9 @@ export type ClientMessage =
   | Publish
   | History
   | Presence
-  | Ping;
+  | Ping
+  | Connect
+  | Refresh;
 
 // --- Server to client ----------------------------------------------------------------------------
 
@@ -22,6 +24,7 @@ export type ServerMessage =
   | HistoryResult
   | PresenceResult
   | Pong
+  | Refreshed
   | Publication
   | Join
   | Leave
@@ -36,6 +39,16 @@ export type ServerFrame = ServerMessage | ServerMessage[];
 export interface ClientInfo {
   client: string;
   user: string | null;
+  info: Record<string, unknown> | null;
+}
+
+/** The first message, carrying the connection token when the handshake did not. */
+export interface Connect {
+  type: "connect";
+  /** default null */
+  id?: number | null;
+  /** default null */
+  token?: string | null;
 }
 
 export interface Disconnect {
@@ -65,7 +78,7 @@ export interface History {
   type: "history";
   /** >= 0; <= 9223372036854775807 */
   id: number;
-  /** min length 1; max length 255; pattern ^[A-Za-z0-9_\-:.@/]{1,255}\Z */
+  /** min length 1; max length 255; pattern ^[A-Za-z0-9_\-:.@/]+(?:#[A-Za-z0-9_\-:.@/,]*)?\Z */
   channel: string;
   /** default null */
   since?: StreamPosition | null;
@@ -112,7 +125,7 @@ export interface Presence {
   type: "presence";
   /** >= 0; <= 9223372036854775807 */
   id: number;
-  /** min length 1; max length 255; pattern ^[A-Za-z0-9_\-:.@/]{1,255}\Z */
+  /** min length 1; max length 255; pattern ^[A-Za-z0-9_\-:.@/]+(?:#[A-Za-z0-9_\-:.@/,]*)?\Z */
   channel: string;
 }
 
@@ -136,7 +149,7 @@ export interface Publication {
 
 export interface Publish {
   type: "publish";
-  /** min length 1; max length 255; pattern ^[A-Za-z0-9_\-:.@/]{1,255}\Z */
+  /** min length 1; max length 255; pattern ^[A-Za-z0-9_\-:.@/]+(?:#[A-Za-z0-9_\-:.@/,]*)?\Z */
   channel: string;
   data: unknown;
   /** default null */
@@ -153,6 +166,21 @@ export interface Published {
   epoch: string;
 }
 
+/** A new connection token for the same user, before the current one expires. */
+export interface Refresh {
+  type: "refresh";
+  /** >= 0; <= 9223372036854775807 */
+  id: number;
+  token: string;
+}
+
+/** Reply to `refresh`: the connection now expires at `expires_at`. */
+export interface Refreshed {
+  type: "refreshed";
+  id: number;
+  expires_at: number | null;
+}
+
 /** A point in a channel's history: the last `offset` seen in stream `epoch`. */
 export interface StreamPosition {
   /** >= 0; <= 9223372036854775807 */
@@ -164,10 +192,12 @@ export interface Subscribe {
   type: "subscribe";
   /** >= 0; <= 9223372036854775807 */
   id: number;
-  /** min length 1; max length 255; pattern ^[A-Za-z0-9_\-:.@/]{1,255}\Z */
+  /** min length 1; max length 255; pattern ^[A-Za-z0-9_\-:.@/]+(?:#[A-Za-z0-9_\-:.@/,]*)?\Z */
   channel: string;
   /** default null */
   since?: StreamPosition | null;
+  /** default null */
+  token?: string | null;
 }
 
 export interface Subscribed {
@@ -184,7 +214,7 @@ export interface Unsubscribe {
   type: "unsubscribe";
   /** >= 0; <= 9223372036854775807 */
   id: number;
-  /** min length 1; max length 255; pattern ^[A-Za-z0-9_\-:.@/]{1,255}\Z */
+  /** min length 1; max length 255; pattern ^[A-Za-z0-9_\-:.@/]+(?:#[A-Za-z0-9_\-:.@/,]*)?\Z */
   channel: string;
 }
 
@@ -200,4 +230,6 @@ export interface Welcome {
   heartbeat: number;
   max_message_bytes: number;
   version: string;
+  user: string | null;
+  expires_at: number | null;
 }

@@ -112,6 +112,7 @@ export class BrokerProcess {
   async publish(channel, data) {
     const response = await fetch(this.http("/v1/publish"), {
       method: "POST",
+      headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ channel, data }),
     });
     if (!response.ok) throw new Error(`publish: ${response.status} ${await response.text()}`);
