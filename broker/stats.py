@@ -19,7 +19,7 @@ retained, or not encodable) and reported as ``gap``, like ``broker_gaps`` in ``/
 Publications an outbox drops under ``queue.overflow = "drop_oldest"`` are not counted here: the
 broker keeps no total of them. ``outbox_messages`` is the number of frames queued in every
 connection's outbox right now. Everything is read from counters the broker keeps anyway, at
-request time.
+request time. Like the rest of the HTTP API it needs an API key once ``[api]`` has keys.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import msgspec
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from broker.dependencies import BrokerDep
+from broker.http_auth import FullKey
 from broker.runtime import Broker
 from protocol import CloseCode
 
@@ -72,7 +73,7 @@ def snapshot(broker: Broker, started: float) -> dict[str, Any]:
 router = APIRouter()
 
 
-@router.get("/v1/stats")
+@router.get("/v1/stats", dependencies=[FullKey])
 async def stats(request: Request, broker: BrokerDep) -> Response:
     body = _encoder.encode(snapshot(broker, request.app.state.stats_started))
     return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})

@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 
 from broker.client import connect
-from broker.settings import Settings, WebSocketSettings
+from broker.settings import ApiSettings, Settings, WebSocketSettings
 from tests.conftest import TIMEOUT, RunningBroker, serve_broker, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -87,3 +87,16 @@ async def test_a_client_dropped_for_silence_counts_as_a_heartbeat_timeout_drop()
         assert isinstance(drops, dict)
         assert drops["heartbeat_timeout"] == 1
         assert drops["slow_consumer"] == 0
+
+
+async def test_stats_need_an_api_key_once_the_api_has_keys() -> None:
+    settings = Settings(api=ApiSettings(keys=["k" * 32]))
+    async with serve_broker(settings) as running, httpx.AsyncClient(timeout=TIMEOUT) as http:
+        assert (await http.get(running.http("/v1/stats"))).status_code == 401
+        wrong = await http.get(running.http("/v1/stats"), headers={"X-API-Key": "w" * 32})
+        assert wrong.status_code == 401
+        right = await http.get(
+            running.http("/v1/stats"), headers={"Authorization": f"Bearer {'k' * 32}"}
+        )
+        assert right.status_code == 200
+        assert set(right.json()) == set(KEYS)

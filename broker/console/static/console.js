@@ -217,8 +217,13 @@ function number(value) {
 async function poll() {
   let stats;
   try {
-    const response = await fetch(new URL("v1/stats", base), { cache: "no-store" });
-    if (!response.ok) throw new Error(`${response.status}`);
+    const key = $("api-key").value.trim();
+    const response = await fetch(new URL("v1/stats", base), {
+      cache: "no-store",
+      headers: key ? { Authorization: `Bearer ${key}` } : {},
+    });
+    if (response.status === 401) throw new Error("the HTTP API needs an API key: enter it above");
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
     stats = await response.json();
   } catch (error) {
     $("figures-age").textContent = `(figures unavailable: ${error.message})`;

@@ -13,9 +13,10 @@
 // capped exponential backoff and full jitter; each subscription is sent again with `since` = the
 // last position it delivered, and the missed publications come before the live ones. A
 // `disconnect` with `reconnect: false`, or a close code a retry cannot fix, closes the client
-// with Disconnected. Requests in flight when a connection drops fail with ConnectionLost (a
-// replayed publish would publish twice); requests made while disconnected wait for the next
-// connection, within their timeout.
+// with Disconnected. A publish carries an idempotency key and is sent again with it after a
+// lost connection, a timeout or `unavailable`, so it is published once; other requests in
+// flight when a connection drops fail with ConnectionLost. Requests made while disconnected wait
+// for the next connection, within their timeout.
 
 import { Backoff } from "./backoff.js";
 import { codecFor } from "./codec.js";
