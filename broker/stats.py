@@ -30,7 +30,9 @@ from typing import Any, Final
 
 import msgspec
 from fastapi import APIRouter, FastAPI, Request, Response
+from pydantic import BaseModel, Field
 
+from broker import http_models
 from broker.dependencies import BrokerDep
 from broker.http_auth import FullKey
 from broker.runtime import Broker
@@ -73,8 +75,28 @@ def snapshot(broker: Broker, started: float) -> dict[str, Any]:
 router = APIRouter()
 
 
-@router.get("/v1/stats", dependencies=[FullKey])
+class Stats(BaseModel):
+    """``GET /v1/stats`` for the OpenAPI document (the route writes it with msgspec)."""
+
+    pid: int
+    uptime: float = Field(description="Seconds since the app was created.")
+    connections: int
+    subscriptions: int
+    channels: int
+    publications: int = Field(description="Total since start.")
+    deliveries: int = Field(description="Total since start.")
+    drops: dict[str, int] = Field(description="Clients dropped by reason, and gap ranges.")
+    outbox_messages: int = Field(description="Frames queued in every outbox now.")
+
+
+@router.get(
+    "/v1/stats",
+    response_model=Stats,
+    responses=http_models.errors(401, 403),
+    dependencies=[FullKey],
+)
 async def stats(request: Request, broker: BrokerDep) -> Response:
+    """The process's live figures (what the web console shows)."""
     body = _encoder.encode(snapshot(broker, request.app.state.stats_started))
     return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 

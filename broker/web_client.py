@@ -63,7 +63,8 @@ async def _read(path: Path) -> bytes:
     return data
 
 
-router = APIRouter()
+#: Static files, not API: left out of the OpenAPI document.
+router = APIRouter(include_in_schema=False)
 
 
 @router.get("/v1/msgpack.js")

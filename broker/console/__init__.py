@@ -41,7 +41,8 @@ _HEADERS: Final = {
     ),
 }
 
-router = APIRouter()
+#: Static files, not API: left out of the OpenAPI document.
+router = APIRouter(include_in_schema=False)
 
 
 async def _file(name: str, media_type: str) -> Response:
