@@ -147,5 +147,5 @@ def create_app(
     app.include_router(http_api.router)
     stats.install(app)
     web_client.install(app)
-    console.install(app, broker.settings)
+    console.install(app, broker)
     return app

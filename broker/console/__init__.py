@@ -20,6 +20,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Response
 from fastapi.responses import RedirectResponse
 
 from broker.logs import get_logger
+from broker.runtime import Broker
 from broker.settings import Settings
 
 log = get_logger("broker.console")
@@ -87,8 +88,8 @@ def enabled(settings: Settings) -> bool:
     return bool(setting)
 
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """Mount the console on ``app`` when ``settings`` turn it on, and log the decision."""
+def log_decision(settings: Settings) -> None:
+    """Log whether the console is served, and why (once, at start-up)."""
     setting = settings.console.enabled
     host = settings.server.host
     if not enabled(settings):
@@ -108,4 +109,11 @@ def install(app: FastAPI, settings: Settings) -> None:
             reason="console.enabled = true: anyone who reaches the port can use it",
             host=host,
         )
-    app.include_router(router)
+
+
+def install(app: FastAPI, broker: Broker) -> None:
+    """Mount the console on ``app`` when the settings turn it on; the decision is logged when
+    the broker starts."""
+    broker.startup_logs.append(lambda: log_decision(broker.settings))
+    if enabled(broker.settings):
+        app.include_router(router)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 
 from broker import console, typescript, web_client
+from broker.app import create_app
 from broker.config import ConfigError, load_settings
 from broker.settings import AuthSettings, ConsoleSettings, ServerSettings, Settings
 from tests.conftest import TIMEOUT, RunningBroker, serve_broker
@@ -152,3 +154,20 @@ def test_a_wrong_console_setting_names_the_values_it_may_take(tmp_path: Path) ->
         "[auth]\ninsecure_allow_anonymous = true\n"
     )
     assert console.enabled(load_settings(config, {}))
+
+
+async def test_the_console_decision_is_logged_when_the_broker_starts_not_before() -> None:
+    with structlog.testing.capture_logs() as logs:
+        app = create_app(Settings())
+        assert [e for e in logs if str(e["event"]).startswith("console.")] == []
+        async with app.state.broker.running():
+            pass
+        off = Settings(
+            server=ServerSettings(host="0.0.0.0"), auth=AuthSettings(insecure_allow_anonymous=True)
+        )
+        async with create_app(off).state.broker.running():
+            pass
+    decisions = [
+        (e["event"], e["log_level"]) for e in logs if str(e["event"]).startswith("console.")
+    ]
+    assert decisions == [("console.enabled", "info"), ("console.disabled", "info")]

@@ -71,7 +71,7 @@ async def test_the_console_works_and_its_figures_follow_the_traffic(
     await page.click("#publish")
     await expect(page.locator("#publish-result")).to_contain_text("published at offset 1")
     await expect(page.locator("#log li.message").first).to_contain_text(
-        'chat:lobby #1 {"text":"hello from the console"}'
+        'chat:lobby @1 {"text":"hello from the console"}'
     )
 
     # Another client joins: join, presence.
@@ -84,7 +84,7 @@ async def test_the_console_works_and_its_figures_follow_the_traffic(
         await page.click("#history")
         await expect(page.locator("#query-result")).to_contain_text("history of chat:lobby")
         await expect(page.locator("#query-result")).to_contain_text(
-            '#1 {"text":"hello from the console"}'
+            '@1 {"text":"hello from the console"}'
         )
 
         # Traffic (to both subscribers of chat:lobby): the figures follow it.

@@ -128,7 +128,7 @@ async function doSubscribe(event) {
   try {
     await client.subscribe(channel, {
       onMessage: (m) => {
-        log("message", `${m.channel} #${m.offset} ${short(m.data)}${m.publisher ? " from " + m.publisher : ""}`);
+        log("message", `${m.channel} @${m.offset} ${short(m.data)}${m.publisher ? " from " + m.publisher : ""}`);
         refreshChips();
       },
       onJoin: (j) => log("join", `${j.channel}: ${j.client}${j.user ? " (" + j.user + ")" : ""}`),
@@ -173,7 +173,7 @@ async function query(kind) {
   try {
     if (kind === "history") {
       const page = await client.history(channel, { limit: 50 });
-      const lines = page.publications.map((p) => `#${p.offset} ${short(p.data)}`);
+      const lines = page.publications.map((p) => `@${p.offset} ${short(p.data)}`);
       out.textContent = `history of ${channel} (epoch ${page.epoch}, latest offset ${page.offset})\n` +
         (lines.length ? lines.join("\n") : "(nothing retained)");
     } else {
