@@ -122,6 +122,10 @@ class ScenarioResult:
     server_peak_rss_mb: float = 0.0
     generator_cpu_share: float = 0.0
     generator_max_process_share: float = 0.0
+    #: The publisher process's own CPU (of one core): near 1.0 it, not the server, set the pace.
+    publisher_cpu_share: float = 0.0
+    #: Times the publisher slept while publishing (a spinning publisher would sleep per send).
+    publisher_wakeups: int = 0
     #: CPU the rest of the machine used during the run, in cores: noise in the measurement.
     other_cpu_share: float = 0.0
     stalled_report: StalledReport | None = None
@@ -293,6 +297,8 @@ def _result(
         server_peak_rss_mb=peak_rss / MB,
         generator_cpu_share=sum(usage.share for usage in generator),
         generator_max_process_share=max((usage.share for usage in generator), default=0.0),
+        publisher_cpu_share=load.publisher.cpu.share,
+        publisher_wakeups=load.publisher.wakeups,
         stalled_report=stalled_report,
         closes=dict(load.closes),
         errors=dict(load.errors),

@@ -2,10 +2,13 @@
 
 Targets: ``naive`` (the tutorial's ConnectionManager), ``node-ws`` (Node.js ``ws``, when node is
 installed), ``broker-chat`` (``/ws/chat``), ``broker-v1-json`` and ``broker-v1-msgpack``
-(``/v1/ws``). Scenarios: ``fanout`` (one channel, rates stepped up until p99 > 100 ms or loss),
-``channels`` (1,000 channels x 10 subscribers, ``/v1/ws`` only), ``stalled`` (the isolation
-scenario), ``idle`` (server memory per idle connection), ``connect-rate`` (connections opened
-and closed per second) and ``c10k`` (10,000 connections, one broadcast per second).
+(``/v1/ws``), and for the many-channels scenario only the channel peers ``nats`` (a private
+NATS server over WebSocket, when ``nats-server`` is installed) and ``socketio`` (Node.js
+socket.io 4 with rooms, when node is installed). Scenarios: ``fanout`` (one channel, rates
+stepped up until p99 > 100 ms or loss), ``channels`` (1,000 channels x 10 subscribers: ``/v1/ws``
+and the channel peers), ``stalled`` (the isolation scenario), ``idle`` (server memory per idle
+connection), ``connect-rate`` (connections opened and closed per second) and ``c10k`` (10,000
+connections, one broadcast per second).
 
 Writes ``benchmarks/results/suite-<stamp>.json``, ``.md`` (tables, ratios to each peer, the
 four performance goals met or not) and ``.png``.
@@ -37,14 +40,28 @@ from benchmarks.fanout import Ladder, step_up
 from benchmarks.fdlimit import raise_nofile
 from benchmarks.goals import SuiteResults
 from benchmarks.idle import idle_connections
-from benchmarks.peers import node
+from benchmarks.peers import nats, node
 from benchmarks.scenarios import LoadParams, stalled_clients
 from benchmarks.stalled import wait_quiet
-from benchmarks.targets import REPO_ROOT, Target, broker_available, build_targets
+from benchmarks.targets import (
+    CHANNEL_PEERS,
+    REPO_ROOT,
+    Target,
+    broker_available,
+    build_targets,
+)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("fanout", "channels", "stalled", "idle", "connect-rate", "c10k")
-TARGETS = ("naive", "node-ws", "broker-chat", "broker-v1-json", "broker-v1-msgpack")
+TARGETS = (
+    "naive",
+    "node-ws",
+    "broker-chat",
+    "broker-v1-json",
+    "broker-v1-msgpack",
+    "nats",
+    "socketio",
+)
 #: Descriptors the harness keeps free beyond the connections it opens (pipes, logs, sockets).
 _FD_HEADROOM = 1000
 
@@ -113,7 +130,9 @@ class Suite:
         log_dir: Path,
         wait_quiet_s: float,
     ) -> None:
-        self.targets = targets
+        #: The channel peers (NATS, socket.io) take part in the many-channels scenario only.
+        self.all_targets = targets
+        self.targets = [target for target in targets if target.name not in CHANNEL_PEERS]
         self.settings = settings
         self.log_dir = log_dir
         self.wait_quiet_s = wait_quiet_s
@@ -171,14 +190,14 @@ class Suite:
 
     def channels(self) -> None:
         s = self.settings
-        v1 = [target for target in self.targets if target.protocol.v1]
-        skipped = [target.name for target in self.targets if not target.protocol.v1]
+        chosen = [target for target in self.all_targets if target.protocol.channels]
+        skipped = [target.name for target in self.all_targets if not target.protocol.channels]
         if skipped:
             self.results.notes.append(
                 f"many channels: {', '.join(skipped)} skipped (a single room, no channels);"
-                " the scenario is /v1/ws only"
+                " the scenario is for /v1/ws and the channel peers"
             )
-        for target in v1:
+        for target in chosen:
             self._quiet()
             result = population.many_channels(
                 target,
@@ -345,12 +364,17 @@ def _choose_targets(names: list[str], notes: list[str]) -> list[Target]:
         if name.startswith("broker") and not broker_available():
             notes.append(f"{name} skipped: broker/cli.py does not exist")
             continue
+        why: str | None = None
         if name == "node-ws":
             why = node.ensure_installed()
-            if why is not None:
-                notes.append(why)
-                say(why)
-                continue
+        elif name == "socketio":
+            why = node.ensure_socketio_installed()
+        elif name == "nats" and nats.nats_server() is None:
+            why = "nats-server is not installed: the NATS peer is skipped"
+        if why is not None:
+            notes.append(why)
+            say(why)
+            continue
         chosen.append(known[name])
     return chosen
 
@@ -409,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": platform.python_version(),
         "node": node.node_version(),
         "node_ws": node.ws_version(),
+        "socketio": node.socketio_version(),
+        "nats_server": nats.nats_version(),
         "git": _git_revision(),
         "elapsed_s": time.monotonic() - suite.began,
     }

@@ -22,7 +22,7 @@ from benchmarks.goals import SuiteResults, Verdict, common_rate, cpu_at, judge, 
 from benchmarks.idle import IdleResult
 from benchmarks.scenarios import ScenarioResult
 from benchmarks.stats import ratio
-from benchmarks.targets import PEERS
+from benchmarks.targets import CHANNEL_PEERS, PEERS
 
 Row = list[str]
 
@@ -387,11 +387,13 @@ def markdown(results: SuiteResults, meta: dict[str, Any]) -> str:
             "Many channels",
             f"{settings.get('channels')} channels x {settings.get('per_channel')} subscribers on"
             f" `/v1/ws`, {settings.get('channels_rate')} publications/s round-robin over the"
-            f" channels for {settings.get('channels_duration')} s. The plain targets (naive,"
-            " node-ws, broker-chat) have a single room, so this scenario is `/v1/ws` only and has"
-            " no peer ratio.",
+            f" channels for {settings.get('channels_duration')} s, against the channel peers (the"
+            " NATS server over WebSocket, Node socket.io 4 with rooms) in their own protocols."
+            " The plain targets (naive, node-ws, broker-chat) have a single room and take no"
+            " part.",
             results.channels,
-            [],
+            [peer for peer in CHANNEL_PEERS if any(r.target == peer for r in results.channels)],
+            with_p99_ratio=True,
         ),
         "",
         *stalled_section(results, peers),

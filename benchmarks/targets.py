@@ -7,6 +7,10 @@
 - ``broker-v1``: the broker's typed protocol on ``/v1/ws`` (``broker.v1.json``);
   ``broker-v1-json`` is the same under the suite's name.
 - ``broker-v1-msgpack``: ``/v1/ws`` with ``broker.v1.msgpack`` (binary MessagePack frames).
+- ``nats``: a private NATS server over WebSocket (``benchmarks.peers.nats``), speaking the NATS
+  protocol; a channel is a subject. For the many-channels scenario.
+- ``socketio``: Node.js socket.io 4 with one room per channel (``benchmarks/peers/node_socketio``);
+  ``peers.node.ensure_socketio_installed`` installs its pinned ``socket.io`` with npm.
 
 The broker is started as ``broker serve --host 127.0.0.1 --port P`` (the venv's console script,
 or ``python -m broker.cli`` when the script is missing), with ``BROKER_LOG__LEVEL=warning`` and
@@ -20,6 +24,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from benchmarks.peerwire import SOCKETIO_PATH
 from benchmarks.server import ServerCommand
 from benchmarks.wire import Protocol
 
@@ -57,6 +62,19 @@ def broker_command(env: Mapping[str, str] | None = None) -> ServerCommand:
 def node_ws_command() -> ServerCommand:
     """The Node.js ``ws`` chat peer (needs ``node`` and its installed ``node_modules``)."""
     server = REPO_ROOT / "benchmarks" / "peers" / "node_ws" / "server.js"
+    return ServerCommand(argv=["node", str(server), "--port", "{port}"], cwd=server.parent)
+
+
+def nats_command() -> ServerCommand:
+    """A private ``nats-server`` with its WebSocket listener on the port (``peers.nats``)."""
+    return ServerCommand(
+        argv=[sys.executable, "-m", "benchmarks.peers.nats", "--port", "{port}"], cwd=REPO_ROOT
+    )
+
+
+def socketio_command() -> ServerCommand:
+    """The Node.js socket.io peer (needs ``node`` and its installed ``node_modules``)."""
+    server = REPO_ROOT / "benchmarks" / "peers" / "node_socketio" / "server.js"
     return ServerCommand(argv=["node", str(server), "--port", "{port}"], cwd=server.parent)
 
 
@@ -103,6 +121,20 @@ def build_targets(broker_env: Mapping[str, str] | None = None) -> dict[str, Targ
             Protocol.V1_MSGPACK,
             "broker, typed /v1/ws (broker.v1.msgpack)",
         ),
+        "nats": Target(
+            "nats",
+            nats_command(),
+            "/",
+            Protocol.NATS,
+            "NATS server (Go) over WebSocket, its own protocol, one subject per channel",
+        ),
+        "socketio": Target(
+            "socketio",
+            socketio_command(),
+            SOCKETIO_PATH,
+            Protocol.SOCKETIO,
+            "Node.js socket.io 4, one room per channel",
+        ),
     }
 
 
@@ -120,4 +152,6 @@ def is_peer(name: str) -> bool:
 
 
 #: The peers, in the order reports show them.
-PEERS = ("naive", "node-ws")
+PEERS = ("naive", "node-ws", "nats", "socketio")
+#: The peers with channels of their own: the many-channels scenario runs them too.
+CHANNEL_PEERS = ("nats", "socketio")

@@ -13,6 +13,9 @@ Two protocols are spoken:
   of a ``publish``; subscribers get ``message`` objects, one per frame or batched in a JSON array.
 - ``v1-msgpack``: the same with subprotocol ``broker.v1.msgpack``: binary frames holding
   MessagePack maps (the payload a map with the same keys), batches as MessagePack arrays.
+- ``nats`` and ``socketio``: the channel peers' own protocols (``benchmarks.peerwire``): the
+  NATS text protocol over WebSocket (the payload is a message's body) and socket.io 4 events
+  (the payload is the data of a ``publish`` and of the ``message`` each room member gets).
 
 ``encode_publish``, ``encode_subscribe``, ``encode_ping`` and ``decode_v1_frame`` speak either
 v1 encoding; the older ``publish_frame``, ``subscribe_frame``, ``ping_frame`` and ``decode_v1``
@@ -27,6 +30,8 @@ from typing import Final
 import msgspec
 from websockets.typing import Subprotocol
 
+from benchmarks import peerwire
+
 CHAT_PREFIX: Final = "Client says: "
 V1_SUBPROTOCOL: Final = Subprotocol("broker.v1.json")
 V1_MSGPACK_SUBPROTOCOL: Final = Subprotocol("broker.v1.msgpack")
@@ -39,10 +44,17 @@ class Protocol(enum.Enum):
     CHAT = "chat"
     V1 = "v1"
     V1_MSGPACK = "v1-msgpack"
+    NATS = "nats"
+    SOCKETIO = "socketio"
 
     @property
     def v1(self) -> bool:
         """Whether this is the broker's ``/v1/ws`` protocol (either encoding)."""
+        return self is Protocol.V1 or self is Protocol.V1_MSGPACK
+
+    @property
+    def channels(self) -> bool:
+        """Whether a client can subscribe to one channel of many (everything but ``chat``)."""
         return self is not Protocol.CHAT
 
     @property
@@ -141,6 +153,11 @@ def ping_frame(request_id: int) -> str:
     return f'{{"type":"ping","id":{request_id}}}'
 
 
+def decode_payload(data: bytes | memoryview) -> Payload:
+    """A payload's JSON (a NATS message body, a socket.io event's data)."""
+    return _payload_decoder.decode(data)
+
+
 def decode_chat(frame: bytes) -> Payload | None:
     """The payload inside a chat broadcast (raw UTF-8 frame), or None for any other chat text."""
     if not frame.startswith(_CHAT_PREFIX_BYTES):
@@ -162,11 +179,21 @@ def encode_publish(
     """The frame a publisher sends for publication ``seq``: text, or bytes for MessagePack."""
     if protocol is Protocol.V1_MSGPACK:
         return _msgpack_encoder.encode(_Publish(channel, _FullPayload(seq, ts, factory.pad)))
+    if protocol is Protocol.NATS:
+        return peerwire.nats_publish(channel, factory.payload(seq, ts))
+    if protocol is Protocol.SOCKETIO:
+        return peerwire.socketio_publish(channel, factory.payload(seq, ts))
     return publish_frame(protocol, channel, factory.payload(seq, ts))
 
 
 def encode_subscribe(protocol: Protocol, channel: str, request_id: int = 1) -> str | bytes:
-    """A ``/v1/ws`` subscribe command in the protocol's encoding."""
+    """A ``/v1/ws`` subscribe command in the protocol's encoding; for NATS the connect, the
+    subscription and a ping; for socket.io the namespace connect (the subscription follows its
+    answer)."""
+    if protocol is Protocol.NATS:
+        return peerwire.nats_subscribe(channel, request_id)
+    if protocol is Protocol.SOCKETIO:
+        return peerwire.SOCKETIO_CONNECT
     if protocol is Protocol.V1_MSGPACK:
         return _msgpack_encoder.encode(_Subscribe(request_id, channel))
     return subscribe_frame(channel, request_id)

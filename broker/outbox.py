@@ -28,48 +28,57 @@ from protocol import Frame
 
 
 class FlushScheduler:
-    """Flushes the outboxes fed during a turn of the event loop right after it, or, under a
-    sustained stream of publications, all together at most once per ``interval``.
+    """Flushes the outboxes fed during a turn of the event loop right after it, or, for a
+    connection under a sustained stream of its own publications, at most once per ``interval``.
 
     The hub handles a burst of commands in one turn; each subscriber's frames from that turn then
-    leave in one write, made here, without waking its writer: no task switch per delivery,
-    and a batch whenever several messages are queued. An outbox whose socket does not take the
-    write at once wakes its writer instead, which waits with a deadline.
+    leave in one write, made here, without waking its writer: no task switch per delivery, and a
+    batch whenever several messages are queued. So a backlog the loop works through in one turn
+    leaves in one write per connection whatever the interval. An outbox whose socket does not
+    take the write at once wakes its writer instead, which waits with a deadline.
 
-    ``interval`` (``queue.flush_interval``) coalesces writes, adaptively. Publications that come
-    when the last flush of publications ran at least ``interval`` ago are flushed right after the
-    turn, as with 0; those that come sooner wait for the process's one timer, at ``last flush +
-    interval``, and everything queued for a connection by then leaves in one write. So under a
-    sustained stream each connection gets at most one write of publications per ``interval``,
-    and a publication after a quiet spell no added latency. A control frame (a reply, ``pong``,
-    ``welcome``, ``join``: no channel) is never delayed: its outbox is flushed right after the
-    turn, with the publications queued before it, so that a client awaiting each reply in turn is
-    not held to one command per ``interval``; nor does such a flush delay the next publication.
-    With 0 every flush follows its turn.
+    ``interval`` (``queue.flush_interval``) coalesces writes, adaptively and per connection.
+    A publication for a connection whose last flush of publications ran at least ``interval`` ago
+    is flushed right after the turn, as with 0; one that comes sooner waits until ``interval``
+    after that connection's last flush, and everything queued for it by then leaves in one write.
+    So a connection under a sustained stream gets at most one write of publications per
+    ``interval`` (each flush due an interval after the previous one was due, so that a timer the
+    loop ran late does not make the stream drift later), while a connection that receives rarely
+    gets each publication with no added latency, however busy the rest of the process is. The
+    waiting outboxes share timers on a grid of ``interval / 8`` (a write may wait up to that much
+    longer, never less): a few timers per interval for the whole process, not one per
+    connection.
+
+    A control frame (a reply, ``pong``, ``welcome``, ``join``: no channel) is never delayed: its
+    outbox is flushed right after the turn, with the publications queued before it, so that a
+    client awaiting each reply in turn is not held to one command per ``interval``; nor does such
+    a flush delay the next publication. With 0 every flush follows its turn.
     """
 
-    __slots__ = (
-        "_interval",
-        "_last_flush",
-        "_later",
-        "_soon",
-        "_soon_handle",
-        "_soon_opens_window",
-        "_timer",
-    )
+    #: Timer slots per interval: the coarser, the fewer timers; the finer, the less a busy
+    #: connection's write waits beyond ``interval``.
+    GRID = 8
+
+    __slots__ = ("_grid", "_interval", "_later", "_loop", "_soon", "_soon_handle", "_timers")
 
     def __init__(self, interval: float = 0.0) -> None:
         self._interval = interval
+        self._grid = interval / self.GRID
         #: Outboxes to flush right after this turn, and the ``call_soon`` that will.
         self._soon: list[Outbox] = []
         self._soon_handle: asyncio.Handle | None = None
-        #: Whether that flush writes publications (and so starts a new ``interval``).
-        self._soon_opens_window = False
-        #: Outboxes waiting for ``_timer``, due at ``_last_flush + interval``.
-        self._later: list[Outbox] = []
-        self._timer: asyncio.TimerHandle | None = None
-        #: ``loop.time()`` of the last flush of publications; -inf: the first is never delayed.
-        self._last_flush = -math.inf
+        #: Outboxes waiting for a timer, by slot (the timer fires at ``slot * _grid``).
+        self._later: dict[int, list[Outbox]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        #: The loop it runs in, cached: ``asyncio.get_running_loop()`` makes a ``getpid`` system
+        #: call each time (CPython checks for a fork), and ``schedule`` runs once per delivery.
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     @property
     def interval(self) -> float:
@@ -77,59 +86,63 @@ class FlushScheduler:
 
     def schedule(self, outbox: Outbox, *, urgent: bool = False) -> bool:
         """Flush ``outbox`` after this turn or, when it waits for publications only (not
-        ``urgent``) and the last flush of publications was less than ``interval`` ago, when the
-        timer fires. Returns True for after this turn."""
+        ``urgent``) and its own last flush of publications was less than ``interval`` ago, when
+        the timer of its slot fires. Returns True for after this turn."""
         if not urgent and self._interval > 0:
-            if self._timer is not None:
-                self._later.append(outbox)
+            loop = self._running_loop()
+            now = loop.time()
+            until = outbox._coalesce_until
+            if now < until:
+                # The slot at or after ``until`` (a hair of slack: ``until`` is often a slot's
+                # time plus the interval, and a float division must not push it one slot on).
+                slot = math.ceil(until / self._grid - 1e-6)
+                waiting = self._later.get(slot)
+                if waiting is None:
+                    self._later[slot] = [outbox]
+                    self._timers[slot] = loop.call_at(slot * self._grid, self._flush_later, slot)
+                else:
+                    waiting.append(outbox)
                 return False
-            if not self._soon_opens_window:
-                loop = asyncio.get_running_loop()
-                due = self._last_flush + self._interval
-                if loop.time() < due:
-                    self._later.append(outbox)
-                    self._timer = loop.call_at(due, self._flush_later)
-                    return False
-                self._soon_opens_window = True
+            # Quiet until now: this flush follows the turn, and opens the connection's interval.
+            outbox._coalesce_until = now + self._interval
         self._soon.append(outbox)
         if self._soon_handle is None:
-            self._soon_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
+            self._soon_handle = self._running_loop().call_soon(self._flush_soon)
         return True
 
     def _flush_soon(self) -> None:
         self._soon_handle = None
-        if self._soon_opens_window:
-            self._soon_opens_window = False
-            self._last_flush = asyncio.get_running_loop().time()
         dirty, self._soon = self._soon, []
         for outbox in dirty:
             outbox.flush()
 
-    def _flush_later(self) -> None:
-        self._timer = None
-        now = asyncio.get_running_loop().time()
-        dirty, self._later = self._later, []
-        flushed = False
+    def _flush_later(self, slot: int) -> None:
+        del self._timers[slot]
+        dirty = self._later.pop(slot)
+        # The next interval counts from when this flush was due, not from when the loop got to
+        # it: a stream at about one publication per interval would otherwise drift later by
+        # the timer's lateness each time, and each of its publications wait longer.
+        until = slot * self._grid + self._interval
         for outbox in dirty:
             # An outbox a control frame hurried meanwhile has nothing left, or what came since.
-            flushed |= outbox.flush()
-        if flushed:
-            # A timer that found nothing to write starts no interval: the next publication
-            # after it is not delayed.
-            self._last_flush = now
+            if outbox.flush():
+                outbox._coalesce_until = until
+            # A flush that found nothing to write starts no interval: the connection's next
+            # publication is not delayed.
 
     def close(self) -> None:
         """Cancel the pending flushes and, inside the loop, make them now, so no timer outlives
         the broker and nothing queued waits for one. Idempotent; the scheduler may be used again
-        afterwards (its next flush is not delayed)."""
-        for handle in (self._soon_handle, self._timer):
-            if handle is not None:
-                handle.cancel()
-        self._soon_handle = self._timer = None
-        self._soon_opens_window = False
-        self._last_flush = -math.inf
-        dirty = self._soon + self._later
-        self._soon, self._later = [], []
+        afterwards (the next flush of an outbox that was waiting is not delayed)."""
+        if self._soon_handle is not None:
+            self._soon_handle.cancel()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._soon_handle = self._loop = None
+        dirty = self._soon + [outbox for waiting in self._later.values() for outbox in waiting]
+        self._soon, self._later, self._timers = [], {}, {}
+        for outbox in dirty:
+            outbox._coalesce_until = -math.inf
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # no loop: nothing can be written now; let the outboxes go
@@ -168,6 +181,7 @@ class Outbox:
     __slots__ = (
         "_bytes",
         "_closed",
+        "_coalesce_until",
         "_dropped",
         "_flush_pending",
         "_flush_soon",
@@ -213,11 +227,14 @@ class Outbox:
         self.write_through: Callable[[], bool] | None = None
         #: Set by the connection: gathers the outboxes fed during one turn of the event loop and
         #: flushes them right after it, or after ``queue.flush_interval`` under a sustained
-        #: stream (``FlushScheduler``).
+        #: stream to this connection (``FlushScheduler``).
         self.flusher: FlushScheduler | None = None
         self._flush_pending = False
         #: Whether the pending flush is one right after the turn (not the flusher's timer).
         self._flush_soon = False
+        #: ``loop.time()`` before which a publication waits for the flusher's timer: this
+        #: connection's last flush of publications plus the interval (``FlushScheduler``).
+        self._coalesce_until = -math.inf
 
     # --- producer side (hub, reader) ------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from benchmarks import fastws
+from benchmarks import fastws, peerwire
 from benchmarks.generator import loop
 from benchmarks.generator.control import (
     AsyncInbox,
@@ -42,10 +42,17 @@ from benchmarks.generator.control import (
 from benchmarks.wire import (
     WARMUP_SEQ,
     PayloadFactory,
+    Protocol,
     decode_v1_frame,
     encode_ping,
     encode_publish,
 )
+
+#: The shortest sleep the publisher asks for. Under uvloop a timer has millisecond resolution and
+#: ``asyncio.sleep`` below 1 ms returns at once: waiting for each publication's own due time at
+#: rates above 1,000/s would spin a core. Instead the publisher sleeps at least this long and then
+#: sends every publication that has come due (each stamped when it is sent).
+MIN_SLEEP = 0.001
 
 
 @dataclasses.dataclass
@@ -63,6 +70,8 @@ class PublisherReport:
     errors: Counter[str]
     closed: str | None
     cpu: CpuUsage
+    #: Times the publisher's loop slept while publishing (at most one per ``MIN_SLEEP``).
+    wakeups: int = 0
 
 
 class Publisher:
@@ -82,6 +91,12 @@ class Publisher:
         self.last_send_ns = 0
         self.max_lag = 0.0
         self.blocked = False
+        #: Set once the publisher may publish (socket.io: the namespace joined).
+        self.joined = asyncio.Event()
+        if spec.protocol is not Protocol.SOCKETIO:
+            self.joined.set()
+        #: Loop wake-ups while publishing (how far from spinning the publisher was).
+        self.wakeups = 0
 
     def frame(self, seq: int, channel: str | None = None) -> str | bytes:
         """Publication ``seq`` (to its channel unless ``channel`` is given), stamped now."""
@@ -103,7 +118,18 @@ class Publisher:
 
     def on_message(self, frame: bytes, binary: bool = False) -> None:
         self.frames_received += 1
-        if self.spec.protocol.v1:
+        protocol = self.spec.protocol
+        if protocol is Protocol.NATS:
+            if b"PING\r\n" in frame and self.fast is not None:
+                self.fast.send(peerwire.NATS_PONG)
+            if b"-ERR" in frame:
+                self.errors["nats:-ERR"] += 1
+        elif protocol is Protocol.SOCKETIO:
+            if frame == b"2" and self.fast is not None:
+                self.fast.send(peerwire.SOCKETIO_PONG)
+            elif frame.startswith(b"40"):
+                self.joined.set()
+        elif protocol.v1:
             with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
                 for message in decode_v1_frame(self.spec.protocol, frame):
                     if message.type in ("error", "disconnect"):
@@ -146,7 +172,9 @@ class Publisher:
                     due = start + seq * interval
                     now = time.monotonic()
                     if due > now:
-                        await asyncio.sleep(due - now)
+                        # Not due yet: sleep until it is, but never less than ``MIN_SLEEP``.
+                        await asyncio.sleep(max(due - now, MIN_SLEEP))
+                        self.wakeups += 1
                     else:
                         self.max_lag = max(self.max_lag, now - due)
                     frame = self.frame(seq)
@@ -175,11 +203,17 @@ async def _open(spec: LoadSpec) -> Publisher:
         publisher.fast = await fastws.connect(
             parts.hostname or "127.0.0.1",
             parts.port or 80,
-            parts.path or "/",
+            (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
             publisher.on_message,
             subprotocol=subprotocol,
             open_timeout=spec.connect_timeout,
         )
+        if spec.protocol is Protocol.NATS:
+            publisher.fast.send(peerwire.NATS_CONNECT)
+        elif spec.protocol is Protocol.SOCKETIO:
+            publisher.fast.send(peerwire.SOCKETIO_CONNECT)
+            async with asyncio.timeout(spec.connect_timeout):
+                await publisher.joined.wait()
         return publisher
     ws = await connect(
         spec.url,
@@ -239,6 +273,7 @@ async def _main(spec: LoadSpec, conn: Connection) -> None:
                         errors=publisher.errors,
                         closed=publisher.closed,
                         cpu=clock.usage(),
+                        wakeups=publisher.wakeups,
                     )
                 )
             elif isinstance(command, Stop):

@@ -24,7 +24,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from benchmarks import fastws
+from benchmarks import fastws, peerwire
 from benchmarks.generator import loop
 from benchmarks.generator.control import (
     AsyncInbox,
@@ -41,6 +41,7 @@ from benchmarks.wire import (
     Payload,
     Protocol,
     decode_chat,
+    decode_payload,
     decode_v1_frame,
     encode_ping,
     encode_subscribe,
@@ -101,6 +102,9 @@ class Subscriber:
         self.subscribed = asyncio.Event()
         self.ws: ClientConnection | None = None
         self.fast: fastws.FastWebSocket | None = None
+        self.nats = peerwire.NatsReader() if self.protocol is Protocol.NATS else None
+        #: Answers (pongs, a subscribe) sent from the ``websockets`` client's reader, in flight.
+        self._replies: set[asyncio.Future[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -113,7 +117,7 @@ class Subscriber:
             self.fast = await fastws.connect(
                 parts.hostname or "127.0.0.1",
                 parts.port or 80,
-                parts.path or "/",
+                (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
                 self.on_message,
                 subprotocol=subprotocol,
                 open_timeout=10,
@@ -145,9 +149,13 @@ class Subscriber:
         try:
             if self.protocol is Protocol.CHAT:
                 self._on_chat(frame, now)
+            elif self.nats is not None:
+                self._on_nats(frame, now)
+            elif self.protocol is Protocol.SOCKETIO:
+                self._on_socketio(frame, now)
             else:
                 self._on_v1(frame, now)
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, ValueError):
             self.bad_frames += 1
 
     async def read(self) -> None:
@@ -174,6 +182,40 @@ class Subscriber:
         payload = decode_chat(frame)
         if payload is not None:
             self._on_payload(payload, now, len(frame))
+
+    def _on_nats(self, frame: bytes, now: int) -> None:
+        assert self.nats is not None
+        for kind, body in self.nats.feed(frame):
+            if kind == b"MSG":
+                self._on_payload(decode_payload(body), now, len(body))
+            elif kind == b"PING":
+                self._reply(peerwire.NATS_PONG)
+            elif kind == b"PONG":
+                self.subscribed.set()
+            elif kind == b"-ERR":
+                self.errors[f"nats:{body.decode(errors='replace')}"] += 1
+
+    def _on_socketio(self, frame: bytes, now: int) -> None:
+        payload = peerwire.socketio_message_payload(frame)
+        if payload is not None:
+            self._on_payload(decode_payload(payload), now, len(frame))
+        elif frame == b"2":  # the server's ping
+            self._reply(peerwire.SOCKETIO_PONG)
+        elif frame.startswith(b"40"):  # joined the namespace: now the room
+            self._reply(peerwire.socketio_subscribe(self.channel))
+        elif frame.startswith(b"431"):  # the subscribe's ack
+            self.subscribed.set()
+        elif frame.startswith(b"44"):  # connect error
+            self.errors["socketio:connect_error"] += 1
+
+    def _reply(self, frame: str | bytes) -> None:
+        """Answer from the frame callback (the fast client's send never waits)."""
+        if self.fast is not None:
+            self.fast.send(frame)
+        elif self.ws is not None:
+            task = asyncio.ensure_future(self.send(frame))
+            self._replies.add(task)
+            task.add_done_callback(self._replies.discard)
 
     def _on_v1(self, frame: bytes, now: int) -> None:
         messages = decode_v1_frame(self.protocol, frame)
@@ -343,9 +385,10 @@ async def _main(spec: WorkerSpec, conn: Connection) -> None:
     try:
         clients, ready = await _connect_all(spec)
         tasks = [asyncio.create_task(client.read()) for client in clients]
-        if spec.load.protocol.v1 and clients:
+        if spec.load.protocol.channels and clients:
             async with asyncio.timeout(spec.load.connect_timeout):
                 await _subscribe_all(clients)
+        if spec.load.protocol.v1 and clients:
             tasks.append(asyncio.create_task(_heartbeats(clients)))
         inbox.send(ready)
         tasks.append(asyncio.create_task(_announce_warm(clients, inbox)))

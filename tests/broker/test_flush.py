@@ -8,7 +8,6 @@ real WebSocket clients.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -175,24 +174,91 @@ async def test_under_a_sustained_stream_each_outbox_gets_one_write_per_interval(
         while sum(map(len, link.contents)) < offset:
             await link.next_write()
     times = [at for at, _ in link.writes]
-    assert all(b - a >= INTERVAL - EARLY for a, b in itertools.pairwise(times))
+    # At most one write per interval: the k-th write after the first comes k intervals after
+    # it or later (each flush is due an interval after the previous one was due; a timer the
+    # loop ran late does not push the next one later).
+    assert all(at - times[0] >= k * INTERVAL - EARLY for k, at in enumerate(times))
     assert len(times) <= 6
     assert [data for write in link.contents for data in write] == [
         b"p%d" % i for i in range(1, offset + 1)
     ]
 
 
-async def test_one_timer_flushes_every_waiting_outbox_together(flusher: FlushScheduler) -> None:
+async def test_outboxes_busy_together_are_flushed_by_one_timer_callback(
+    flusher: FlushScheduler,
+) -> None:
     a, b = Link(flusher), Link(flusher)
     a.offer(publication(1))
-    await next_turn()
     b.offer(publication(1))
     await next_turn()
     a.offer(publication(2))
+    await next_turn()
+    b.offer(publication(2))
     b_at, b_data = await b.next_write()
     a_at, a_data = a.writes[-1]
-    assert (a_data, b_data) == ([b"p2"], [b"p1"])
+    assert (a_data, b_data) == ([b"p2"], [b"p2"])
     assert abs(a_at - b_at) < EARLY  # in the same callback
+
+
+async def test_a_quiet_connection_is_not_delayed_by_another_ones_stream(
+    flusher: FlushScheduler,
+) -> None:
+    """Coalescing follows each connection's own traffic: a connection that receives rarely gets
+    its publication right after the turn while another one in the process is under a sustained
+    stream, and that one still gets one write per interval."""
+    busy, quiet = Link(flusher), Link(flusher)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 6 * INTERVAL
+    offset = 0
+    quiet_sent = 0
+    while loop.time() < end:
+        offset += 1
+        busy.offer(publication(offset))
+        if offset % 25 == 0:  # every 2.5 intervals: a publication for the quiet connection
+            quiet_sent += 1
+            quiet.offer(publication(quiet_sent))
+            await next_turn()
+            # Left in the same turn as the busy one's stream goes on: no timer, no wait.
+            assert len(quiet.writes) == quiet_sent
+            assert quiet.contents[-1] == [b"p%d" % quiet_sent]
+            assert loop.time() - quiet.writes[-1][0] < EARLY
+        await asyncio.sleep(INTERVAL / 10)
+    assert quiet_sent >= 2
+    async with asyncio.timeout(TIMEOUT):
+        while sum(map(len, busy.contents)) < offset:
+            await busy.next_write()
+    times = [at for at, _ in busy.writes]
+    # At most one write per interval: the k-th write after the first comes k intervals after
+    # it or later (each flush is due an interval after the previous one was due; a timer the
+    # loop ran late does not push the next one later).
+    assert all(at - times[0] >= k * INTERVAL - EARLY for k, at in enumerate(times))
+    assert len(times) <= 8  # about one per interval, not one per publication (60)
+    assert [data for write in busy.contents for data in write] == [
+        b"p%d" % i for i in range(1, offset + 1)
+    ]
+
+
+async def test_a_stream_at_about_one_publication_per_interval_does_not_drift_later(
+    flusher: FlushScheduler,
+) -> None:
+    """Publications about one interval apart, some a little early: an early one waits for the
+    rest of its connection's interval, and no more, however long the stream goes on (the next
+    interval counts from when the flush was due, not from when the timer ran)."""
+    link = Link(flusher)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    due = start
+    waits = []
+    for offset, gap in enumerate([0.9, 1.1] * 6, start=1):
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        offered = loop.time()
+        link.offer(publication(offset))
+        at, data = await link.next_write()
+        assert data == [b"p%d" % offset]  # one each: nothing to batch
+        waits.append(at - offered)
+        due += gap * INTERVAL
+    # An early one waits about a tenth of an interval (plus the timer grid's step, an eighth).
+    assert max(waits) < INTERVAL / 3, [round(wait / INTERVAL, 2) for wait in waits]
 
 
 async def test_with_interval_zero_every_turn_flushes() -> None:
@@ -243,11 +309,13 @@ async def test_replies_alone_are_never_delayed(flusher: FlushScheduler) -> None:
 async def test_an_outbox_closed_while_its_flush_waits_is_skipped(flusher: FlushScheduler) -> None:
     link, other = Link(flusher), Link(flusher)
     link.offer(publication(1))
+    other.offer(publication(1))
     await next_turn()
     link.offer(publication(2))
-    other.offer(publication(1))
+    other.offer(publication(2))
     link.outbox.close()
-    await other.next_write()  # the timer has fired
+    _, data = await other.next_write()  # the timer has fired
+    assert data == [b"p2"]
     assert link.contents == [[b"p1"]]
     assert link.woken.is_set()  # the close woke the writer, as without coalescing
 

@@ -83,7 +83,7 @@ async def test_subscribe_since_prints_what_was_missed_then_exits_after_count(
         replies = [await publisher.publish("h:log", i) for i in range(1, 4)]
     epoch = replies[0].epoch
     async with broker_process(
-        "subscribe", "h:log", "--url", running.url(), "--since-offset", "1", "--epoch", epoch,
+        "subscribe", "h:log", "--url", running.url(), "--since-offset", "1", f"--epoch={epoch}",
         "--count", "2",
     ) as process:  # fmt: skip
         code, out, _ = await finish(process)
