@@ -15,6 +15,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.responses import PlainTextResponse
 
 from broker.auth import Refused
+from broker.centrifugo.endpoint import serve_centrifugo
 from broker.connection import Connection
 from broker.dependencies import BrokerDep, SettingsDep
 from broker.logs import get_logger
@@ -159,6 +160,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "/ws": serve_echo,
     "/ws/data": serve_data,
     "/ws/chat": serve_chat,
+    "/connection/websocket": serve_centrifugo,
 }
 
 

@@ -1,0 +1,152 @@
+"""The broker's own server messages (protocol/messages.py) as Centrifugo replies and pushes.
+
+The hub speaks the broker's protocol; a Centrifugo connection renders what the hub sends it.
+Most messages render alone (a publication, ``join``, ``published``); a few need to know which
+Centrifugo command they answer, which the connection notes in its ``RequestBook`` when it sends
+the command to the hub: the options of a ``subscribe`` (whether it was recovering, whether the
+channel keeps history), whether a presence read answers ``presence`` or ``presence_stats``, and
+whether a history read was asked for newest first (``reverse``).
+
+A ``gap``, or a publication from a stream whose epoch is not the one the subscribe reply named
+(the stream was lost and started again), has no Centrifugo form: the subscriber must recover.
+It renders as ``InsufficientState``, on which the connection disconnects with 3010
+"insufficient state" so that the SDK reconnects and recovers, as Centrifugo does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protocol import messages as ours
+from protocol.centrifugo import messages as theirs
+from protocol.centrifugo.codes import TEMPORARY_ERRORS, disconnect_for, error_code
+from protocol.errors import ErrorCode
+
+
+@dataclass(frozen=True, slots=True)
+class InsufficientState:
+    """Publications of ``channel`` were lost for this client: it must reconnect and recover."""
+
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeNote:
+    was_recovering: bool
+    recoverable: bool
+
+
+@dataclass(slots=True)
+class RequestBook:
+    """What one connection remembers of the commands it sent to the hub, by command id."""
+
+    subscribes: dict[int, SubscribeNote] = field(default_factory=dict)
+    #: The epoch of each subscribed channel's stream, as its subscribe reply said.
+    epochs: dict[str, str] = field(default_factory=dict)
+    presence_stats: set[int] = field(default_factory=set)
+    reverse_history: set[int] = field(default_factory=set)
+
+
+def client_info(client: str, user: str | None) -> theirs.ClientInfo:
+    return theirs.ClientInfo(client=client, user=user or "")
+
+
+def publication(message: ours.Publication) -> theirs.Publication:
+    info = None if message.from_ is None else theirs.ClientInfo(client=message.from_)
+    return theirs.Publication(data=message.data, info=info, offset=message.offset)
+
+
+def publication_push(message: ours.Publication) -> theirs.Reply:
+    return theirs.Reply(push=theirs.Push(channel=message.channel, pub=publication(message)))
+
+
+def disconnect_push(code: int, reason: str, reconnect: bool) -> theirs.Reply:
+    mapped = disconnect_for(code, reason, reconnect)
+    disconnect = theirs.Disconnect(
+        code=mapped.code, reason=mapped.reason, reconnect=mapped.reconnect
+    )
+    return theirs.Reply(push=theirs.Push(disconnect=disconnect))
+
+
+def error_reply(request_id: int, code: str, message: str) -> theirs.Reply:
+    mapped = error_code(code)
+    temporary = mapped in TEMPORARY_ERRORS
+    return theirs.Reply(
+        id=request_id, error=theirs.Error(code=mapped, message=message, temporary=temporary)
+    )
+
+
+def render(
+    message: ours.ServerMessage, book: RequestBook
+) -> theirs.Reply | InsufficientState | None:
+    """``message`` as Centrifugo would send it; None when it has no Centrifugo form."""
+    match message:
+        case ours.Publication(channel=channel, epoch=epoch):
+            if book.epochs.get(channel, epoch) != epoch:
+                # The stream was lost and started again: the SDK's position means nothing now.
+                return InsufficientState(channel)
+            return publication_push(message)
+        case ours.Subscribed(id=request_id):
+            note = book.subscribes.pop(request_id, SubscribeNote(False, False))
+            book.epochs[message.channel] = message.epoch
+            return theirs.Reply(
+                id=request_id,
+                subscribe=theirs.SubscribeResult(
+                    recoverable=note.recoverable,
+                    positioned=note.recoverable,
+                    epoch=message.epoch,
+                    offset=message.offset,
+                    recovered=message.recovered,
+                    was_recovering=note.was_recovering,
+                    publications=[publication(p) for p in message.publications],
+                ),
+            )
+        case ours.Unsubscribed(id=request_id):
+            book.epochs.pop(message.channel, None)
+            return theirs.Reply(id=request_id, unsubscribe=theirs.UnsubscribeResult())
+        case ours.Published(id=request_id):
+            return theirs.Reply(id=request_id, publish=theirs.PublishResult())
+        case ours.HistoryResult(id=request_id):
+            publications = [publication(p) for p in message.publications]
+            if request_id in book.reverse_history:
+                book.reverse_history.discard(request_id)
+                publications.reverse()
+            return theirs.Reply(
+                id=request_id,
+                history=theirs.HistoryResult(
+                    publications=publications, epoch=message.epoch, offset=message.offset
+                ),
+            )
+        case ours.PresenceResult(id=request_id, clients=clients):
+            if request_id in book.presence_stats:
+                book.presence_stats.discard(request_id)
+                stats = theirs.PresenceStatsResult(
+                    num_clients=len(clients), num_users=len({c.user or "" for c in clients})
+                )
+                return theirs.Reply(id=request_id, presence_stats=stats)
+            presence = {c.client: client_info(c.client, c.user) for c in clients}
+            return theirs.Reply(id=request_id, presence=theirs.PresenceResult(presence=presence))
+        case ours.Join(channel=channel, client=client, user=user):
+            join = theirs.Join(info=client_info(client, user))
+            return theirs.Reply(push=theirs.Push(channel=channel, join=join))
+        case ours.Leave(channel=channel, client=client, user=user):
+            leave = theirs.Leave(info=client_info(client, user))
+            return theirs.Reply(push=theirs.Push(channel=channel, leave=leave))
+        case ours.Gap(channel=channel):
+            return InsufficientState(channel)
+        case ours.Disconnect(code=code, reason=reason, reconnect=reconnect):
+            return disconnect_push(code, reason, reconnect)
+        case ours.Error(id=request_id, code=code, message=text):
+            if request_id is None:
+                return None  # Centrifugo has no error without a command to answer.
+            book.subscribes.pop(request_id, None)
+            book.presence_stats.discard(request_id)
+            book.reverse_history.discard(request_id)
+            if code == ErrorCode.NOT_SUBSCRIBED:
+                # Centrifugo answers an unsubscribe from a channel one is not in with success.
+                return theirs.Reply(id=request_id, unsubscribe=theirs.UnsubscribeResult())
+            return error_reply(request_id, code, text)
+        case ours.Pong(id=request_id):
+            return theirs.Reply(id=request_id, ping=theirs.PingResult())
+        case _:  # welcome: the connect reply is made by the connection itself
+            return None
