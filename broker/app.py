@@ -27,7 +27,7 @@ from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from broker import http_api, websocket_routes
+from broker import console, http_api, stats, web_client, websocket_routes
 from broker.auth import Auth, Authenticate, Authorize
 from broker.backplane import Backplane
 from broker.config import ConfigError, validate
@@ -145,4 +145,7 @@ def create_app(
     app.state.metrics_workers_dir = None
     app.include_router(websocket_routes.router)
     app.include_router(http_api.router)
+    stats.install(app)
+    web_client.install(app)
+    console.install(app, broker)
     return app

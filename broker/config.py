@@ -323,6 +323,18 @@ _UNKNOWN_FIELD_RE: Final = re.compile(r"^Object contains unknown field `(.*)`$")
 _BAD_ENUM_RE: Final = re.compile(r"^Invalid enum value ")
 
 
+def _literal_choices(tp: Any) -> str | None:
+    """``true, false, 'auto'`` for ``bool | Literal["auto"]``; None for other types."""
+    choices: list[str] = []
+    for arg in typing.get_args(tp) or (tp,):
+        if arg is bool:
+            choices += ["true", "false"]
+        elif typing.get_origin(arg) is typing.Literal:
+            choices += [repr(value) for value in typing.get_args(arg)]
+    has_literal = any(typing.get_origin(arg) is typing.Literal for arg in typing.get_args(tp))
+    return ", ".join(choices) if has_literal else None
+
+
 def _locate(raw: Any, tp: Any, error: str) -> tuple[KeyPath, str, bool]:
     """Where in ``raw`` msgspec's ``error`` is, what was expected, and whether a key is at fault.
 
@@ -358,6 +370,8 @@ def _locate(raw: Any, tp: Any, error: str) -> tuple[KeyPath, str, bool]:
         if isinstance(enum_type, type) and issubclass(enum_type, enum.Enum):
             choices = ", ".join(repr(member.value) for member in enum_type)
             return key_path, f"expected one of {choices}", False
+        if literals := _literal_choices(enum_type):
+            return key_path, f"expected one of {literals}", False
     # msgspec speaks JSON; the file is TOML, where an object is a table.
     expected = what[:1].lower() + what[1:]
     return key_path, expected.replace("`object`", "`table`"), False

@@ -79,6 +79,9 @@ class Broker:
         self.close_codes: dict[int, int] = {}
         #: Why the broker stopped working (``fail``); None while it works.
         self.failure: str | None = None
+        #: Called once at start-up, after ``security.posture``: the app's parts log how they are
+        #: exposed (the web console, broker/console).
+        self.startup_logs: list[Callable[[], None]] = []
         self._started = False
         monitor = settings.monitor
         #: The blocked-loop watch: event-loop lag histogram and ``loop.blocked`` warnings.
@@ -207,6 +210,8 @@ class Broker:
         if not structlog.is_configured():
             configure_logging(self.settings.log)
         log_posture(self.settings, host_authentication=self.auth.authenticate is not None)
+        for startup_log in self.startup_logs:
+            startup_log()
         async with anyio.create_task_group() as tasks:
             await tasks.start(self.serve)
             try:

@@ -11,7 +11,7 @@ start-up rather than be ignored silently.
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -321,6 +321,12 @@ class ApiSettings(_Section, frozen=True):
     metrics_require_key: bool = True
 
 
+class ConsoleSettings(_Section, frozen=True):
+    #: The web console at ``/console``: ``"auto"`` (on only when ``server.host`` is a loopback
+    #: address), ``true`` or ``false``.
+    enabled: bool | Literal["auto"] = "auto"
+
+
 class Settings(_Section, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     websocket: WebSocketSettings = msgspec.field(default_factory=WebSocketSettings)
@@ -334,6 +340,7 @@ class Settings(_Section, frozen=True):
     monitor: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     api: ApiSettings = msgspec.field(default_factory=ApiSettings)
+    console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
 
     def namespace(self, name: str) -> NamespaceSettings:
         """Options of namespace ``name``; the default namespace's when it is not configured."""

@@ -306,7 +306,8 @@ def test_environment_list_given_as_plain_text_suggests_a_toml_array() -> None:
 def test_unknown_section_in_a_variable_name_lists_the_sections() -> None:
     assert config_error(None, {"BROKER_NOPE__X": "1"}) == (
         "$BROKER_NOPE__X: nope.x = '1': unknown key 'nope' (known keys: server, websocket, "
-        "queue, hub, limits, default_namespace, namespaces, backplane, log, monitor, auth, api)"
+        "queue, hub, limits, default_namespace, namespaces, backplane, log, monitor, auth, api, "
+        "console)"
     )
 
 
