@@ -4,6 +4,11 @@ The Redis tests start a private ``redis-server`` of their own on a free port (ne
 one), so the binary must be on PATH. When it is not and the session holds a test that needs it,
 the session stops at once with one line saying what to install: failing, not skipping, so that
 CI cannot turn green without them.
+
+The JavaScript packages the tests drive (the project's own client in ``clients/js``, Centrifugo's
+SDK in ``tests/centrifugo/js``) are installed at session start with ``npm ci`` from their
+committed lock files when they are missing or older than the lock, so the README's one test
+command is enough once Node.js and npm are on PATH.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -36,6 +43,33 @@ REDIS_MISSING = (
     "redis-server is not on PATH; the Redis tests start a private one on a free port. "
     "Install it (Debian/Ubuntu: apt-get install redis-server), or deselect them: -m 'not redis'"
 )
+
+
+#: Folders whose npm packages the tests use, each with a committed package-lock.json.
+NPM_PROJECTS = ("clients/js", "tests/centrifugo/js")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``npm ci`` where the locked packages are missing or stale (see the module docstring)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        return  # the tests that need the packages fail with a message saying so
+    for project in NPM_PROJECTS:
+        folder = ROOT / project
+        lock = folder / "package-lock.json"
+        installed = folder / "node_modules" / ".package-lock.json"
+        if not lock.exists():
+            continue
+        if installed.exists() and installed.stat().st_mtime >= lock.stat().st_mtime:
+            continue
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=folder,
+            check=True,
+            timeout=600,
+            stdout=subprocess.DEVNULL,
+        )
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` selects on the marker
