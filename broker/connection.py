@@ -208,7 +208,7 @@ class Connection:
     ) -> None:
         """Ask the writer to close the connection with ``code``; the first request wins.
 
-        ``reconnect`` defaults to what PROTOCOL.md advises for ``code`` (``RECONNECT_CODES``);
+        ``reconnect`` defaults to what docs/protocol.md advises for ``code`` (``RECONNECT_CODES``);
         ``reason`` to the code's usual one (``CLOSE_REASONS``); a close frame carries at most
         123 bytes of it.
         """
@@ -250,7 +250,7 @@ class Connection:
     ) -> None:
         """Read frames until the client leaves, handing each to ``on_text`` or ``on_bytes``.
 
-        With ``heartbeat``, a client silent for that long is closed with 4009 (PROTOCOL.md,
+        With ``heartbeat``, a client silent for that long is closed with 4009 (docs/protocol.md,
         "Liveness"). Frames arriving after a close was requested are read and dropped, so that the
         client's close reply is still seen.
         """
@@ -343,7 +343,7 @@ class Connection:
                     tasks.start_soon(run_then_cancel, reader)
                     tasks.start_soon(run_then_cancel, AsgiWriter(self).run)
         except Exception:
-            # A bug, not the client's doing: log it whole, tell the client 1011 (PROTOCOL.md
+            # A bug, not the client's doing: log it whole, tell the client 1011 (docs/protocol.md
             # close codes) without a traceback, and clean up as for any other end.
             log.exception("connection.failed")
             await self._close_after_failure()

@@ -1,4 +1,4 @@
-"""The HTTP API (PROTOCOL.md §2) for back-end services and operators.
+"""The HTTP API (docs/protocol.md §2) for back-end services and operators.
 
 Every route but ``/healthz`` and ``/readyz`` needs an API key once one is configured
 (broker/http_auth.py); ``/metrics`` too unless ``api.metrics_require_key`` is false. Bodies are

@@ -303,15 +303,6 @@ OUTSIDE = re.compile(
     r"shared/|(?-i:FINDINGS|PROTOCOL\.md)|\bissues? ?#?-?\d|(?<![\w(&/])#\d+\b|\bthe issue\b",
     re.IGNORECASE,
 )
-#: Lines left to the branches that own their files (the HTTP API; connection.py being split).
-PENDING = {
-    "broker/http_api.py": ("The HTTP API (PROTOCOL.md §2)",),
-    "broker/connection.py": (
-        "what PROTOCOL.md advises",
-        "closed with 4009 (PROTOCOL.md,",
-        "tell the client 1011 (PROTOCOL.md",
-    ),
-}
 
 
 def tracked_files() -> list[Path]:
@@ -332,7 +323,6 @@ def test_nothing_points_outside_the_repository() -> None:
         except UnicodeDecodeError:
             continue  # images
         for number, line in enumerate(text.splitlines(), 1):
-            pending = PENDING.get(relative, ())
-            if OUTSIDE.search(line) and not any(text in line for text in pending):
+            if OUTSIDE.search(line):
                 found.append(f"{relative}:{number}: {line.strip()}")
     assert not found, "\n".join(found)
