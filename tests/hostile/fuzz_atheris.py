@@ -16,13 +16,17 @@ when:
   ``disconnect`` with such a code, or answers an ``internal`` error;
 - it neither answers the marker ping nor closes within the tests' timeout;
 - the healthy client misses the publication made after the input, gets anything else, or its
-  ping goes unanswered (checked after every 10th input by default, ``--check-every``: a check
-  costs about 40 ms, as a publication written right after a reply waits for the client's
-  delayed ACK, over ten times an input's exchange);
+  ping goes unanswered (checked after every 10th input by default, ``--check-every``, so the
+  input that fails may come up to 9 inputs after the one to blame: a check costs about 40 ms,
+  over ten times an input's exchange, because the test server's accepted sockets have no
+  TCP_NODELAY (``tests.conftest.free_socket`` makes its socket without ``IPPROTO_TCP``, so
+  asyncio does not set it) and a publication written right after a pong waits for the
+  client's delayed ACK; ``broker serve``'s sockets have it);
 - anything was logged at ``error`` or above, or with a traceback, or an exception escaped a
   thread.
 
-The first corpus directory given (a temporary one when none is) is seeded with valid frames of
+The first corpus directory given (a temporary one when neither a directory nor an input file
+is) is seeded with valid frames of
 both encodings (``seeds``); libFuzzer adds what it finds there. The broker's modules, the
 protocol and the WebSocket stack below it (``websockets``, uvicorn) are instrumented for
 coverage. ``--forbid-close CODE`` removes a code from the documented ones, so that a run can
