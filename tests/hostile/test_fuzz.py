@@ -26,7 +26,18 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from broker.settings import NamespaceSettings, Settings
-from protocol import CODECS, Codec, Disconnect, Encoding, Ping, Pong, Publication, Subscribe
+from protocol import (
+    CODECS,
+    Codec,
+    Disconnect,
+    Encoding,
+    Error,
+    ErrorCode,
+    Ping,
+    Pong,
+    Publication,
+    Subscribe,
+)
 from protocol.messages import Subscribed
 from tests.conftest import TIMEOUT, RunningBroker, serve_broker
 from tests.hostile.loop import LoopThread
@@ -38,7 +49,8 @@ WATCHED = "watched-by-the-healthy-client"
 #: The id of the ping that ends each example: its pong means everything before was handled.
 MARKER = 2**62 + 12345
 #: Close codes the broker may use for bad input (docs/protocol.md); 1011 is not one of them.
-ALLOWED_CLOSES = {1000, 1002, 1003, 1007, 1008, 1009, 4008, 4029}
+#: 4001: a `refresh` on a broker without tokens is refused (found by the atheris harness).
+ALLOWED_CLOSES = {1000, 1002, 1003, 1007, 1008, 1009, 4001, 4008, 4029}
 
 FUZZ = settings(
     max_examples=120,
@@ -243,12 +255,16 @@ class Replies:
 
 
 async def exchange(
-    bench: Bench, encoding: Encoding, frames: list[bytes], echoed: frozenset[int] = frozenset()
+    bench: Bench,
+    encoding: Encoding,
+    frames: list[bytes],
+    echoed: frozenset[int] = frozenset(),
+    documented: frozenset[int] = frozenset(ALLOWED_CLOSES),
 ) -> None:
     """Send ``frames`` on a new connection, then the marker ping; read until its pong or the
-    close, checking every reply. ``echoed``: close codes the client sent itself, which the
-    broker may echo."""
-    allowed = ALLOWED_CLOSES | echoed
+    close, checking every reply: no ``internal`` error, a close code in ``documented``.
+    ``echoed``: close codes the client sent itself, which the broker may echo."""
+    allowed = documented | echoed
     codec: Codec = CODECS[encoding]
     client = await open_raw(bench.running.port, "/v1/ws", subprotocol=encoding.subprotocol)
     replies = Replies(client)
@@ -270,7 +286,9 @@ async def exchange(
                 if kind in (0x1, 0x2):
                     for message in codec.decode_server(payload):
                         if isinstance(message, Disconnect):
-                            assert message.code in ALLOWED_CLOSES, message
+                            assert message.code in documented, message
+                        if isinstance(message, Error):
+                            assert message.code != ErrorCode.INTERNAL, message
                         if isinstance(message, Pong) and message.id == MARKER:
                             return
     finally:
@@ -278,9 +296,13 @@ async def exchange(
 
 
 async def exchange_then_check(
-    bench: Bench, encoding: Encoding, frames: list[bytes], echoed: frozenset[int] = frozenset()
+    bench: Bench,
+    encoding: Encoding,
+    frames: list[bytes],
+    echoed: frozenset[int] = frozenset(),
+    documented: frozenset[int] = frozenset(ALLOWED_CLOSES),
 ) -> None:
-    await exchange(bench, encoding, frames, echoed)
+    await exchange(bench, encoding, frames, echoed, documented)
     await bench.check_healthy()
 
 
