@@ -32,8 +32,9 @@ FAST_RECONNECT = {"minReconnectDelay": 300, "maxReconnectDelay": 1000}
 
 def settings() -> Settings:
     return Settings(
-        # No leeway: a subscription ends when its token says.
-        auth=AuthSettings(mode=AuthMode.JWT, hmac_secrets=[SECRET], leeway=0),
+        # A subscription ends 1 s after its token's exp: the SDK refreshes at ``ttl`` (whole
+        # seconds, rounded down) and needs the margin for its sub_refresh to arrive.
+        auth=AuthSettings(mode=AuthMode.JWT, hmac_secrets=[SECRET], leeway=1),
         default_namespace=NamespaceSettings(history_size=100),
         namespaces={"private": NamespaceSettings(subscribe=SubscribePolicy.TOKEN, history_size=10)},
     )
@@ -91,7 +92,7 @@ async def test_the_sdk_refreshes_a_subscription_token_with_get_token() -> None:
         await alice.event("sub_get_token", lambda e: e["left"] == 2)
         # The SDK asks again before the first token's 2 s are over, and sends sub_refresh.
         await alice.event("sub_get_token", lambda e: e["left"] == 1)
-        await asyncio.sleep(max(0.0, started + 3 - time.time()))  # past the first exp: no event
+        await asyncio.sleep(max(0.0, started + 3.2 - time.time()))  # past exp + leeway
         await alice.call("publish", channel="private:room", data={"after": "expiry"})
         publication = await alice.event("publication")
         assert publication["data"] == {"after": "expiry"}
