@@ -363,7 +363,8 @@ class CentrifugoReader(V1Reader):
             recoverable=options.history_size > 0,
             ttl=_expiry(expires_at)[1],
         )
-        if expires_at is not None:
+        if expires_at is not None and channel not in self.connection.subscriber.channels:
+            # (Subscribed already: the hub refuses this one, and the first token still counts.)
             self.expire_subscription_at(channel, expires_at)
         await self.hub.submit(SubscribeCommand(self.connection.subscriber, subscribe))
 

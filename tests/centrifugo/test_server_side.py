@@ -1,5 +1,6 @@
 """``/connection/websocket`` at the protocol level: server-side subscriptions from the connection
-token's ``subs``, the expiry of subscription tokens (and ``sub_refresh``), and history from a
+token's ``subs``, the expiry of subscription tokens (and ``sub_refresh``), the operator's
+unsubscribe of a user, and history from a
 position in another epoch (error 112)."""
 
 from __future__ import annotations
@@ -8,11 +9,13 @@ import asyncio
 import time
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
 from broker.auth.tokens import issue_token
 from broker.settings import (
+    ApiSettings,
     AuthMode,
     AuthSettings,
     LimitSettings,
@@ -186,3 +189,26 @@ async def test_connect_without_subs_in_the_token_has_none() -> None:
         async with asyncio.timeout(TIMEOUT):
             result = await connected(alice, token(config, "alice"))
         assert "subs" not in result
+
+
+async def test_the_operator_unsubscribing_a_user_is_an_unsubscribe_push() -> None:
+    key = "operator-key-0123456789abcdef"
+    config = msgspec.structs.replace(settings(), api=ApiSettings(keys=[key]))
+    async with (
+        serve_broker(config) as running,
+        open_centrifugo(running.url(PATH), connected=False) as alice,
+        httpx.AsyncClient(base_url=running.http(""), timeout=TIMEOUT) as http,
+    ):
+        await connected(alice, token(config, "alice", channels=["room"]))
+        await alice.call({"subscribe": {"channel": "room"}})
+        response = await http.post(
+            "/v1/users/alice/unsubscribe",
+            json={"channel": "room"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert response.json()["unsubscribed"] == 1
+        push = await alice.until(lambda m: "push" in m)
+        assert push["push"] == {
+            "channel": "room",
+            "unsubscribe": {"code": 2000, "reason": "server unsubscribe"},
+        }
