@@ -1,7 +1,6 @@
 """``/connection/websocket`` at the protocol level: server-side subscriptions from the connection
 token's ``subs``, the expiry of subscription tokens (and ``sub_refresh``), the operator's
-unsubscribe of a user, and history from a
-position in another epoch (error 112)."""
+unsubscribe of a user, and history from a position in another epoch (error 112)."""
 
 from __future__ import annotations
 
