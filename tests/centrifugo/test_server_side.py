@@ -211,3 +211,40 @@ async def test_the_operator_unsubscribing_a_user_is_an_unsubscribe_push() -> Non
             "channel": "room",
             "unsubscribe": {"code": 2000, "reason": "server unsubscribe"},
         }
+
+
+async def test_publications_during_connect_follow_the_reply_without_a_gap() -> None:
+    config = settings()
+    channels = ["hot"] + [f"quiet{n}" for n in range(50)]
+    async with (
+        serve_broker(config) as running,
+        open_centrifugo(running.url(PATH), connected=False) as writer,
+        open_centrifugo(running.url(PATH), connected=False) as alice,
+    ):
+        await connected(writer, token(config, "writer", publish=["hot"]))
+
+        async def flood() -> None:
+            for n in range(200):
+                await writer.send({"publish": {"channel": "hot", "data": n}})
+
+        await writer.call({"publish": {"channel": "hot", "data": "first"}})
+        await alice.send({"connect": {"token": token(config, "alice", subs=channels)}})
+        # Publishing while the 51 subscribes are made. (In one process the hub makes them in one
+        # turn, so this does not force a publication between them; the connection holds back
+        # anything rendered before the connect reply if one comes.)
+        task = asyncio.create_task(flood())
+        try:
+            # The connect reply comes first, whatever was published meanwhile.
+            reply = await alice.receive()
+            assert "connect" in reply, reply
+            hot = reply["connect"]["subs"]["hot"]
+            assert len(reply["connect"]["subs"]) == len(channels)
+            await task
+        finally:
+            task.cancel()
+        offsets: list[int] = []
+        while len(offsets) < 201 - hot["offset"]:
+            push = await alice.until(lambda m: "pub" in m.get("push", {}))
+            offsets.append(push["push"]["pub"]["offset"])
+        # Every publication after the reply's position, once, in order.
+        assert offsets == list(range(hot["offset"] + 1, 202))
