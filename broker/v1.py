@@ -286,16 +286,21 @@ class V1Reader:
         )
 
     async def permitted(
-        self, request_id: int | None, channel: str, action: Action, request: Subscribe | None = None
+        self,
+        request_id: int | None,
+        channel: str,
+        action: Action,
+        request: Subscribe | None = None,
+        *,
+        subscription_token: bool = False,
     ) -> bool:
         """Whether this connection may ``action`` on ``channel``; if not, answers
-        ``permission_denied``."""
+        ``permission_denied``. ``subscription_token``: the caller checked one already."""
         auth = self.broker.auth
         if self.open_to(channel, action):
             return True
         identity = self.auth.identity
         assert identity is not None
-        subscription_token = False
         if request is not None and request.token is not None and auth.verifier is not None:
             try:
                 granted, _ = await auth.verifier.subscription(request.token, identity.user)

@@ -16,6 +16,11 @@ Close codes stay the broker's (logs and the close frame); the ``disconnect`` pus
 before the close frame carries Centrifugo's code, reason and reconnect advice, which the SDKs act
 on. A ``gap`` becomes a close with 3010 "insufficient state", so that the SDK reconnects and
 recovers.
+
+While the connect reply waits for the answers to the server-side subscribes
+(``RequestBook.connect``), what else is rendered is held back and follows it: the SDK learns of
+a server-side channel from the connect reply before any of its publications. At most
+``_MAX_HELD`` messages are held; beyond that the client is closed with 3010 and recovers.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ log = get_logger("broker.centrifugo")
 
 #: How a frame in the broker's own JSON form starts (msgspec writes the tag field first).
 _OURS: Final = b'{"type":'
+#: Messages held back behind an unfinished connect reply, at most.
+_MAX_HELD: Final = 10_000
 
 
 class RenderedPublications:
@@ -77,7 +84,7 @@ RENDERED = RenderedPublications()
 class CentrifugoConnection(Connection):
     """A ``Connection`` whose frames are rendered as Centrifugo's protocol on their way out."""
 
-    __slots__ = ("book",)
+    __slots__ = ("book", "held")
 
     def __init__(
         self,
@@ -93,22 +100,28 @@ class CentrifugoConnection(Connection):
         )
         #: What the reader noted of its commands, for rendering the hub's answers.
         self.book = RequestBook()
+        #: Messages rendered while the connect reply is being assembled, sent after it.
+        self.held: list[Frame] = []
 
     # --- rendering --------------------------------------------------------------------------
 
     def render(self, frames: list[Frame]) -> list[Frame]:
-        """``frames`` in Centrifugo's form, up to the first ``gap`` (which closes with 3010)."""
+        """``frames`` in Centrifugo's form, up to the first ``gap`` (which closes with 3010);
+        while a connect reply is being assembled, held back until it is done."""
         out: list[Frame] = []
+        book = self.book
+        held = self.held
         for frame in frames:
+            target = out if book.connect is None else held
             data = frame.data
             if not data.startswith(_OURS):
-                out.append(frame)
+                target.append(frame)
                 continue
             channel = frame.channel
             if channel is not None:
                 cached = RENDERED.get(frame)
-                if cached is not None and self.book.epochs.get(channel, cached[1]) == cached[1]:
-                    out.append(cached[0])
+                if cached is not None and book.epochs.get(channel, cached[1]) == cached[1]:
+                    target.append(cached[0])
                     continue
             try:
                 messages = JSON.decode_server(data)
@@ -116,7 +129,8 @@ class CentrifugoConnection(Connection):
                 log.exception("centrifugo.render_failed")
                 continue
             for message in messages:
-                rendered = render(message, self.book)
+                pending = book.connect
+                rendered = render(message, book)
                 if rendered is None:
                     continue
                 if isinstance(rendered, InsufficientState):
@@ -125,7 +139,19 @@ class CentrifugoConnection(Connection):
                 line = Frame(encode_reply(rendered), frame.channel, frame.offset)
                 if channel is not None and isinstance(message, ours.Publication):
                     RENDERED.put(frame, line, message.epoch)
-                out.append(line)
+                if rendered.connect is not None:
+                    # The assembled connect reply, then what waited for it.
+                    if pending is not None and pending.refused:
+                        log.info("centrifugo.server_subs_refused", channels=pending.refused)
+                    out.append(line)
+                    out.extend(held)
+                    held.clear()
+                    target = out
+                    continue
+                target.append(line)
+        if len(held) > _MAX_HELD:
+            held.clear()
+            self._insufficient_state("(server-side subscriptions)")
         return out
 
     def _insufficient_state(self, channel: str) -> None:

@@ -9,18 +9,32 @@ The first command must be ``connect`` (anything else: 3501 "bad request"); a con
 sends none within ``websocket.heartbeat`` seconds is closed as stale (3502). Once connected, the
 server sends an empty ``{}`` ping every ``websocket.heartbeat`` seconds and the SDK answers
 ``{}``; a client silent for ``heartbeat + heartbeat_grace`` is closed (3012 "no pong").
+
+Server-side subscriptions: the channels of the connection token's ``subs`` claim are subscribed
+at ``connect`` (recovering from the positions the SDK sends in ``connect.subs``), and their
+results make the connect reply's ``subs`` (assembled by the connection, ``RequestBook.connect``).
+A subscription made with a subscription token that expires ends at ``exp`` (plus
+``auth.leeway``) unless a ``sub_refresh`` moved it: an ``unsubscribe`` push with 2501
+"subscription expired", on which the SDK resubscribes with a new token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from importlib.metadata import PackageNotFoundError, version
 
 from broker.auth import Action, Refused
 from broker.centrifugo.connection import CentrifugoConnection
 from broker.centrifugo.tokens import verify_connect, verify_sub_refresh
-from broker.hub import HistoryCommand, PresenceCommand, SubscribeCommand, UnsubscribeCommand
+from broker.hub import (
+    Command,
+    HistoryCommand,
+    PresenceCommand,
+    SubscribeCommand,
+    UnsubscribeCommand,
+)
 from broker.logs import get_logger
 from broker.runtime import Broker
 from broker.v1 import V1Reader
@@ -43,11 +57,12 @@ from protocol.centrifugo.codes import (
     INTERNAL_SERVER_ERROR,
     INVALID_TOKEN,
     STALE,
+    SUBSCRIPTION_EXPIRED,
     CentrifugoError,
     DisconnectCode,
 )
 from protocol.centrifugo.framing import BadCommand, decode_commands, encode_reply
-from protocol.centrifugo.render import SubscribeNote
+from protocol.centrifugo.render import INTERNAL_IDS, ConnectAssembly, SubscribeNote
 
 log = get_logger("broker.centrifugo")
 
@@ -63,7 +78,7 @@ _PING = b"{}"
 class CentrifugoReader(V1Reader):
     """Reads one ``/connection/websocket`` connection."""
 
-    __slots__ = ("ping_timer", "stale_timer")
+    __slots__ = ("internal_ids", "ping_timer", "stale_timer", "sub_expiry", "tasks")
 
     connection: CentrifugoConnection
 
@@ -71,6 +86,12 @@ class CentrifugoReader(V1Reader):
         super().__init__(connection, broker, JSON)
         self.ping_timer: asyncio.TimerHandle | None = None
         self.stale_timer: asyncio.TimerHandle | None = None
+        #: The expiry timers of subscriptions made with an expiring subscription token.
+        self.sub_expiry: dict[str, asyncio.TimerHandle] = {}
+        #: Ids of the requests the connection makes itself (server-side subscribes, expiries).
+        self.internal_ids = itertools.count(INTERNAL_IDS)
+        #: Hub submissions started from timers (kept until done).
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         connection = self.connection
@@ -87,6 +108,9 @@ class CentrifugoReader(V1Reader):
             for timer in (self.stale_timer, self.ping_timer, self.idle_timer):
                 if timer is not None:
                     timer.cancel()
+            for timer in self.sub_expiry.values():
+                timer.cancel()
+            self.sub_expiry.clear()
 
     # --- timers -----------------------------------------------------------------------------
 
@@ -225,12 +249,44 @@ class CentrifugoReader(V1Reader):
             ping=max(1, round(heartbeat)),
             pong=True,
         )
-        self.answer(cf.Reply(id=request_id, connect=result))
+        subs = [channel for channel in identity.subs if is_valid_channel(channel)]
+        if subs:
+            await self.server_side_subscribe(request_id, result, subs, request.subs)
+        else:
+            self.answer(cf.Reply(id=request_id, connect=result))
         loop = asyncio.get_running_loop()
         self.ping_timer = loop.call_later(heartbeat, self.ping)
         idle_timeout = connection.settings.limits.idle_timeout
         if idle_timeout > 0:
             self.idle_timer = loop.call_later(idle_timeout, self.close_if_idle, idle_timeout)
+
+    async def server_side_subscribe(
+        self,
+        request_id: int,
+        result: cf.ConnectResult,
+        channels: list[str],
+        positions: dict[str, cf.SubscribeRequest],
+    ) -> None:
+        """Subscribe the token's ``subs`` (no permission check: the token grants them, as on
+        ``/v1/ws``), recovering where the SDK says it was; the connection sends the connect
+        reply with their results once the hub has answered them all."""
+        connection = self.connection
+        settings = connection.settings
+        ids = {next(self.internal_ids): channel for channel in dict.fromkeys(channels)}
+        book = connection.book
+        book.connect = ConnectAssembly(request_id=request_id, result=result, waiting=dict(ids))
+        for internal_id, channel in ids.items():
+            position = positions.get(channel)
+            since = None
+            recover = position is not None and position.recover
+            if position is not None and recover and position.offset <= _MAX_OFFSET:
+                since = StreamPosition(offset=position.offset, epoch=position.epoch)
+            options = settings.namespace(namespace_of(channel))
+            book.subscribes[internal_id] = SubscribeNote(
+                was_recovering=recover, recoverable=options.history_size > 0
+            )
+            subscribe = Subscribe(id=internal_id, channel=channel, since=since)
+            await self.hub.submit(SubscribeCommand(connection.subscriber, subscribe))
 
     async def refresh(self, request_id: int, token: str) -> None:
         # The broker's own refresh: same user, new permissions and expiry; a refusal answers
@@ -253,8 +309,10 @@ class CentrifugoReader(V1Reader):
                 self.broker.auth, identity, request.channel, request.token
             )
         except Refused as refusal:
-            self.fail(request_id, CentrifugoError.PERMISSION_DENIED, refusal.reason)
+            self.fail(request_id, _token_error(refusal), refusal.reason)
             return
+        if request.channel in self.sub_expiry:
+            self.expire_subscription_at(request.channel, expires_at)
         expires, ttl = _expiry(expires_at)
         result = cf.SubRefreshResult(expires=expires, ttl=ttl)
         self.answer(cf.Reply(id=request_id, sub_refresh=result))
@@ -278,18 +336,75 @@ class CentrifugoReader(V1Reader):
                 self.fail(request_id, CentrifugoError.BAD_REQUEST, "offset out of range")
                 return
             since = StreamPosition(offset=request.offset, epoch=request.epoch)
-        subscribe = Subscribe(
-            id=request_id, channel=channel, since=since, token=request.token or None
-        )
-        if not await self.permitted(request_id, channel, Action.SUBSCRIBE, subscribe):
+        subscribe = Subscribe(id=request_id, channel=channel, since=since)
+        expires_at: float | None = None
+        verifier = self.broker.auth.verifier
+        if request.token and verifier is not None:
+            # The token is checked here, once, for its expiry too.
+            identity = self.auth.identity
+            assert identity is not None
+            try:
+                expires_at = await verify_sub_refresh(
+                    self.broker.auth, identity, channel, request.token
+                )
+            except Refused as refusal:
+                self.fail(request_id, _token_error(refusal), refusal.reason)
+                return
+            allowed = await self.permitted(
+                request_id, channel, Action.SUBSCRIBE, subscription_token=True
+            )
+        else:
+            allowed = await self.permitted(request_id, channel, Action.SUBSCRIBE, subscribe)
+        if not allowed:
             return
         options = settings.namespace(namespace_of(channel))
         self.connection.book.subscribes[request_id] = SubscribeNote(
-            was_recovering=request.recover, recoverable=options.history_size > 0
+            was_recovering=request.recover,
+            recoverable=options.history_size > 0,
+            ttl=_expiry(expires_at)[1],
         )
+        if expires_at is not None and channel not in self.connection.subscriber.channels:
+            # (Subscribed already: the hub refuses this one, and the first token still counts.)
+            self.expire_subscription_at(channel, expires_at)
         await self.hub.submit(SubscribeCommand(self.connection.subscriber, subscribe))
 
+    # --- subscription expiry ------------------------------------------------------------------
+
+    def expire_subscription_at(self, channel: str, expires_at: float | None) -> None:
+        """End the subscription to ``channel`` at ``expires_at`` plus ``auth.leeway`` (None:
+        never)."""
+        timer = self.sub_expiry.pop(channel, None)
+        if timer is not None:
+            timer.cancel()
+        if expires_at is None:
+            return
+        delay = max(0.0, expires_at + self.broker.auth.settings.leeway - time.time())
+        loop = asyncio.get_running_loop()
+        self.sub_expiry[channel] = loop.call_later(delay, self.subscription_expired, channel)
+
+    def subscription_expired(self, channel: str) -> None:
+        self.sub_expiry.pop(channel, None)
+        connection = self.connection
+        if connection.close_request is not None:
+            return
+        if channel not in connection.subscriber.channels:
+            return  # the subscribe failed, or the client left meanwhile
+        log.info("centrifugo.subscription_expired", channel=channel)
+        internal_id = next(self.internal_ids)
+        connection.book.unsubscribes[internal_id] = SUBSCRIPTION_EXPIRED
+        unsubscribe = Unsubscribe(id=internal_id, channel=channel)
+        self.submit_later(UnsubscribeCommand(connection.subscriber, unsubscribe))
+
+    def submit_later(self, command: Command) -> None:
+        """Queue ``command`` for the hub from a timer (a task while the mailbox is full)."""
+        task = asyncio.get_running_loop().create_task(self.hub.submit(command))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
     async def unsubscribe(self, request_id: int, channel: str) -> None:
+        timer = self.sub_expiry.pop(channel, None)
+        if timer is not None:
+            timer.cancel()
         if not is_valid_channel(channel):
             # Never subscribed, then: Centrifugo answers success.
             self.answer(cf.Reply(id=request_id, unsubscribe=cf.UnsubscribeResult()))
@@ -350,8 +465,18 @@ class CentrifugoReader(V1Reader):
                 limit = count
         elif since is not None:
             position = StreamPosition(offset=since.offset, epoch=since.epoch)
+        if since is not None and since.epoch:
+            # A position in another stream than the channel's: error 112 (the rendering).
+            self.connection.book.history_epochs[request_id] = since.epoch
         history = History(id=request_id, channel=channel, since=position, limit=limit)
         await self.hub.submit(HistoryCommand(self.connection.subscriber, history))
+
+
+def _token_error(refusal: Refused) -> CentrifugoError:
+    """109 for an expired token (the SDK fetches a new one and retries), else 103."""
+    if refusal.reason == "token expired":
+        return CentrifugoError.TOKEN_EXPIRED
+    return CentrifugoError.PERMISSION_DENIED
 
 
 def _expiry(expires_at: float | None) -> tuple[bool, int]:

@@ -58,6 +58,20 @@ def error_code(code: str) -> CentrifugoError:
 
 
 @dataclass(frozen=True, slots=True)
+class UnsubscribeCode:
+    """The code of an ``unsubscribe`` push: below 2500 for good, from 2500 the SDK resubscribes."""
+
+    code: int
+    reason: str
+
+
+SERVER_UNSUBSCRIBE = UnsubscribeCode(2000, "server unsubscribe")
+#: The subscription token expired and no ``sub_refresh`` moved it: the SDK resubscribes, with a
+#: new token.
+SUBSCRIPTION_EXPIRED = UnsubscribeCode(2501, "subscription expired")
+
+
+@dataclass(frozen=True, slots=True)
 class DisconnectCode:
     code: int
     reason: str

@@ -11,16 +11,37 @@ A ``gap``, or a publication from a stream whose epoch is not the one the subscri
 (the stream was lost and started again), has no Centrifugo form: the subscriber must recover.
 It renders as ``InsufficientState``, on which the connection disconnects with 3010
 "insufficient state" so that the SDK reconnects and recovers, as Centrifugo does.
+
+Server-side subscriptions (a connection token's ``subs``) are subscribes the reader sends for
+the client, with ids above the uint32 range of Centrifugo's command ids (``INTERNAL_IDS``): their
+``subscribed`` answers are gathered into the connect reply's ``subs`` (``ConnectAssembly``), which
+renders once the last has come. An unsubscribe the reader sends when a subscription token
+expires renders as an ``unsubscribe`` push (2501 "subscription expired"); the hub's own
+server-side unsubscribe (id 0) as one with 2000 "server unsubscribe".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
+
+import msgspec
 
 from protocol import messages as ours
 from protocol.centrifugo import messages as theirs
-from protocol.centrifugo.codes import TEMPORARY_ERRORS, disconnect_for, error_code
+from protocol.centrifugo.codes import (
+    SERVER_UNSUBSCRIBE,
+    TEMPORARY_ERRORS,
+    CentrifugoError,
+    UnsubscribeCode,
+    disconnect_for,
+    error_code,
+)
 from protocol.errors import ErrorCode
+
+#: Ids of the requests a connection makes itself (not its client's): above uint32, the range of
+#: Centrifugo's command ids, so they never meet a client's.
+INTERNAL_IDS: Final = 2**32
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +55,25 @@ class InsufficientState:
 class SubscribeNote:
     was_recovering: bool
     recoverable: bool
+    #: Seconds the subscription token has left (0: no expiry).
+    ttl: int = 0
+
+
+@dataclass(slots=True)
+class ConnectAssembly:
+    """A connect reply waiting for the answers to its server-side subscribes (by internal id)."""
+
+    request_id: int
+    result: theirs.ConnectResult
+    #: Internal subscribe id -> channel, still unanswered.
+    waiting: dict[int, str]
+    subs: dict[str, theirs.SubscribeResult] = field(default_factory=dict)
+    #: The channels the hub refused, and why (for the logs).
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def reply(self) -> theirs.Reply:
+        result = msgspec.structs.replace(self.result, subs=self.subs)
+        return theirs.Reply(id=self.request_id, connect=result)
 
 
 @dataclass(slots=True)
@@ -45,6 +85,12 @@ class RequestBook:
     epochs: dict[str, str] = field(default_factory=dict)
     presence_stats: set[int] = field(default_factory=set)
     reverse_history: set[int] = field(default_factory=set)
+    #: History reads with a ``since``: the epoch it named (another one is error 112).
+    history_epochs: dict[int, str] = field(default_factory=dict)
+    #: The connect reply being assembled from server-side subscribes, if any.
+    connect: ConnectAssembly | None = None
+    #: Unsubscribes the connection made itself (internal id -> the push's code).
+    unsubscribes: dict[int, UnsubscribeCode] = field(default_factory=dict)
 
 
 def client_info(client: str, user: str | None) -> theirs.ClientInfo:
@@ -89,24 +135,41 @@ def render(
         case ours.Subscribed(id=request_id):
             note = book.subscribes.pop(request_id, SubscribeNote(False, False))
             book.epochs[message.channel] = message.epoch
-            return theirs.Reply(
-                id=request_id,
-                subscribe=theirs.SubscribeResult(
-                    recoverable=note.recoverable,
-                    positioned=note.recoverable,
-                    epoch=message.epoch,
-                    offset=message.offset,
-                    recovered=message.recovered,
-                    was_recovering=note.was_recovering,
-                    publications=[publication(p) for p in message.publications],
-                ),
+            result = theirs.SubscribeResult(
+                expires=note.ttl > 0,
+                ttl=note.ttl,
+                recoverable=note.recoverable,
+                positioned=note.recoverable,
+                epoch=message.epoch,
+                offset=message.offset,
+                recovered=message.recovered,
+                was_recovering=note.was_recovering,
+                publications=[publication(p) for p in message.publications],
             )
-        case ours.Unsubscribed(id=request_id):
-            book.epochs.pop(message.channel, None)
+            assembly = book.connect
+            if assembly is not None and request_id in assembly.waiting:
+                assembly.subs[assembly.waiting.pop(request_id)] = result
+                return _assembled(book)
+            return theirs.Reply(id=request_id, subscribe=result)
+        case ours.Unsubscribed(id=request_id, channel=channel):
+            book.epochs.pop(channel, None)
+            code = book.unsubscribes.pop(request_id, None)
+            if request_id == 0:
+                code = SERVER_UNSUBSCRIBE  # the hub's own (an operator's) unsubscribe
+            if code is not None:
+                unsubscribe = theirs.Unsubscribe(code=code.code, reason=code.reason)
+                return theirs.Reply(push=theirs.Push(channel=channel, unsubscribe=unsubscribe))
             return theirs.Reply(id=request_id, unsubscribe=theirs.UnsubscribeResult())
         case ours.Published(id=request_id):
             return theirs.Reply(id=request_id, publish=theirs.PublishResult())
         case ours.HistoryResult(id=request_id):
+            since_epoch = book.history_epochs.pop(request_id, "")
+            if since_epoch and since_epoch != message.epoch:
+                book.reverse_history.discard(request_id)
+                error = theirs.Error(
+                    code=CentrifugoError.UNRECOVERABLE_POSITION, message="unrecoverable position"
+                )
+                return theirs.Reply(id=request_id, error=error)
             publications = [publication(p) for p in message.publications]
             if request_id in book.reverse_history:
                 book.reverse_history.discard(request_id)
@@ -142,6 +205,14 @@ def render(
             book.subscribes.pop(request_id, None)
             book.presence_stats.discard(request_id)
             book.reverse_history.discard(request_id)
+            book.history_epochs.pop(request_id, None)
+            if request_id in book.unsubscribes:
+                del book.unsubscribes[request_id]
+                return None  # the subscription had ended already
+            assembly = book.connect
+            if assembly is not None and request_id in assembly.waiting:
+                assembly.refused[assembly.waiting.pop(request_id)] = f"{code}: {text}"
+                return _assembled(book)
             if code == ErrorCode.NOT_SUBSCRIBED:
                 # Centrifugo answers an unsubscribe from a channel one is not in with success.
                 return theirs.Reply(id=request_id, unsubscribe=theirs.UnsubscribeResult())
@@ -150,3 +221,12 @@ def render(
             return theirs.Reply(id=request_id, ping=theirs.PingResult())
         case _:  # welcome: the connect reply is made by the connection itself
             return None
+
+
+def _assembled(book: RequestBook) -> theirs.Reply | None:
+    """The connect reply once its last server-side subscribe is answered; None before."""
+    assembly = book.connect
+    if assembly is None or assembly.waiting:
+        return None
+    book.connect = None
+    return assembly.reply()

@@ -4,9 +4,12 @@ over its stdin and stdout: commands in, answers and SDK events out."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import json
 import shutil
+import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,13 +22,48 @@ from tests.conftest import TIMEOUT
 JS_DIR = Path(__file__).parent / "js"
 
 
-def node_or_fail() -> str:
-    node = shutil.which("node")
-    if node is None or not (JS_DIR / "node_modules" / "centrifuge").is_dir():
-        pytest.fail(
-            "the JavaScript SDK tests need Node.js 20 and `npm ci` in tests/centrifugo/js "
-            "(.ci/run does both)"
+def _npm_ci() -> str | None:
+    """Install the pinned SDK (``npm ci`` in tests/centrifugo/js) unless it is there; None once
+    installed, else why not. One process at a time (a lock file), as test workers may race."""
+    if (JS_DIR / "node_modules" / "centrifuge").is_dir():
+        return None
+    npm = shutil.which("npm")
+    if npm is None:
+        return "npm is not on PATH"
+    with (Path(tempfile.gettempdir()) / "broker-tests-npm-ci.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (JS_DIR / "node_modules" / "centrifuge").is_dir():
+            return None  # another worker installed it meanwhile
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=JS_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
+    if done.returncode != 0:
+        return f"`npm ci` in {JS_DIR} failed ({done.returncode}): {done.stderr.strip()[-500:]}"
+    return None
+
+
+async def sdk_or_fail() -> None:
+    """The pinned SDK in tests/centrifugo/js/node_modules, installed by ``npm ci`` if missing
+    (in a thread); the test fails saying what is missing otherwise."""
+    problem = await asyncio.to_thread(_npm_ci)
+    if problem is not None:
+        pytest.fail(
+            f"the Centrifugo JavaScript SDK tests need `npm ci` in tests/centrifugo/js: {problem} "
+            "(install Node.js 20 and npm, e.g. `apt-get install nodejs npm`; .ci/run does)"
+        )
+
+
+async def node_or_fail() -> str:
+    """Node.js, with the SDK installed (``sdk_or_fail``); the test fails if either is missing."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("the JavaScript SDK tests need Node.js 20 on PATH (.ci/run installs it)")
+    await sdk_or_fail()
     return node
 
 
@@ -89,7 +127,7 @@ class JsClient:
 async def js_client(url: str, **options: Any) -> AsyncIterator[JsClient]:
     """A Node.js process running the SDK against ``url``, connected."""
     process = await asyncio.create_subprocess_exec(
-        node_or_fail(),
+        await node_or_fail(),
         str(JS_DIR / "driver.mjs"),
         url,
         json.dumps(options),

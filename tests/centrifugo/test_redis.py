@@ -1,6 +1,7 @@
 """Centrifugo clients over the Redis backplane: two broker processes' worth of hubs on one Redis,
 a Centrifugo client on one and a ``/v1/ws`` client on the other see the same offsets and epochs;
-a stream lost in Redis is "insufficient state" (3010) for the Centrifugo client."""
+a stream lost in Redis is "insufficient state" (3010) for the Centrifugo client; server-side
+subscriptions across the two brokers."""
 
 from __future__ import annotations
 
@@ -10,8 +11,17 @@ import msgspec
 import pytest
 import redis.asyncio
 
-from broker.settings import BackplaneKind, BackplaneSettings, NamespaceSettings, Settings
+from broker.auth.tokens import issue_token
+from broker.settings import (
+    AuthMode,
+    AuthSettings,
+    BackplaneKind,
+    BackplaneSettings,
+    NamespaceSettings,
+    Settings,
+)
 from protocol import Publication, Publish, Published, Subscribe, Subscribed
+from tests.broker.auth.tokens import SECRET
 from tests.centrifugo.cfclient import open_centrifugo
 from tests.conftest import serve_broker
 from tests.redis_server import RedisServer
@@ -79,3 +89,41 @@ async def test_two_brokers_two_protocols_one_stream(redis_settings: tuple[Settin
             "reason": "insufficient state",
             "reconnect": True,
         }
+
+
+async def test_server_side_subscriptions_over_redis(redis_settings: tuple[Settings, str]) -> None:
+    """A token's ``subs`` on one broker, publications from the other: the connect reply has every
+    channel at the stream's position, then the publications follow in order; and a reconnect to
+    the other broker recovers from the position the SDK would send."""
+    settings, _ = redis_settings
+    settings = msgspec.structs.replace(
+        settings, auth=AuthSettings(mode=AuthMode.JWT, hmac_secrets=[SECRET])
+    )
+    channels = ["hot"] + [f"quiet{n}" for n in range(30)]
+    alice_token = issue_token(settings.auth, sub="alice", ttl=3600, subs=channels)
+    writer_token = issue_token(settings.auth, sub="w", ttl=3600, publish=["hot"])
+    async with (
+        serve_broker(settings) as one,
+        serve_broker(settings) as two,
+        open_centrifugo(two.url(PATH), connected=False) as writer,
+        open_centrifugo(one.url(PATH), connected=False) as alice,
+    ):
+        await writer.connect(token=writer_token)
+        for n in range(5):
+            await writer.call({"publish": {"channel": "hot", "data": n}})
+        subs = (await alice.connect(token=alice_token))["subs"]
+        assert set(subs) == set(channels)
+        assert subs["hot"]["offset"] == 5 and subs["hot"]["recoverable"] is True
+        for n in range(5, 10):
+            await writer.call({"publish": {"channel": "hot", "data": n}})
+        offsets: list[int] = []
+        while len(offsets) < 5:
+            push = await alice.until(lambda m: "pub" in m.get("push", {}))
+            offsets.append(push["push"]["pub"]["offset"])
+        assert offsets == [6, 7, 8, 9, 10]
+        async with open_centrifugo(two.url(PATH), connected=False) as again:
+            position = {"recover": True, "offset": 7, "epoch": subs["hot"]["epoch"]}
+            result = await again.connect(token=alice_token, subs={"hot": position})
+            hot = result["subs"]["hot"]
+            assert hot["recovered"] is True
+            assert [p["offset"] for p in hot["publications"]] == [8, 9, 10]

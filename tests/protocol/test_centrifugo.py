@@ -10,9 +10,22 @@ from hypothesis import strategies as st
 
 from protocol import messages as ours
 from protocol.centrifugo import messages as cf
-from protocol.centrifugo.codes import DISCONNECTS, ERROR_CODES, disconnect_for, error_code
+from protocol.centrifugo.codes import (
+    DISCONNECTS,
+    ERROR_CODES,
+    SUBSCRIPTION_EXPIRED,
+    disconnect_for,
+    error_code,
+)
 from protocol.centrifugo.framing import BadCommand, decode_commands, encode_reply
-from protocol.centrifugo.render import InsufficientState, RequestBook, SubscribeNote, render
+from protocol.centrifugo.render import (
+    INTERNAL_IDS,
+    ConnectAssembly,
+    InsufficientState,
+    RequestBook,
+    SubscribeNote,
+    render,
+)
 from protocol.errors import CloseCode, ErrorCode
 
 
@@ -166,3 +179,49 @@ def test_decoding_never_raises(frame: bytes) -> None:
 def test_any_json_is_a_command_or_a_bad_command(value: object) -> None:
     (command,) = decode_commands(msgspec.json.encode(value)) or [cf.Command()]
     assert isinstance(command, cf.Command | BadCommand)
+
+
+def test_server_side_subscribes_assemble_the_connect_reply() -> None:
+    base = INTERNAL_IDS
+    book = RequestBook(
+        subscribes={base: SubscribeNote(was_recovering=True, recoverable=True)},
+        connect=ConnectAssembly(
+            request_id=1, result=cf.ConnectResult(client="c"), waiting={base: "a", base + 1: "b"}
+        ),
+    )
+    # The first answer alone renders nothing: the reply waits for every server-side subscribe.
+    first = ours.Subscribed(id=base, channel="a", epoch="e", offset=3, recovered=True)
+    assert render(first, book) is None
+    refused = ours.Error(id=base + 1, code="limit_exceeded", message="too many")
+    reply = render(refused, book)
+    assert isinstance(reply, cf.Reply) and reply.id == 1 and reply.connect is not None
+    assert list(reply.connect.subs) == ["a"]
+    sub = reply.connect.subs["a"]
+    assert (sub.recovered, sub.was_recovering, sub.offset, sub.epoch) == (True, True, 3, "e")
+    assert book.connect is None and book.epochs == {"a": "e"}
+
+
+def test_ended_subscriptions_are_unsubscribe_pushes() -> None:
+    book = RequestBook(unsubscribes={INTERNAL_IDS: SUBSCRIPTION_EXPIRED})
+    expired = render(ours.Unsubscribed(id=INTERNAL_IDS, channel="p:x"), book)
+    assert isinstance(expired, cf.Reply)
+    assert encode_reply(expired) == (
+        b'{"push":{"channel":"p:x","unsubscribe":{"code":2501,"reason":"subscription expired"}}}'
+    )
+    by_operator = render(ours.Unsubscribed(id=0, channel="c"), book)
+    assert isinstance(by_operator, cf.Reply) and by_operator.push is not None
+    assert by_operator.push.unsubscribe == cf.Unsubscribe(code=2000, reason="server unsubscribe")
+    # An expiry that found the subscription gone already says nothing.
+    book.unsubscribes[INTERNAL_IDS + 1] = SUBSCRIPTION_EXPIRED
+    gone = ours.Error(id=INTERNAL_IDS + 1, code="not_subscribed", message="no")
+    assert render(gone, book) is None and book == RequestBook()
+
+
+def test_history_since_another_epoch_is_error_112() -> None:
+    book = RequestBook(history_epochs={1: "old", 2: "e"}, reverse_history={1})
+    other = render(ours.HistoryResult(id=1, channel="h", epoch="e", offset=4), book)
+    assert isinstance(other, cf.Reply) and other.error is not None
+    assert other.error.code == 112
+    same = render(ours.HistoryResult(id=2, channel="h", epoch="e", offset=4), book)
+    assert isinstance(same, cf.Reply) and same.history is not None
+    assert book == RequestBook()

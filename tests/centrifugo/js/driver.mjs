@@ -23,6 +23,33 @@ for (const name of ['connecting', 'connected', 'disconnected', 'error']) {
   }));
 }
 
+// Server-side subscriptions (the connection token's `subs`) are the client's own events.
+client.on('subscribed', (ctx) => out({
+  event: 'server_subscribed',
+  channel: ctx.channel,
+  recoverable: ctx.recoverable,
+  positioned: ctx.positioned,
+  wasRecovering: ctx.wasRecovering,
+  recovered: ctx.recovered,
+  streamPosition: ctx.streamPosition,
+}));
+client.on('publication', (ctx) => out({
+  event: 'server_publication', channel: ctx.channel, data: ctx.data, offset: ctx.offset,
+}));
+client.on('unsubscribed', (ctx) => out({ event: 'server_unsubscribed', channel: ctx.channel }));
+
+// A subscription's getToken: the given tokens in turn, then one that never comes (so the SDK
+// cannot refresh and the server must end the subscription). Each call is an event.
+function tokenSource(channel, tokens) {
+  return async () => {
+    out({ event: 'sub_get_token', channel, left: tokens.length });
+    if (tokens.length === 0) {
+      return new Promise(() => {});
+    }
+    return tokens.shift();
+  };
+}
+
 // A file whose appearance the next publication's handler waits for, busy (a stalled client:
 // Node reads nothing from the socket meanwhile), at most 30 s; or null.
 let blockNext = null;
@@ -64,7 +91,11 @@ async function run(command) {
       await client.ready(5000);
       return {};
     case 'subscribe': {
-      const sub = client.newSubscription(command.channel, command.options || {});
+      const subOptions = { ...(command.options || {}) };
+      if (command.tokens) {
+        subOptions.getToken = tokenSource(command.channel, command.tokens);
+      }
+      const sub = client.newSubscription(command.channel, subOptions);
       watch(sub);
       sub.subscribe();
       await sub.ready(5000);
