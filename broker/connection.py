@@ -158,7 +158,7 @@ class Connection:
         self._heartbeat_timer: asyncio.TimerHandle | None = None
         self._last_heard = 0.0
         encoding: Encoding | None = None if codec is None else codec.encoding
-        #: The delivery latency histogram of this connection's encoding (``_encode``).
+        #: The delivery latency histogram of this connection's encoding (``encode``).
         self._latency = hub.instruments.latency(
             PLAIN if encoding is None else encoding.name.lower()
         )
