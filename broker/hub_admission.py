@@ -263,10 +263,11 @@ class Admission:
         if subscriber.detached:
             return
         options = state.options
+        if options.presence:
+            # Before the join: whoever sees the join finds the member in presence.
+            self.backplane.presence_add(state.name, subscriber.info())
         if options.join_leave:
             join = Join(channel=state.name, client=subscriber.id, user=subscriber.user)
             self._broadcast_control(state, join)
             self.backplane.announce(state.name, join)
-        if options.presence:
-            self.backplane.presence_add(state.name, subscriber.info())
         state.add(subscriber)

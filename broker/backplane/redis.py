@@ -119,6 +119,12 @@ class RedisShard:
         self._connected = False
         self._failures = 0
         self._presence: dict[str, dict[str, ClientInfo]] = {}
+        #: Presence writes of this process not yet done, per channel, and who waits for them
+        #: (``_presence_settled``): a presence read, or a join/leave announcement, of the same
+        #: channel goes after them, so that whoever saw ``subscribed`` or a ``join`` finds the
+        #: member in presence.
+        self._presence_pending: dict[str, int] = {}
+        self._presence_waiters: dict[str, anyio.Event] = {}
         self._deliver: Deliver | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
         #: Set on the shard that carries the broker's bus (the first): handles its messages.
@@ -455,7 +461,7 @@ class RedisShard:
 
     def presence_add(self, channel: str, member: ClientInfo) -> None:
         self._presence.setdefault(channel, {})[member.client] = member
-        self._spawn(self._presence_write, channel, [member], [])
+        self._presence_change(channel, [member], [])
 
     def presence_remove(self, channel: str, member: ClientInfo) -> None:
         members = self._presence.get(channel)
@@ -463,7 +469,39 @@ class RedisShard:
             members.pop(member.client, None)
             if not members:
                 del self._presence[channel]
-        self._spawn(self._presence_write, channel, [], [member])
+        self._presence_change(channel, [], [member])
+
+    def _presence_change(
+        self, channel: str, added: list[ClientInfo], removed: list[ClientInfo]
+    ) -> None:
+        if self._tasks is None:
+            return
+        self._presence_pending[channel] = self._presence_pending.get(channel, 0) + 1
+        self._tasks.start_soon(self._presence_write_pending, channel, added, removed)
+
+    async def _presence_write_pending(
+        self, channel: str, added: list[ClientInfo], removed: list[ClientInfo]
+    ) -> None:
+        try:
+            await self._presence_write(channel, added, removed)
+        finally:
+            left = self._presence_pending[channel] - 1
+            if left:
+                self._presence_pending[channel] = left
+            else:
+                del self._presence_pending[channel]
+                waiter = self._presence_waiters.pop(channel, None)
+                if waiter is not None:
+                    waiter.set()
+
+    async def _presence_settled(self, channel: str) -> None:
+        """Wait until this process's presence writes of ``channel`` are done (or failed), for at
+        most ``backplane.timeout``."""
+        if channel not in self._presence_pending:
+            return
+        waiter = self._presence_waiters.setdefault(channel, anyio.Event())
+        with anyio.move_on_after(self.settings.timeout):
+            await waiter.wait()
 
     async def _presence_write(
         self, channel: str, added: list[ClientInfo], removed: list[ClientInfo]
@@ -493,6 +531,7 @@ class RedisShard:
 
     async def presence(self, channel: str) -> list[ClientInfo]:
         key = self.keys.presence(channel)
+        await self._presence_settled(channel)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zremrangebyscore(key, "-inf", time.time() * 1000)
@@ -504,7 +543,12 @@ class RedisShard:
 
     def announce(self, channel: str, message: Join | Leave) -> None:
         body = b"a|" + self.process.encode() + b"|" + _member_encoder.encode(message)
-        self._spawn(self._publish_raw, self.keys.live(channel), body)
+        self._spawn(self._announce, channel, body)
+
+    async def _announce(self, channel: str, body: bytes) -> None:
+        # After the presence write it tells of: a join seen elsewhere is in presence there.
+        await self._presence_settled(channel)
+        await self._publish_raw(self.keys.live(channel), body)
 
     async def _publish_raw(self, key: str, body: bytes) -> None:
         try:
