@@ -27,25 +27,11 @@ import anyio
 from anyio.abc import TaskStatus
 
 from broker.logs import get_logger
-from broker.monitor.histogram import Histogram
+from broker.monitor.histogram import LATENCY_BUCKETS, Histogram
 
 log = get_logger("broker.loopwatch")
 
-LAG_BUCKETS: tuple[float, ...] = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+LAG_BUCKETS: tuple[float, ...] = LATENCY_BUCKETS[1:]  # from a millisecond to ten seconds
 #: Frames of the loop thread's stack reported, innermost last.
 STACK_DEPTH = 6
 
