@@ -41,18 +41,7 @@ class SentinelServer(RedisServer):
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                try:
-                    _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                except OSError:
-                    if self.process.returncode is not None:
-                        raise RuntimeError("redis-server --sentinel exited at start") from None
-                    await asyncio.sleep(0.02)
-                    continue
-                writer.close()
-                await writer.wait_closed()
-                return
+        await self._wait_listening("redis-server --sentinel")
 
     async def close(self) -> None:
         await super().close()

@@ -50,14 +50,19 @@ class RedisServer:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
+        await self._wait_listening("redis-server")
+
+    async def _wait_listening(self, what: str) -> None:
+        """Until the process accepts connections on its port; raises if it exits first."""
+        assert self.process is not None
         async with asyncio.timeout(TIMEOUT):
             while True:
                 try:
                     _, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 except OSError:
                     if self.process.returncode is not None:
-                        raise RuntimeError("redis-server exited at start") from None
-                    await asyncio.sleep(0.02)
+                        raise RuntimeError(f"{what} exited at start") from None
+                    await asyncio.sleep(0.02)  # nothing to await: the port opens when it does
                     continue
                 writer.close()
                 await writer.wait_closed()

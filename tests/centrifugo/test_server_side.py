@@ -151,7 +151,7 @@ async def test_sub_refresh_extends_the_subscription() -> None:
         wrong = await alice.call({"sub_refresh": {"channel": "private:room", "token": other}})
         assert wrong["error"]["code"] == 103
         # Past the first token's life the subscription is still there: nothing was pushed.
-        await asyncio.sleep(3)
+        await asyncio.sleep(3)  # the expiry under test is wall-clock time: nothing to await
         connection = next(iter(running.broker.connections.values()))
         assert "private:room" in connection.subscriber.channels
         assert (await alice.call({"ping": {}}))["ping"] == {}

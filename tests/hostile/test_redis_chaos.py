@@ -65,7 +65,7 @@ async def test_redis_frozen_past_the_timeout_is_reported_and_nothing_acknowledge
                 await asyncio.sleep(0.01)
 
         async def freeze() -> None:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # let the stream run a while before the freeze
             process.send_signal(signal.SIGSTOP)
             frozen.set()
             try:
@@ -73,7 +73,7 @@ async def test_redis_frozen_past_the_timeout_is_reported_and_nothing_acknowledge
                 await wait_readyz(subscribing, 503)
                 await wait_readyz(publishing, 503)
                 readiness.append(await readyz(subscribing))
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(1.0)  # stay frozen past the timeout: the duration is the test
             finally:
                 process.send_signal(signal.SIGCONT)
             await wait_readyz(subscribing, 200)
