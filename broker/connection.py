@@ -159,8 +159,10 @@ class Connection:
         self._last_heard = 0.0
         encoding: Encoding | None = None if codec is None else codec.encoding
         #: The delivery latency histogram of this connection's encoding (``encode``).
-        self._latency = hub.instruments.latency(
-            PLAIN if encoding is None else encoding.name.lower()
+        self._latency = (
+            hub.instruments.latency(PLAIN if encoding is None else encoding.name.lower())
+            if settings.monitor.delivery_latency
+            else None
         )
         self.subscriber = Subscriber(id=self.id, encoding=encoding, outbox=self.outbox)
         self.stats = ConnectionStatistics()
@@ -527,11 +529,13 @@ class Connection:
         """
         stats = self.stats
         stats.messages_out += len(frames)
-        for frame in frames:
-            if frame.accepted:
-                # Delivery latency: the oldest publication in this write (metrics).
-                self._latency.observe(time.monotonic() - frame.accepted)
-                break
+        latency = self._latency
+        if latency is not None:
+            for frame in frames:
+                if frame.accepted:
+                    # Delivery latency: the oldest publication in this write (metrics).
+                    latency.observe(time.monotonic() - frame.accepted)
+                    break
         codec = self.codec
         if codec is None:
             runs: list[tuple[list[Frame], bool]] = []

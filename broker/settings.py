@@ -254,6 +254,10 @@ class MonitorSettings(_Section, frozen=True):
     #: Seconds of event-loop lag above which ``loop.blocked`` is logged (at most one warning per
     #: 10 s; every such stall is counted in ``broker_event_loop_stalls_total``).
     loop_lag_warning: Seconds = 0.25
+    #: Measure each write's delivery latency (``broker_delivery_latency_seconds``). Off, the
+    #: histogram is not exported and each write of publications saves a clock read and a bucket
+    #: search (about 0.3 µs); the benchmark that compares the two is in docs/performance.md.
+    delivery_latency: bool = True
 
 
 class ClaimNames(_Section, frozen=True):

@@ -15,6 +15,7 @@ from broker.settings import (
     BackplaneKind,
     BackplaneSettings,
     LimitSettings,
+    MonitorSettings,
     OverflowPolicy,
     QueueSettings,
     Settings,
@@ -95,6 +96,22 @@ async def test_publications_move_the_delivery_latency_of_each_encoding_and_http_
     assert after.value("broker_http_request_duration_seconds_count", route="/v1/publish") == 5
     assert after.value("broker_http_request_duration_seconds_count", route="/metrics") >= 1
     assert after.value("broker_publications_total") == 5
+
+
+async def test_the_delivery_latency_histogram_can_be_turned_off() -> None:
+    settings = Settings(monitor=MonitorSettings(delivery_latency=False))
+    async with serve_broker(settings) as running, open_client(running.url()) as client:
+        await client.send(Subscribe(id=1, channel="news"))
+        await client.expect(Subscribed)
+        for i in range(3):
+            await http_publish(running, "news", {"n": i})
+        for _ in range(3):
+            await client.expect(Publication)
+        after = await scrape(running.http(""))
+    assert after.value("broker_publications_total") == 3
+    assert after.label_values("broker_delivery_latency_seconds_count", "encoding") == set()
+    # The other histograms stay.
+    assert after.value("broker_http_request_duration_seconds_count", route="/v1/publish") == 3
 
 
 async def test_a_connection_reset_counts_as_1006_and_a_close_frame_without_code_as_1005(
