@@ -35,6 +35,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -163,6 +165,21 @@ def measure(
         server.stop()
 
 
+def write_json(costs: Sequence[Cost], args: argparse.Namespace) -> Path:
+    """Every step's record, with the arguments, to ``scaleout-cost-<stamp>.json``."""
+    args.results.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    path: Path = args.results / f"scaleout-cost-{now:%Y%m%dT%H%M%SZ}.json"
+    document = {
+        "created": now.isoformat(),
+        "args": {key: str(value) for key, value in vars(args).items()},
+        "load_average": list(psutil.getloadavg()),
+        "costs": [dataclasses.asdict(cost) for cost in costs],
+    }
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    return path
+
+
 def say(line: str = "") -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -256,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say()
     for line in report(costs, setups, args.workers, args.subscribers):
         say(line)
-    say(f"\nload average at the end: {_load()} ({time.monotonic() - began:.0f} s)")
+    path = write_json(costs, args)
+    say(f"\nload average at the end: {_load()}; JSON: {path} ({time.monotonic() - began:.0f} s)")
     return 0 if all(cost.step is not None for cost in costs) else 1
 
 
