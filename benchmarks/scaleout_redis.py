@@ -5,7 +5,8 @@ snapshots, no AOF, a temporary ``--dir``), as ``tests/redis_server.py`` does for
 machine's shared Redis on 6379 is never touched. It measures its own CPU time (psutil on the
 ``redis-server`` pid), counts the broker processes whose backplane link is up (each one's health
 loop keeps a pub/sub subscription to ``<prefix>:health:<process>``), and flushes the keys
-between two brokers.
+between two brokers. ``RedisTarget`` is what the benchmarks need of a Redis deployment, one
+server or a cluster (``benchmarks.redis_cluster``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import cast
+from typing import Protocol, cast
 
 import psutil
 import redis
@@ -30,10 +31,39 @@ class RedisStartError(RuntimeError):
     """redis-server is missing, exited, or never answered."""
 
 
-class RedisProcess:
-    """One ``redis-server`` on 127.0.0.1, owned by the benchmark; use as a context manager."""
+class RedisTarget(Protocol):
+    """A Redis deployment the broker runs on, as the benchmarks see it."""
 
-    def __init__(self, log_path: Path, *, start_timeout: float = 10.0) -> None:
+    #: Redis Cluster (``redis_cluster = true`` for the broker), or one server.
+    cluster: bool
+
+    @property
+    def url(self) -> str: ...
+
+    def masters(self) -> list[RedisProcess]:
+        """The processes that run the publish scripts: the server, or each cluster master."""
+        ...
+
+    def cpu_seconds(self) -> float: ...
+
+    def version(self) -> str: ...
+
+    def health_links(self, prefix: str = "broker") -> int: ...
+
+    def live_subscribers(self, channel: str, prefix: str = "broker") -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class RedisProcess:
+    """One ``redis-server`` on 127.0.0.1, owned by the benchmark; use as a context manager.
+    ``args``: more redis-server options (``--cluster-enabled yes``, ...)."""
+
+    cluster = False
+
+    def __init__(
+        self, log_path: Path, *, start_timeout: float = 10.0, args: tuple[str, ...] = ()
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RedisStartError("redis-server is not installed: apt-get install redis-server")
@@ -45,6 +75,7 @@ class RedisProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._psutil: psutil.Process | None = None
         self._client: redis.Redis | None = None
+        self.args = args
 
     @property
     def url(self) -> str:
@@ -81,6 +112,7 @@ class RedisProcess:
             "warning",
             "--logfile",
             str(self.log_path),
+            *self.args,
         ]
         self._process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -126,6 +158,9 @@ class RedisProcess:
         self.stop()
 
     # --- measurements ---------------------------------------------------------------------------
+
+    def masters(self) -> list[RedisProcess]:
+        return [self]
 
     def cpu_seconds(self) -> float:
         """User + system CPU time redis-server has used so far (all its threads)."""

@@ -2,39 +2,24 @@
 
 Six ``redis-server --cluster-enabled yes`` processes joined with ``redis-cli --cluster create``
 (the Debian redis-tools ``redis-cli``); a short ``cluster-node-timeout`` so that a killed master
-is replaced by its replica within a few seconds."""
+is replaced by its replica within a few seconds. The node options, the ``create`` command and the
+reading of ``CLUSTER NODES`` are ``benchmarks.redis_cluster``'s (the benchmarks start the same
+cluster, without replicas); the nodes here are the tests' ``RedisServer``, which a test may kill."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 
 import redis.asyncio as aioredis
 
+from benchmarks.redis_cluster import cluster_ok, create_argv, node_args, parse_masters
 from tests.conftest import TIMEOUT
 from tests.redis_server import RedisServer, _free_port
-
-NODE_TIMEOUT_MS = 1000
 
 
 class RedisClusterServers:
     def __init__(self, masters: int = 3) -> None:
-        self.nodes = [
-            RedisServer(
-                args=(
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-node-timeout",
-                    str(NODE_TIMEOUT_MS),
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    # The default bus port, port + 10000, may be out of range or taken.
-                    "--cluster-port",
-                    str(_free_port()),
-                )
-            )
-            for _ in range(masters * 2)
-        ]
+        self.nodes = [RedisServer(args=node_args(_free_port())) for _ in range(masters * 2)]
 
     @property
     def url(self) -> str:
@@ -44,17 +29,8 @@ class RedisClusterServers:
         try:
             for node in self.nodes:
                 await node.start()
-            cli = shutil.which("redis-cli")
-            if cli is None:
-                raise RuntimeError("redis-cli is not installed: apt-get install redis-tools")
             create = await asyncio.create_subprocess_exec(
-                cli,
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{node.port}" for node in self.nodes),
-                "--cluster-replicas",
-                "1",
-                "--cluster-yes",
+                *create_argv([node.port for node in self.nodes], replicas=1),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
             )
@@ -87,7 +63,7 @@ class RedisClusterServers:
                 masters = await self.masters(client)
             finally:
                 await client.aclose()
-            if "cluster_state:ok" not in info or len(masters) != len(self.nodes) // 2:
+            if not cluster_ok(info, masters, len(self.nodes) // 2):
                 return False
         return True
 
@@ -95,21 +71,7 @@ class RedisClusterServers:
     async def masters(client: aioredis.Redis) -> dict[int, list[tuple[int, int]]]:
         """Port of each live master, with its slot ranges."""
         raw = (await client.execute_command("CLUSTER", "NODES")).decode()  # type: ignore[no-untyped-call]
-        masters: dict[int, list[tuple[int, int]]] = {}
-        for line in raw.splitlines():
-            fields = line.split()
-            if "master" not in fields[2] or "fail" in fields[2]:
-                continue
-            port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
-            ranges = []
-            for part in fields[8:]:
-                if part.startswith("["):
-                    continue
-                first, _, last = part.partition("-")
-                ranges.append((int(first), int(last or first)))
-            if ranges:
-                masters[port] = ranges
-        return masters
+        return parse_masters(raw)
 
     async def owner(self, slot: int) -> RedisServer:
         """The node that is master of ``slot`` now."""
