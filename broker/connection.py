@@ -519,6 +519,16 @@ class Connection:
             frames = gaps + frames
         return frames
 
+    def observe_latency(self, frames: list[Frame]) -> None:
+        """Delivery latency (metrics, unless ``monitor.delivery_latency`` is off): the age of the
+        oldest publication in this write."""
+        latency = self._latency
+        if latency is not None:
+            for frame in frames:
+                if frame.accepted:
+                    latency.observe(time.monotonic() - frame.accepted)
+                    break
+
     def encode(self, frames: list[Frame]) -> list[tuple[list[Frame], bool]]:
         """WebSocket messages for ``frames``, as runs of one kind (text or binary).
 
@@ -529,13 +539,7 @@ class Connection:
         """
         stats = self.stats
         stats.messages_out += len(frames)
-        latency = self._latency
-        if latency is not None:
-            for frame in frames:
-                if frame.accepted:
-                    # Delivery latency: the oldest publication in this write (metrics).
-                    latency.observe(time.monotonic() - frame.accepted)
-                    break
+        self.observe_latency(frames)
         codec = self.codec
         if codec is None:
             runs: list[tuple[list[Frame], bool]] = []

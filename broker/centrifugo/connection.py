@@ -25,7 +25,6 @@ a server-side channel from the connect reply before any of its publications. At 
 
 from __future__ import annotations
 
-import time
 from typing import Final
 
 from starlette.websockets import WebSocket
@@ -170,11 +169,7 @@ class CentrifugoConnection(Connection):
     def encode(self, frames: list[Frame]) -> list[tuple[list[Frame], bool]]:
         """Text frames of newline-separated Centrifugo messages, within ``queue.max_batch`` and
         about ``queue.max_batch_bytes`` each (a lone message keeps its shared ``Frame``)."""
-        for frame in frames:
-            if frame.accepted:
-                # Delivery latency: the oldest publication in this write (metrics).
-                self._latency.observe(time.monotonic() - frame.accepted)
-                break
+        self.observe_latency(frames)
         frames = self.render(frames)
         stats = self.stats
         stats.messages_out += len(frames)
