@@ -311,17 +311,26 @@ export class Client extends Emitter {
           return;
         }
         clearTimeout(timer);
-        ws.onmessage = ws.onclose = null;
-        resolve({
+        const link = {
           ws,
           welcome: first,
           number,
           backlog: messages.slice(1),
+          // Frames (and a close) that come before `_serve` takes the connection over: `ws`
+          // may deliver the next frame in the same turn as `welcome`, before this promise's
+          // continuation runs.
+          early: [],
+          closedEarly: null,
           ready: false,
           notice: null,
           broken: false,
           timers: [],
-        });
+        };
+        ws.onmessage = (event) => link.early.push(event.data);
+        ws.onclose = (event) => {
+          link.closedEarly = { code: event.code, reason: event.reason };
+        };
+        resolve(link);
       };
     });
     this._links = number;
@@ -335,6 +344,13 @@ export class Client extends Emitter {
     ws.onmessage = (event) => this._onFrame(link, event.data);
     ws.onclose = (event) => this._onClose(link, event.code, event.reason);
     for (const message of link.backlog) this._dispatch(link, message);
+    for (const data of link.early.splice(0)) {
+      if (link === this._link) this._onFrame(link, data);
+    }
+    if (link.closedEarly) {
+      this._onClose(link, link.closedEarly.code, link.closedEarly.reason);
+      return;
+    }
     const heartbeat = link.welcome.heartbeat * 1000;
     link.timers.push(
       setInterval(() => {
@@ -346,6 +362,11 @@ export class Client extends Emitter {
       }, heartbeat / 2),
     );
     this._scheduleRefresh(link, link.welcome.expires_at);
+    // The server subscribes these itself (`subscribed` with id 0): not to be sent.
+    for (const channel of link.welcome.subs ?? []) {
+      const sub = this._subs.get(channel);
+      if (sub) sub.sentOn = link.number;
+    }
     // Resubscribe: everything is sent before any user request, so replies come in that order.
     for (const sub of this._subs.values()) this._sendSubscribe(sub, link);
     if (link !== this._link) return; // the sends found the connection gone
@@ -521,6 +542,12 @@ export class Client extends Emitter {
         return;
       case "welcome":
         return;
+      case "subscribed":
+        if (message.id === 0) {
+          this._serverSubscribed(link, message);
+          return;
+        }
+        break;
       case "unsubscribed":
         if (message.id === 0) {
           // An operator unsubscribed this connection's user: id 0 answers no request of ours.
@@ -533,18 +560,48 @@ export class Client extends Emitter {
           return;
         }
       // falls through: the reply to our own unsubscribe
-      default: {
+      default:
         if (message.type === "error" && (message.id === null || message.id === undefined)) {
           this.emit("error", new RequestError(message.code, message.message));
           return;
         }
-        const pending = this._pending.get(message.id);
-        if (pending) {
-          this._pending.delete(message.id);
-          pending.resolve(message);
-        }
-      }
     }
+    // A reply to a request of ours.
+    const pending = this._pending.get(message.id);
+    if (pending) {
+      this._pending.delete(message.id);
+      pending.resolve(message);
+    }
+  }
+
+  /** `subscribed` with id 0: the server subscribed this connection itself (server-side). */
+  _serverSubscribed(link, reply) {
+    let sub = this._subs.get(reply.channel);
+    const created = !sub;
+    if (!sub) {
+      sub = new Subscription(this, reply.channel, {
+        since: null,
+        queueSize: this.queueSize,
+        joinsAndLeaves: false,
+        callbacks: true, // until iterated (Subscription[Symbol.asyncIterator])
+        decode: decodePublication,
+        serverSide: true,
+      });
+      sub.confirmed = true;
+      this._subs.set(reply.channel, sub);
+    }
+    // The server holds it on this connection: not to be sent again on it.
+    sub.sentOn = link.number;
+    if (created) {
+      // Before anything is delivered: a listener attaches `message` or starts iterating.
+      this.emit("subscribed", {
+        channel: reply.channel,
+        subscription: sub,
+        offset: reply.offset,
+        epoch: reply.epoch,
+      });
+    }
+    if (sub.serverSubscribed(reply)) this._startCatchUp(sub);
   }
 
   _emitResync(marker) {
@@ -699,6 +756,8 @@ export class Client extends Emitter {
   _onSubscribed(sub, since, reply) {
     if (this._subs.get(sub.channel) !== sub) return;
     if (reply.type === "error") {
+      // The server made it again itself: its `subscribed` with id 0 applies.
+      if (sub.serverSide && reply.code === "already_subscribed") return;
       this._subs.delete(sub.channel);
       const error = new RequestError(reply.code, reply.message);
       if (sub.confirmed) sub.close(error);
