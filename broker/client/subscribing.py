@@ -267,6 +267,11 @@ class Subscribing:
             )
             self._subs[reply.channel] = sub
             sub.confirmed.set()
+        elif not sub.confirmed.is_set():
+            # ``subscribe`` raced the server's own: the server's holds it, and ours will be
+            # refused as ``already_subscribed``.
+            sub.server_side = True
+            sub.confirmed.set()
         # The server holds it on this connection: not to be sent again on it.
         sub.sent_on = link.number
         if sub.server_subscribed(reply):

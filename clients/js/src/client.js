@@ -589,6 +589,12 @@ export class Client extends Emitter {
       });
       sub.confirmed = true;
       this._subs.set(reply.channel, sub);
+    } else if (!sub.confirmed) {
+      // subscribe() raced the server's own: the server's holds it, and ours will be refused
+      // as already_subscribed.
+      sub.serverSide = true;
+      sub.confirmed = true;
+      sub._confirm();
     }
     // The server holds it on this connection: not to be sent again on it.
     sub.sentOn = link.number;
