@@ -287,3 +287,14 @@ export class Subscription extends Emitter {
     for (const resolve of waiters) resolve();
   }
 }
+
+/** A `message` as the client delivers it. */
+export function decodePublication(publication) {
+  return {
+    channel: publication.channel,
+    offset: publication.offset,
+    epoch: publication.epoch,
+    data: publication.data,
+    publisher: publication.from ?? null,
+  };
+}
