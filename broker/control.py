@@ -10,6 +10,11 @@ Carried out here:
 
 * ``DisconnectClient`` / ``DisconnectUser``: the connection(s) close with 4010
   (``disconnect`` first on ``/v1/ws``);
+* ``SubscribeUser``: each connection of the user (or the one named) that is not subscribed to
+  the channel, and has room for one more subscription, is subscribed to it, as the server-side
+  subscriptions of a token's ``subs`` are: a hub ``subscribe`` with ``id`` 0, which no request
+  of the client's asked for (``/v1/ws`` clients get ``subscribed`` with ``id`` 0, Centrifugo
+  clients a ``subscribe`` push). Its count is the connections the subscribe was made for;
 * ``UnsubscribeUser``: the hub unsubscribes the user's connections from the channel; each gets
   ``unsubscribed`` with ``id`` 0 (no request of its own asked for it);
 * ``ListChannels``: this process's channels with subscribers and their counts.
@@ -31,12 +36,13 @@ from broker.backplane.control import (
     DisconnectClient,
     DisconnectUser,
     ListChannels,
+    SubscribeUser,
     UnsubscribeUser,
 )
-from broker.commands import ChannelsQuery, UnsubscribeUserCommand
+from broker.commands import ChannelsQuery, SubscribeCommand, UnsubscribeUserCommand
 from broker.logs import get_logger
 from broker.subscriber import Reply
-from protocol import CloseCode
+from protocol import CloseCode, Subscribe
 
 if TYPE_CHECKING:
     from broker.runtime import Broker
@@ -114,6 +120,8 @@ class BrokerControl:
                     if connection.subscriber.user == user:
                         connection.request_close(CloseCode.DISCONNECTED_BY_OPERATOR)
                         count += 1
+            case SubscribeUser():
+                count = await self._subscribe_user(command)
             case UnsubscribeUser(user=user, channel=channel):
                 unsubscribed: Reply[int] = Reply()
                 await broker.hub.submit(UnsubscribeUserCommand(user, channel, unsubscribed))
@@ -131,3 +139,34 @@ class BrokerControl:
             count=count,
             channels=channels,
         )
+
+    async def _subscribe_user(self, command: SubscribeUser) -> int:
+        """Subscribe this process's connections of ``command.user`` to its channel; how many.
+
+        A connection already subscribed (or subscribing) to the channel, at its subscription
+        limit, closing, or of a plain endpoint is left as it is. The hub still checks both
+        conditions when it takes the subscribe (the client may subscribe meanwhile): its
+        refusal goes to the client as an ``error`` with ``id`` 0, which the clients ignore."""
+        broker = self.broker
+        limit = broker.settings.limits.max_subscriptions
+        if command.client is not None:
+            connection = broker.connections.get(command.client)
+            candidates = [] if connection is None else [connection]
+        else:
+            candidates = list(broker.connections.values())
+        count = 0
+        for connection in candidates:
+            subscriber = connection.subscriber
+            if (
+                subscriber.user != command.user
+                or subscriber.encoding is None
+                or subscriber.detached
+                or connection.close_request is not None
+                or command.channel in subscriber.channels
+                or len(subscriber.channels) >= limit
+            ):
+                continue
+            request = Subscribe(id=0, channel=command.channel, since=command.since)
+            await broker.hub.submit(SubscribeCommand(subscriber, request))
+            count += 1
+        return count

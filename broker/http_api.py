@@ -5,8 +5,9 @@ Every route but ``/healthz`` and ``/readyz`` needs an API key once one is config
 ``application/json`` only (415 otherwise). There is no CORS: browsers of other origins cannot
 call it. ``/openapi.json`` describes every route with its error answers; ``/docs`` shows it.
 
-Acting on clients (disconnect a client or a user, unsubscribe a user) acts on this process's
-connections.
+Acting on clients (disconnect a client or a user, subscribe or unsubscribe a user) acts on the
+connections of every process, over the control path (broker/control.py), and answers how many
+it affected broker-wide.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from starlette.requests import ClientDisconnect
 
 from broker import http_models as models
 from broker.backplane import BackplaneUnavailable
-from broker.backplane.control import DisconnectClient, DisconnectUser, UnsubscribeUser
+from broker.backplane.control import (
+    DisconnectClient,
+    DisconnectUser,
+    SubscribeUser,
+    UnsubscribeUser,
+)
 from broker.client_faults import client_faults
 from broker.conversion import UnconvertibleData, convert_for_subscribers
 from broker.dependencies import BrokerDep
@@ -30,6 +36,7 @@ from protocol import (
     JSON,
     Channel,
     IdempotencyKey,
+    StreamPosition,
     explain_channel_errors,
     is_valid_channel,
     namespace_of,
@@ -52,6 +59,14 @@ class BroadcastBody(msgspec.Struct, frozen=True):
 
 class UnsubscribeBody(msgspec.Struct, frozen=True):
     channel: Channel
+
+
+class SubscribeBody(msgspec.Struct, frozen=True):
+    channel: Channel
+    #: Only this connection of the user.
+    client: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    #: Subscribe from this position (Centrifugo's ``recover_since``).
+    since: StreamPosition | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -264,6 +279,27 @@ async def disconnect_user(user: str, broker: BrokerDep) -> Response:
     except BackplaneUnavailable:
         return _json(_UNAVAILABLE, 503)
     return _json({"user": user, "disconnected": count})
+
+
+@router.post(
+    "/v1/users/{user}/subscribe",
+    response_model=models.UserSubscribed,
+    responses=models.errors(400, 401, 403, 413, 415, 503),
+    openapi_extra=_body_schema(models.SubscribeRequest),
+    dependencies=[FullKey, JsonBody],
+)
+async def subscribe_user(user: str, request: Request, broker: BrokerDep) -> Response:
+    """Subscribe every connection of ``user`` (or only ``client``) to ``channel``, on every
+    process, as a server-side subscription: ``subscribed`` with id 0 on ``/v1/ws``, a
+    ``subscribe`` push on Centrifugo's protocol. Connections already subscribed to it are left
+    as they are; the answer counts those subscribed."""
+    body = await _decode(request, 4096, SubscribeBody)
+    command = SubscribeUser(user, body.channel, body.client, body.since)
+    try:
+        count = await broker.control.count(command)
+    except BackplaneUnavailable:
+        return _json(_UNAVAILABLE, 503)
+    return _json({"user": user, "channel": body.channel, "subscribed": count})
 
 
 @router.post(

@@ -32,6 +32,23 @@ class UnsubscribeRequest(BaseModel):
     channel: str = _CHANNEL
 
 
+class Position(BaseModel):
+    offset: int = Field(ge=0, le=2**63 - 1)
+    epoch: str
+
+
+class SubscribeRequest(BaseModel):
+    channel: str = _CHANNEL
+    client: str | None = Field(
+        default=None, description="Only this connection of the user (a client id)."
+    )
+    since: Position | None = Field(
+        default=None,
+        description="Subscribe from this position: the publications after it come with the "
+        "subscription while the channel still retains them (Centrifugo's recover_since).",
+    )
+
+
 class Published(BaseModel):
     channel: str
     offset: int
@@ -95,10 +112,16 @@ class UserDisconnected(BaseModel):
     disconnected: int = Field(description="Connections closed on this process.")
 
 
+class UserSubscribed(BaseModel):
+    user: str
+    channel: str
+    subscribed: int = Field(description="Connections subscribed, on every process.")
+
+
 class UserUnsubscribed(BaseModel):
     user: str
     channel: str
-    unsubscribed: int = Field(description="Connections unsubscribed on this process.")
+    unsubscribed: int = Field(description="Connections unsubscribed, on every process.")
 
 
 class Health(BaseModel):

@@ -106,20 +106,21 @@ class V1Reader:
         websocket_settings = connection.settings.websocket
         identity = self.auth.identity
         assert identity is not None
+        subs = list(dict.fromkeys(c for c in identity.subs if is_valid_channel(c)))
         welcome = Welcome(
             client=connection.id,
             heartbeat=websocket_settings.heartbeat,
             max_message_bytes=websocket_settings.max_message_bytes,
             user=identity.user,
             expires_at=identity.expires_at,
+            subs=subs,
         )
         connection.send_frame(self.codec.encode(welcome))
-        for channel in identity.subs:
-            if is_valid_channel(channel):
-                # Answered with ``subscribed`` id 0 (docs/protocol.md, "Authentication").
-                await self.hub.submit(
-                    SubscribeCommand(connection.subscriber, Subscribe(id=0, channel=channel))
-                )
+        for channel in subs:
+            # Answered with ``subscribed`` id 0 (docs/protocol.md, "Authentication").
+            await self.hub.submit(
+                SubscribeCommand(connection.subscriber, Subscribe(id=0, channel=channel))
+            )
 
     async def run(self) -> None:
         connection = self.connection

@@ -36,7 +36,17 @@ CLIENT_DIR: Final = (
 MSGPACK_DIR: Final = _HERE / "vendor" / "msgpack"
 #: The modules of the client a page may load (msgpack.js is the Node.js variant: not served).
 MODULES: Final = frozenset(
-    {"client.js", "backoff.js", "codec.js", "emitter.js", "errors.js", "subscription.js"}
+    {
+        "client.js",
+        "backoff.js",
+        "codec.js",
+        "emitter.js",
+        "errors.js",
+        "link.js",
+        "requests.js",
+        "subscribing.js",
+        "subscription.js",
+    }
 )
 DECLARATIONS: Final = frozenset({"client.d.ts", "protocol.d.ts"})
 #: What the page's ``import("./msgpack.js")`` gets.

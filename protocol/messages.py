@@ -120,6 +120,9 @@ class Welcome(Message, tag="welcome", frozen=True):
     user: str | None = None
     #: When the connection's token expires (unix seconds); None when it does not.
     expires_at: float | None = None
+    #: The channels the server subscribes this connection to right after ``welcome`` (its
+    #: token's ``subs``); each is announced with ``subscribed`` with ``id`` 0.
+    subs: list[str] = msgspec.field(default_factory=list)
 
 
 class Publication(Message, tag="message", frozen=True):

@@ -1,12 +1,13 @@
 """Commands every process of the broker carries out: the cross-process control path.
 
 Some requests are about the whole broker, not the process that takes them: disconnect a client
-(wherever it is connected), every connection of a user, unsubscribe a user from a channel, list
-the channels with subscribers. ``Backplane.control(command)`` sends a ``ControlRequest`` to every
-process (this one included) and gathers their ``ControlAnswer``s: in memory that is this process
-alone; on Redis the request goes over the broker's bus, a pub/sub channel every process listens
-to (``P:bus``), and the number of processes that received it (``PUBLISH``'s answer) is the
-number of answers awaited, within ``backplane.timeout``.
+(wherever it is connected), every connection of a user, subscribe a user to a channel or
+unsubscribe it from one, list the channels with subscribers. ``Backplane.control(command)``
+sends a ``ControlRequest`` to every process (this one included) and gathers their
+``ControlAnswer``s: in memory that is this process alone; on Redis the request goes over the
+broker's bus, a pub/sub channel every process listens to (``P:bus``), and the number of
+processes that received it (``PUBLISH``'s answer) is the number of answers awaited, within
+``backplane.timeout``.
 
 Each process carries a request out locally (``broker.control_handler``) and answers with how many
 of its connections it affected, or its channel listing. The types are msgspec Structs, sent as
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import anyio
 import msgspec
+
+from protocol import StreamPosition
 
 
 class DisconnectClient(msgspec.Struct, tag="disconnect_client", frozen=True):
@@ -38,11 +41,22 @@ class UnsubscribeUser(msgspec.Struct, tag="unsubscribe_user", frozen=True):
     channel: str
 
 
+class SubscribeUser(msgspec.Struct, tag="subscribe_user", frozen=True):
+    """Subscribe every connection of this user id to ``channel`` (a server-side subscription),
+    on every process; only the connection ``client`` when it is given. With ``since``, from that
+    position (the publications after it come with the subscription, when still retained)."""
+
+    user: str
+    channel: str
+    client: str | None = None
+    since: StreamPosition | None = None
+
+
 class ListChannels(msgspec.Struct, tag="list_channels", frozen=True):
     """Each process's channels with subscribers, and how many it has."""
 
 
-Control = DisconnectClient | DisconnectUser | UnsubscribeUser | ListChannels
+Control = DisconnectClient | DisconnectUser | SubscribeUser | UnsubscribeUser | ListChannels
 
 
 class ControlRequest(msgspec.Struct, frozen=True):
@@ -59,7 +73,7 @@ class ControlAnswer(msgspec.Struct, frozen=True):
     to: str
     #: The process that answers.
     process: str
-    #: Connections affected (disconnected, unsubscribed).
+    #: Connections affected (disconnected, subscribed, unsubscribed).
     count: int = 0
     #: For ``ListChannels``: (channel, subscribers on this process).
     channels: list[tuple[str, int]] = msgspec.field(default_factory=list)

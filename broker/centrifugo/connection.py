@@ -34,11 +34,16 @@ from broker.hub import Hub
 from broker.logs import get_logger
 from broker.outbox import FlushScheduler
 from broker.settings import Settings
-from protocol import JSON, Frame
+from protocol import JSON, Frame, namespace_of
 from protocol import messages as ours
 from protocol.centrifugo.codes import INSUFFICIENT_STATE, DisconnectCode
 from protocol.centrifugo.framing import encode_reply
-from protocol.centrifugo.render import InsufficientState, RequestBook, render
+from protocol.centrifugo.render import (
+    InsufficientState,
+    RequestBook,
+    ServerSubscribed,
+    render,
+)
 
 log = get_logger("broker.centrifugo")
 
@@ -98,7 +103,7 @@ class CentrifugoConnection(Connection):
             websocket, hub=hub, settings=settings, codec=JSON, endpoint=endpoint, flusher=flusher
         )
         #: What the reader noted of its commands, for rendering the hub's answers.
-        self.book = RequestBook()
+        self.book = RequestBook(recoverable=self._keeps_history)
         #: Messages rendered while the connect reply is being assembled, sent after it.
         self.held: list[Frame] = []
 
@@ -135,6 +140,9 @@ class CentrifugoConnection(Connection):
                 if isinstance(rendered, InsufficientState):
                     self._insufficient_state(rendered.channel)
                     return out
+                if isinstance(rendered, ServerSubscribed):
+                    target.extend(Frame(encode_reply(reply)) for reply in rendered.replies)
+                    continue
                 line = Frame(encode_reply(rendered), frame.channel, frame.offset)
                 if channel is not None and isinstance(message, ours.Publication):
                     RENDERED.put(frame, line, message.epoch)
@@ -152,6 +160,9 @@ class CentrifugoConnection(Connection):
             held.clear()
             self._insufficient_state("(server-side subscriptions)")
         return out
+
+    def _keeps_history(self, channel: str) -> bool:
+        return self.settings.namespace(namespace_of(channel)).history_size > 0
 
     def _insufficient_state(self, channel: str) -> None:
         if self.close_request is None:

@@ -10,8 +10,9 @@
             async for message in messages:
                 print(message.offset, message.data)
 
-See ``session.py`` for connections and reconnection, ``subscription.py`` for delivery, recovery
-and ``ResyncNeeded``, and ``errors.py`` for the exceptions.
+See ``session.py`` for connections and reconnection, ``subscribing.py`` for subscriptions (the
+client's own and the server-side ones, ``Client.server_subscriptions()``), ``subscription.py`` for
+delivery, recovery and ``ResyncNeeded``, and ``errors.py`` for the exceptions.
 """
 
 from broker.backoff import Backoff
@@ -27,6 +28,7 @@ from broker.client.errors import (
 )
 from broker.client.messages import HistoryPage, Message, PresenceChange
 from broker.client.session import DEFAULT_URL, Client, TokenProvider, connect
+from broker.client.subscribing import ServerSubscriptions
 from broker.client.subscription import Subscription, SubscriptionStatistics
 from protocol import ClientInfo, Encoding, Published, StreamPosition
 
@@ -48,6 +50,7 @@ __all__ = [
     "RequestError",
     "RequestTimeout",
     "ResyncNeeded",
+    "ServerSubscriptions",
     "StreamPosition",
     "Subscription",
     "SubscriptionStatistics",

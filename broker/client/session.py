@@ -5,8 +5,9 @@
 connection. Per connection, a task group runs
 
 * the reader: frames in, decoded (single messages or batches), replies matched to their request
-  by ``id``, publications routed to their subscription by channel. It never waits on a consumer
-  (see ``subscription.py`` for why and for what a full queue does instead);
+  by ``id``, publications routed to their subscription by channel, ``subscribed`` and
+  ``unsubscribed`` with ``id`` 0 (server-side subscriptions) to ``subscribing.py``. It never waits
+  on a consumer (see ``subscription.py`` for why and for what a full queue does instead);
 * the heartbeat: a ``ping`` every ``welcome.heartbeat / 2`` seconds, so the server never closes
   an idle client with 4009, and a ``pong`` overdue by ``heartbeat`` seconds means the server is
   gone: the connection is cut and replaced;
@@ -41,7 +42,7 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
-from typing import Final, Literal, overload
+from typing import Final
 
 import anyio
 import msgspec
@@ -59,18 +60,16 @@ from broker.client.errors import (
     RequestTimeout,
 )
 from broker.client.link import FINAL_CLOSE_CODES, OPEN_ERRORS, Link, Pending, Refused, open_link
-from broker.client.messages import Message, PresenceChange
 from broker.client.requests import Requests
-from broker.client.subscription import AnySubscription, Subscription
+from broker.client.subscribing import ServerSubscriptions, Subscribing
+from broker.client.subscription import AnySubscription
 from protocol import (
     ClientMessage,
     Codec,
     Disconnect,
     Encoding,
     Error,
-    ErrorCode,
     Gap,
-    History,
     HistoryResult,
     Join,
     Leave,
@@ -82,10 +81,7 @@ from protocol import (
     Refresh,
     Refreshed,
     ServerMessage,
-    StreamPosition,
-    Subscribe,
     Subscribed,
-    Unsubscribe,
     Unsubscribed,
     Welcome,
 )
@@ -97,12 +93,6 @@ DEFAULT_URL: Final = "ws://127.0.0.1:8000/v1/ws"
 # The client's own codecs, not ``protocol.CODECS``: those count what the broker encodes, and a
 # client running in the broker's process (as in the tests) must not add to the count.
 _CODECS: Final = {encoding: Codec(encoding) for encoding in Encoding}
-
-#: Most publications asked for per catch-up ``history`` request. The broker queues a reply whole,
-#: and one larger than its outbox's byte bound (``queue.max_bytes``, 1 MiB by default) gets the
-#: connection dropped as a slow consumer: small pages keep each reply well below it.
-CATCH_UP_BATCH: Final = 100
-
 
 #: Gives a fresh connection token; called for every connection and before each expiry.
 TokenProvider = Callable[[], Awaitable[str]]
@@ -148,9 +138,11 @@ def connect(
     )
 
 
-class Client(Requests):
+class Client(Subscribing, Requests):
     """A connection to the broker that survives disconnections. See the module docstring.
-    ``publish``, ``history``, ``presence`` and ``ping`` are in ``broker.client.requests``."""
+    ``subscribe``, ``unsubscribe`` and ``server_subscriptions`` are in
+    ``broker.client.subscribing``; ``publish``, ``history``, ``presence`` and ``ping`` in
+    ``broker.client.requests``."""
 
     def __init__(
         self,
@@ -178,6 +170,7 @@ class Client(Requests):
         self._token = token
         self._codec = _CODECS[encoding]
         self._subs: dict[str, AnySubscription] = {}
+        self._server_subscriptions = ServerSubscriptions()
         self._pending: dict[int, Pending] = {}
         self._ids = itertools.count(1)
         self._link: Link | None = None
@@ -278,6 +271,7 @@ class Client(Requests):
                 sub.confirmed.set()
             sub.close(None if clean else error)
         self._subs.clear()
+        self._server_subscriptions.close()
         for pending in self._pending.values():
             pending.fail(error)
         self._pending.clear()
@@ -384,6 +378,11 @@ class Client(Requests):
 
     async def _resubscribe(self, link: Link) -> None:
         """Send every subscription on a new connection, then let user requests through."""
+        for channel in link.welcome.subs:
+            sub = self._subs.get(channel)
+            if sub is not None:
+                # The server subscribes it itself (``subscribed`` id 0): not to be sent.
+                sub.sent_on = link.number
         try:
             while unsent := [s for s in self._subs.values() if s.sent_on != link.number]:
                 for sub in unsent:
@@ -482,6 +481,10 @@ class Client(Requests):
             case Error(id=None, code=code, message=text):
                 # A request sent without id: a fire-and-forget publish.
                 log.warning("client.error_without_id: %s: %s", code, text)
+            case Subscribed(id=0):
+                self._server_subscribed(link, message)
+            case Unsubscribed(id=0):
+                self._server_unsubscribed(message)
             case (
                 Subscribed()
                 | Unsubscribed()
@@ -558,210 +561,6 @@ class Client(Requests):
         assert reply is not None
         return reply
 
-    # --- subscriptions --------------------------------------------------------------------------
-
-    @overload
-    async def subscribe(
-        self,
-        channel: str,
-        *,
-        since: StreamPosition | None = None,
-        queue_size: int | None = None,
-        joins_and_leaves: Literal[False] = False,
-    ) -> Subscription[Message]: ...
-
-    @overload
-    async def subscribe(
-        self,
-        channel: str,
-        *,
-        since: StreamPosition | None = None,
-        queue_size: int | None = None,
-        joins_and_leaves: Literal[True],
-    ) -> Subscription[Message | PresenceChange]: ...
-
-    async def subscribe(
-        self,
-        channel: str,
-        *,
-        since: StreamPosition | None = None,
-        queue_size: int | None = None,
-        joins_and_leaves: bool = False,
-    ) -> AnySubscription:
-        """Subscribe to ``channel``; once this returns, every later publication is delivered.
-
-        With ``since``, what came after that position is delivered first, or the iterator raises
-        ``ResyncNeeded`` first when it cannot be. ``joins_and_leaves`` also yields
-        ``PresenceChange`` items. Raises ``RequestError`` (e.g. ``already_subscribed``,
-        ``limit_exceeded``), ``RequestTimeout`` or the client's ``ClientClosed``.
-        """
-        self._check_open()
-        if channel in self._subs:
-            raise RequestError(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {channel!r}")
-        sub: AnySubscription = Subscription(
-            self,
-            channel,
-            since=since,
-            queue_size=self.queue_size if queue_size is None else queue_size,
-            joins_and_leaves=joins_and_leaves,
-            decode=self._decode,
-        )
-        self._subs[channel] = sub
-        try:
-            with anyio.fail_after(self.request_timeout):
-                link = self._link
-                if link is not None and link.ready:
-                    try:
-                        await self._send_subscribe(sub, link)
-                    except ConnectionLost:
-                        pass  # the next connection sends it again (``_resubscribe``)
-                # Otherwise the next connection sends it.
-                await sub.confirmed.wait()
-        except BaseException as exc:
-            if not sub.confirmed.is_set():
-                with anyio.CancelScope(shield=True):
-                    await self._abandon(sub)
-            if isinstance(exc, TimeoutError):
-                raise RequestTimeout(
-                    f"no reply to subscribe within {self.request_timeout} s"
-                ) from None
-            raise
-        if sub.subscribe_error is not None:
-            raise sub.subscribe_error
-        return sub
-
-    async def _send_subscribe(self, sub: AnySubscription, link: Link) -> None:
-        if sub.sent_on == link.number:
-            return
-        sub.sent_on = link.number
-        since = sub.position
-        request_id = next(self._ids)
-        self._pending[request_id] = Pending(link, partial(self._on_subscribed, sub, since))
-        await self._send(link, Subscribe(id=request_id, channel=sub.channel, since=since))
-
-    def _on_subscribed(
-        self, sub: AnySubscription, since: StreamPosition | None, reply: ServerMessage
-    ) -> None:
-        if self._subs.get(sub.channel) is not sub:
-            return
-        if isinstance(reply, Error):
-            del self._subs[sub.channel]
-            error = RequestError(reply.code, reply.message)
-            if sub.confirmed.is_set():
-                sub.close(error)  # a resubscription was refused: say so where the user looks
-            else:
-                sub.subscribe_error = error
-                sub.close()
-                sub.confirmed.set()
-            return
-        if isinstance(reply, Subscribed):
-            if sub.subscribed(reply, since):
-                self._start_catch_up(sub)
-            sub.confirmed.set()
-
-    async def _abandon(self, sub: AnySubscription) -> None:
-        """``subscribe`` gave up on ``sub``: forget it here and, if it reached the server, there."""
-        if self._subs.get(sub.channel) is sub:
-            del self._subs[sub.channel]
-        sub.close()
-        link = self._link
-        if link is not None and sub.sent_on == link.number:
-            request_id = next(self._ids)
-            self._pending[request_id] = Pending(link)  # its reply is read and dropped
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                try:
-                    await self._send(link, Unsubscribe(id=request_id, channel=sub.channel))
-                except ConnectionLost:
-                    pass
-
-    async def unsubscribe(self, channel: str) -> None:
-        """Stop the subscription to ``channel`` (see ``Subscription.unsubscribe``)."""
-        sub = self._subs.get(channel)
-        if sub is None:
-            raise RequestError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {channel!r}")
-        await self._unsubscribe(sub)
-
-    async def _unsubscribe(self, sub: AnySubscription) -> None:
-        if self._subs.get(sub.channel) is not sub:
-            sub.close()
-            return
-        del self._subs[sub.channel]
-        sub.close()
-        link = self._link
-        if link is None or sub.sent_on != link.number or self._failure is not None:
-            return  # the server has already forgotten it, or never knew it
-        try:
-            await self._request(lambda rid: Unsubscribe(id=rid, channel=sub.channel), link=link)
-        except (RequestError, ConnectionLost, RequestTimeout):
-            pass  # not subscribed any more, or the connection (and the subscription) is gone
-
-    def _decode(self, publication: Publication) -> Message:
-        return Message(
-            channel=publication.channel,
-            offset=publication.offset,
-            epoch=publication.epoch,
-            data=self._codec.decode_payload(publication.data),
-            publisher=publication.from_,
-        )
-
-    # --- catching up after a gap or a full queue ------------------------------------------------
-
-    def _start_catch_up(self, sub: AnySubscription) -> None:
-        if sub.catching_up or self._tasks is None or self._failure is not None:
-            return
-        sub.catching_up = True
-        self._tasks.start_soon(self._catch_up, sub)
-
-    async def _catch_up(self, sub: AnySubscription) -> None:
-        """Fetch what ``sub`` dropped with ``history``, as its consumer makes room."""
-        unavailable = 0
-        try:
-            while sub.lagging and self._subs.get(sub.channel) is sub:
-                room = min(await sub.wait_room(), CATCH_UP_BATCH)
-                since = sub.position
-                if not sub.lagging or sub.closed or since is None:
-                    break
-                try:
-                    await self._request(
-                        _history_request(sub.channel, since, room),
-                        on_reply=partial(self._on_caught_up, sub, since),
-                    )
-                    unavailable = 0
-                except RequestError as exc:
-                    # Any other error was applied by _on_caught_up (a resync).
-                    if exc.code == ErrorCode.UNAVAILABLE:
-                        await anyio.sleep(self.backoff.delay(unavailable))
-                        unavailable += 1
-                except ConnectionLost:
-                    pass  # the resubscription on the next connection recovers
-                except RequestTimeout:
-                    link = self._link
-                    if link is not None:
-                        self._abort(link)  # the resubscription will recover instead
-                except ClientClosed:
-                    return
-        finally:
-            sub.catching_up = False
-
-    def _on_caught_up(
-        self, sub: AnySubscription, since: StreamPosition, reply: ServerMessage
-    ) -> None:
-        # Stale when a resubscription moved the position meanwhile.
-        if self._subs.get(sub.channel) is not sub or not sub.lagging or sub.position != since:
-            return
-        if isinstance(reply, Error):
-            if reply.code != ErrorCode.UNAVAILABLE:  # that one passes: ask again later
-                sub.history_unavailable()
-        elif isinstance(reply, HistoryResult):
-            sub.caught_up(reply)
-
 
 def _refresh_request(token: str, request_id: int) -> Refresh:
     return Refresh(id=request_id, token=token)
-
-
-def _history_request(channel: str, since: StreamPosition, limit: int) -> Callable[[int], History]:
-    def build(request_id: int) -> History:
-        return History(id=request_id, channel=channel, since=since, limit=limit)
-
-    return build

@@ -42,7 +42,7 @@ from broker.client.messages import Message, PresenceChange
 from protocol import Gap, HistoryResult, Join, Leave, Publication, StreamPosition, Subscribed
 
 if TYPE_CHECKING:
-    from broker.client.session import Client
+    from broker.client.subscribing import Subscribing
 
 ItemT = TypeVar("ItemT", bound=Message | PresenceChange)
 
@@ -79,17 +79,20 @@ class Subscription(Generic[ItemT]):
 
     def __init__(
         self,
-        client: Client,
+        client: Subscribing,
         channel: str,
         *,
         since: StreamPosition | None,
         queue_size: int,
         joins_and_leaves: bool,
         decode: Callable[[Publication], Message],
+        server_side: bool = False,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         self.channel = channel
+        #: Made by the server (the token's ``subs``, an operator), not by ``subscribe``.
+        self.server_side = server_side
         self._client = client
         self._decode = decode
         self._joins_and_leaves = joins_and_leaves
@@ -191,6 +194,31 @@ class Subscription(Generic[ItemT]):
             self.resync(reply.epoch, reply.offset)
         self._seen = max(self._seen, self.offset)
         return needs_fetch
+
+    def server_subscribed(self, reply: Subscribed) -> bool:
+        """Apply a ``subscribed`` with ``id`` 0: the server subscribed the connection itself.
+
+        The first one starts the subscription at the reply's position (with the publications
+        it recovered, when the operator gave a position). A later one (the token's ``subs`` on
+        a new connection, made from the channel's current position) is a gap from the position
+        the subscription had: returns True when that must be fetched (``catch_up``)."""
+        if self.epoch is None:
+            recovered = reply.publications if reply.recovered else []
+            self.epoch = reply.epoch
+            self.offset = recovered[0].offset - 1 if recovered else reply.offset
+            self._seen = self.offset
+            needs_fetch = False
+            for publication in recovered:
+                needs_fetch |= self.accept(publication, source="recovered")
+            return needs_fetch
+        if reply.epoch != self.epoch:
+            self.resync(reply.epoch, reply.offset)
+            return False
+        self._seen = max(self._seen, reply.offset)
+        if reply.offset <= self.offset or self.lagging:
+            return False
+        self.lagging = True
+        return True
 
     def accept(
         self, publication: Publication, source: Literal["live", "recovered"] = "live"
@@ -318,8 +346,9 @@ class Subscription(Generic[ItemT]):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "lagging" if self.lagging else "live"
+        kind = " server-side" if self.server_side else ""
         return (
-            f"<Subscription {self.channel!r} {state} at {self.offset}@{self.epoch} "
+            f"<Subscription {self.channel!r}{kind} {state} at {self.offset}@{self.epoch} "
             f"queued={len(self._items)}>"
         )
 

@@ -3,8 +3,8 @@
 The protocol has no ``type`` tag: a ``Command`` carries an ``id`` and exactly one request field
 (``connect``, ``subscribe``, ...), a ``Reply`` carries the same ``id`` and one result field or
 ``error``, and a push is a ``Reply`` without ``id`` whose ``push`` names a ``channel`` and holds one
-of ``pub``, ``join``, ``leave``, ``unsubscribe``, ``disconnect``, ... An empty ``{}`` is the
-server's ping, and the client's ``{}`` answers it (the pong).
+of ``pub``, ``join``, ``leave``, ``unsubscribe``, ``subscribe``, ``disconnect``, ... An empty
+``{}`` is the server's ping, and the client's ``{}`` answers it (the pong).
 
 Field names and numbers follow ``client.proto`` of Centrifugo's protocol definitions; this is an
 independent implementation of the wire form, not generated code. ``data`` fields are raw JSON
@@ -255,6 +255,17 @@ class Unsubscribe(_Struct, frozen=True):
     reason: str = ""
 
 
+class Subscribe(_Struct, frozen=True):
+    """The server subscribed the client to ``channel`` after connect (a server-side
+    subscription); its publications follow as pushes naming the channel."""
+
+    recoverable: bool = False
+    epoch: str = ""
+    offset: Uint64 = 0
+    positioned: bool = False
+    data: msgspec.Raw | None = None
+
+
 class Disconnect(_Struct, frozen=True):
     code: int
     reason: str = ""
@@ -277,6 +288,7 @@ class Push(_Struct, frozen=True):
     leave: Leave | None = None
     unsubscribe: Unsubscribe | None = None
     message: Message | None = None
+    subscribe: Subscribe | None = None
     disconnect: Disconnect | None = None
     refresh: Refresh | None = None
 

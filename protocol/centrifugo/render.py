@@ -22,6 +22,7 @@ server-side unsubscribe (id 0) as one with 2000 "server unsubscribe".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -49,6 +50,18 @@ class InsufficientState:
     """Publications of ``channel`` were lost for this client: it must reconnect and recover."""
 
     channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSubscribed:
+    """A server-side subscription made after connect: its ``subscribe`` push, then the
+    publications it recovered as ``pub`` pushes, in order."""
+
+    replies: tuple[theirs.Reply, ...]
+
+
+def _no_history(channel: str) -> bool:
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +104,9 @@ class RequestBook:
     connect: ConnectAssembly | None = None
     #: Unsubscribes the connection made itself (internal id -> the push's code).
     unsubscribes: dict[int, UnsubscribeCode] = field(default_factory=dict)
+    #: Whether a channel's namespace keeps history (``recoverable`` and ``positioned`` of a
+    #: server-side subscription made after connect, which no command of the client's noted).
+    recoverable: Callable[[str], bool] = _no_history
 
 
 def client_info(client: str, user: str | None) -> theirs.ClientInfo:
@@ -122,9 +138,23 @@ def error_reply(request_id: int, code: str, message: str) -> theirs.Reply:
     )
 
 
+def server_subscribed(message: ours.Subscribed, recoverable: bool) -> ServerSubscribed:
+    """The ``subscribe`` push of a server-side subscription made after connect, and the
+    publications it recovered (a subscribe from a position) as ``pub`` pushes."""
+    subscribe = theirs.Subscribe(
+        recoverable=recoverable,
+        positioned=recoverable,
+        epoch=message.epoch,
+        offset=message.offset,
+    )
+    push = theirs.Reply(push=theirs.Push(channel=message.channel, subscribe=subscribe))
+    recovered = [publication_push(p) for p in message.publications] if message.recovered else []
+    return ServerSubscribed((push, *recovered))
+
+
 def render(
     message: ours.ServerMessage, book: RequestBook
-) -> theirs.Reply | InsufficientState | None:
+) -> theirs.Reply | ServerSubscribed | InsufficientState | None:
     """``message`` as Centrifugo would send it; None when it has no Centrifugo form."""
     match message:
         case ours.Publication(channel=channel, epoch=epoch):
@@ -133,8 +163,11 @@ def render(
                 return InsufficientState(channel)
             return publication_push(message)
         case ours.Subscribed(id=request_id):
-            note = book.subscribes.pop(request_id, SubscribeNote(False, False))
             book.epochs[message.channel] = message.epoch
+            if request_id == 0:
+                # No command of the client's: the operator subscribed it (the HTTP API).
+                return server_subscribed(message, book.recoverable(message.channel))
+            note = book.subscribes.pop(request_id, SubscribeNote(False, False))
             result = theirs.SubscribeResult(
                 expires=note.ttl > 0,
                 ttl=note.ttl,
@@ -200,8 +233,11 @@ def render(
         case ours.Disconnect(code=code, reason=reason, reconnect=reconnect):
             return disconnect_push(code, reason, reconnect)
         case ours.Error(id=request_id, code=code, message=text):
-            if request_id is None:
-                return None  # Centrifugo has no error without a command to answer.
+            if not request_id:
+                # Centrifugo has no error without a command to answer; id 0 is a server-side
+                # subscribe the hub refused (the client subscribed meanwhile, or is at its
+                # limit): nothing changed for the client.
+                return None
             book.subscribes.pop(request_id, None)
             book.presence_stats.discard(request_id)
             book.reverse_history.discard(request_id)

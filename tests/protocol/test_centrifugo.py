@@ -23,6 +23,7 @@ from protocol.centrifugo.render import (
     ConnectAssembly,
     InsufficientState,
     RequestBook,
+    ServerSubscribed,
     SubscribeNote,
     render,
 )
@@ -215,6 +216,31 @@ def test_ended_subscriptions_are_unsubscribe_pushes() -> None:
     book.unsubscribes[INTERNAL_IDS + 1] = SUBSCRIPTION_EXPIRED
     gone = ours.Error(id=INTERNAL_IDS + 1, code="not_subscribed", message="no")
     assert render(gone, book) is None and book == RequestBook()
+
+
+def test_a_server_side_subscribe_after_connect_is_a_subscribe_push() -> None:
+    book = RequestBook(recoverable=lambda channel: channel == "kept")
+    data = msgspec.Raw(b"7")
+    missed = ours.Publication(channel="kept", offset=3, epoch="e", data=data)
+    subscribed = ours.Subscribed(
+        id=0, channel="kept", epoch="e", offset=3, recovered=True, publications=[missed]
+    )
+    rendered = render(subscribed, book)
+    assert isinstance(rendered, ServerSubscribed)
+    assert [encode_reply(reply) for reply in rendered.replies] == [
+        b'{"push":{"channel":"kept","subscribe":'
+        b'{"recoverable":true,"epoch":"e","offset":3,"positioned":true}}}',
+        b'{"push":{"channel":"kept","pub":{"data":7,"offset":3}}}',
+    ]
+    assert book.epochs == {"kept": "e"}
+    plain = render(ours.Subscribed(id=0, channel="live", epoch="f", offset=0), book)
+    assert isinstance(plain, ServerSubscribed)
+    assert [encode_reply(reply) for reply in plain.replies] == [
+        b'{"push":{"channel":"live","subscribe":{"epoch":"f"}}}'
+    ]
+    # The hub refused it (subscribed meanwhile, or at the limit): nothing for the client.
+    refused = ours.Error(id=0, code="already_subscribed", message="already")
+    assert render(refused, book) is None
 
 
 def test_history_since_another_epoch_is_error_112() -> None:

@@ -61,7 +61,15 @@ CLIENT_CONTRACT: dict[str, set[str]] = {
 
 #: docs/protocol.md §1, "Server to client": type tag -> field names.
 SERVER_CONTRACT: dict[str, set[str]] = {
-    "welcome": {"client", "version", "heartbeat", "max_message_bytes", "user", "expires_at"},
+    "welcome": {
+        "client",
+        "version",
+        "heartbeat",
+        "max_message_bytes",
+        "user",
+        "expires_at",
+        "subs",
+    },
     "subscribed": {"id", "channel", "epoch", "offset", "recovered", "publications"},
     "unsubscribed": {"id", "channel"},
     "published": {"id", "channel", "offset", "epoch"},
@@ -280,6 +288,7 @@ def server_examples(codec: Codec) -> list[tuple[ServerMessage, dict[str, Any]]]:
                 "max_message_bytes": 65536,
                 "user": None,
                 "expires_at": None,
+                "subs": [],
             },
         ),
         (
@@ -298,6 +307,7 @@ def server_examples(codec: Codec) -> list[tuple[ServerMessage, dict[str, Any]]]:
                 "max_message_bytes": 65536,
                 "user": "42",
                 "expires_at": 1700000000.0,
+                "subs": [],
             },
         ),
         (Refreshed(id=9, expires_at=None), {"type": "refreshed", "id": 9, "expires_at": None}),

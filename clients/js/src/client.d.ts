@@ -128,6 +128,8 @@ export interface SubscriptionEvents<T> {
 export interface Subscription<T = unknown> extends Events<SubscriptionEvents<T>> {}
 export class Subscription<T = unknown> implements AsyncIterable<Message<T> | PresenceChange> {
   readonly channel: string;
+  /** Made by the server (the token's `subs`, an operator's subscribe), not by `subscribe()`. */
+  readonly serverSide: boolean;
   /** The last delivered position (pass it as `since` later); null before `subscribed`. */
   readonly position: StreamPosition | null;
   readonly closed: boolean;
@@ -154,6 +156,12 @@ export interface ClientEvents {
   resync: ResyncNeeded;
   gap: GapNotice;
   error: ClientError;
+  /**
+   * The server subscribed this connection to a channel itself (the token's `subs`, an
+   * operator's subscribe): once per subscription, before any of its messages. It delivers by
+   * `message` event until iterated; listen or start iterating in this listener.
+   */
+  subscribed: { channel: string; subscription: Subscription; offset: number; epoch: string };
   /** The server ended a subscription (an operator unsubscribed this user). */
   unsubscribed: { channel: string };
 }

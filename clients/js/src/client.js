@@ -20,7 +20,6 @@
 
 import { Backoff } from "./backoff.js";
 import { codecFor } from "./codec.js";
-import { Emitter } from "./emitter.js";
 import {
   ClientClosed,
   ClientError,
@@ -31,6 +30,8 @@ import {
   RequestTimeout,
   ResyncNeeded,
 } from "./errors.js";
+import { Refused, decodeFrame, importWs, openLink, resolveUrl, watchNetwork } from "./link.js";
+import { Subscribing } from "./subscribing.js";
 import { Subscription } from "./subscription.js";
 
 export {
@@ -48,9 +49,6 @@ export {
 
 /** Close codes after which the same client would be refused again: do not reconnect. */
 export const FINAL_CLOSE_CODES = new Set([1002, 1003, 1007, 1008, 1009, 1010, 4001]);
-
-/** Most publications asked for per catch-up `history` request. */
-const CATCH_UP_BATCH = 100;
 
 /** In a page: the broker that served it; elsewhere the local default. */
 export const DEFAULT_URL =
@@ -70,14 +68,9 @@ export async function connect(url = DEFAULT_URL, options = {}) {
   return client;
 }
 
-class Refused extends Error {
-  constructor(notice) {
-    super(`refused: ${notice.code} ${notice.reason}`);
-    this.notice = notice;
-  }
-}
-
-export class Client extends Emitter {
+/** The client. Subscribing (`subscribe`, `unsubscribe`, server-side subscriptions, catching up)
+ * is in subscribing.js, its base class. */
+export class Client extends Subscribing {
   constructor(url = DEFAULT_URL, options = {}) {
     super();
     const {
@@ -268,62 +261,8 @@ export class Client extends Emitter {
       parsed.searchParams.set("token", token);
       url = parsed.href;
     }
-    const codec = this._codec;
-    const ws = new this._WebSocket(url, [codec.subprotocol]);
-    ws.binaryType = "arraybuffer";
     const number = this._links + 1;
-    const link = await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        give(new Error(`no welcome within ${this.openTimeout / 1000} s`));
-      }, this.openTimeout);
-      const give = (error) => {
-        clearTimeout(timer);
-        ws.onmessage = ws.onclose = null;
-        try {
-          ws.close();
-        } catch {
-          // not open yet
-        }
-        reject(error);
-      };
-      ws.onerror = () => {};
-      ws.onclose = (event) => {
-        give(new Error(`connection closed (${event.code}${event.reason ? " " + event.reason : ""})`));
-      };
-      ws.onmessage = (event) => {
-        let messages;
-        try {
-          if (ws.protocol !== codec.subprotocol) {
-            throw new Error(`the server chose subprotocol ${JSON.stringify(ws.protocol)}`);
-          }
-          messages = decodeFrame(codec, event.data);
-        } catch (error) {
-          give(error);
-          return;
-        }
-        const first = messages[0];
-        if (first && first.type === "disconnect") {
-          give(new Refused(first));
-          return;
-        }
-        if (!first || first.type !== "welcome") {
-          give(new Error(`expected welcome, got ${JSON.stringify(first)}`));
-          return;
-        }
-        clearTimeout(timer);
-        ws.onmessage = ws.onclose = null;
-        resolve({
-          ws,
-          welcome: first,
-          number,
-          backlog: messages.slice(1),
-          ready: false,
-          notice: null,
-          broken: false,
-          timers: [],
-        });
-      };
-    });
+    const link = await openLink(this._WebSocket, url, this._codec, number, this.openTimeout);
     this._links = number;
     return link;
   }
@@ -335,6 +274,13 @@ export class Client extends Emitter {
     ws.onmessage = (event) => this._onFrame(link, event.data);
     ws.onclose = (event) => this._onClose(link, event.code, event.reason);
     for (const message of link.backlog) this._dispatch(link, message);
+    for (const data of link.early.splice(0)) {
+      if (link === this._link) this._onFrame(link, data);
+    }
+    if (link.closedEarly) {
+      this._onClose(link, link.closedEarly.code, link.closedEarly.reason);
+      return;
+    }
     const heartbeat = link.welcome.heartbeat * 1000;
     link.timers.push(
       setInterval(() => {
@@ -346,6 +292,11 @@ export class Client extends Emitter {
       }, heartbeat / 2),
     );
     this._scheduleRefresh(link, link.welcome.expires_at);
+    // The server subscribes these itself (`subscribed` with id 0): not to be sent.
+    for (const channel of link.welcome.subs ?? []) {
+      const sub = this._subs.get(channel);
+      if (sub) sub.sentOn = link.number;
+    }
     // Resubscribe: everything is sent before any user request, so replies come in that order.
     for (const sub of this._subs.values()) this._sendSubscribe(sub, link);
     if (link !== this._link) return; // the sends found the connection gone
@@ -521,6 +472,12 @@ export class Client extends Emitter {
         return;
       case "welcome":
         return;
+      case "subscribed":
+        if (message.id === 0) {
+          this._serverSubscribed(link, message);
+          return;
+        }
+        break;
       case "unsubscribed":
         if (message.id === 0) {
           // An operator unsubscribed this connection's user: id 0 answers no request of ours.
@@ -533,17 +490,17 @@ export class Client extends Emitter {
           return;
         }
       // falls through: the reply to our own unsubscribe
-      default: {
+      default:
         if (message.type === "error" && (message.id === null || message.id === undefined)) {
           this.emit("error", new RequestError(message.code, message.message));
           return;
         }
-        const pending = this._pending.get(message.id);
-        if (pending) {
-          this._pending.delete(message.id);
-          pending.resolve(message);
-        }
-      }
+    }
+    // A reply to a request of ours.
+    const pending = this._pending.get(message.id);
+    if (pending) {
+      this._pending.delete(message.id);
+      pending.resolve(message);
     }
   }
 
@@ -618,352 +575,4 @@ export class Client extends Emitter {
       }
     });
   }
-
-  // --- subscriptions -------------------------------------------------------------------------
-
-  /**
-   * Subscribe to `channel`; once this resolves, every later publication is delivered, in order.
-   * `options` may be a function: the `onMessage` callback.
-   */
-  async subscribe(channel, options = {}) {
-    this._checkOpen();
-    if (typeof options === "function") options = { onMessage: options };
-    const { since = null, queueSize = this.queueSize, joinsAndLeaves = false } = options;
-    if (this._subs.has(channel)) {
-      throw new RequestError("already_subscribed", `already subscribed to ${JSON.stringify(channel)}`);
-    }
-    const sub = new Subscription(this, channel, {
-      since,
-      queueSize,
-      joinsAndLeaves,
-      callbacks: typeof options.onMessage === "function",
-      decode: decodePublication,
-    });
-    for (const [event, key] of [
-      ["message", "onMessage"],
-      ["join", "onJoin"],
-      ["leave", "onLeave"],
-      ["resync", "onResync"],
-      ["gap", "onGap"],
-      ["error", "onError"],
-    ]) {
-      if (typeof options[key] === "function") sub.on(event, options[key]);
-    }
-    sub.confirmed = false;
-    const confirmation = new Promise((resolve, reject) => {
-      sub._confirm = resolve;
-      sub._refuse = reject;
-    });
-    this._subs.set(channel, sub);
-    const link = this._link;
-    if (link && link.ready) this._sendSubscribe(sub, link);
-    let timer;
-    try {
-      await Promise.race([
-        confirmation,
-        new Promise((_, reject) => {
-          timer = setTimeout(
-            () => reject(new RequestTimeout(`no reply to subscribe within ${this.requestTimeout / 1000} s`)),
-            this.requestTimeout,
-          );
-        }),
-      ]);
-    } catch (error) {
-      if (!sub.confirmed) this._abandon(sub);
-      throw error;
-    } finally {
-      clearTimeout(timer);
-    }
-    return sub;
-  }
-
-  _sendSubscribe(sub, link) {
-    if (sub.sentOn === link.number) return;
-    sub.sentOn = link.number;
-    const since = sub.position;
-    const id = this._nextId++;
-    this._pending.set(id, {
-      link,
-      resolve: (reply) => this._onSubscribed(sub, since, reply),
-      fail: () => {}, // the next connection sends it again
-    });
-    const message = { type: "subscribe", id, channel: sub.channel };
-    if (since) message.since = since;
-    try {
-      this._send(link, message);
-    } catch {
-      this._pending.delete(id);
-    }
-  }
-
-  _onSubscribed(sub, since, reply) {
-    if (this._subs.get(sub.channel) !== sub) return;
-    if (reply.type === "error") {
-      this._subs.delete(sub.channel);
-      const error = new RequestError(reply.code, reply.message);
-      if (sub.confirmed) sub.close(error);
-      else {
-        sub.close();
-        sub._refuse(error);
-      }
-      return;
-    }
-    if (reply.type === "subscribed") {
-      if (sub.subscribed(reply, since)) this._startCatchUp(sub);
-      if (!sub.confirmed) {
-        sub.confirmed = true;
-        sub._confirm();
-      }
-    }
-  }
-
-  _abandon(sub) {
-    if (this._subs.get(sub.channel) === sub) this._subs.delete(sub.channel);
-    sub.close();
-    const link = this._link;
-    if (link && sub.sentOn === link.number) {
-      const id = this._nextId++;
-      this._pending.set(id, { link, resolve: () => {}, fail: () => {} });
-      try {
-        this._send(link, { type: "unsubscribe", id, channel: sub.channel });
-      } catch {
-        this._pending.delete(id);
-      }
-    }
-  }
-
-  /** Stop the subscription to `channel`. */
-  async unsubscribe(channel) {
-    const sub = this._subs.get(channel);
-    if (!sub) throw new RequestError("not_subscribed", `not subscribed to ${JSON.stringify(channel)}`);
-    await this._unsubscribe(sub);
-  }
-
-  async _unsubscribe(sub) {
-    if (this._subs.get(sub.channel) !== sub) {
-      sub.close();
-      return;
-    }
-    this._subs.delete(sub.channel);
-    sub.close();
-    const link = this._link;
-    if (!link || sub.sentOn !== link.number || this._failure) return;
-    try {
-      await this._request((id) => ({ type: "unsubscribe", id, channel: sub.channel }), { link });
-    } catch (error) {
-      if (!(error instanceof RequestError || error instanceof ConnectionLost || error instanceof RequestTimeout)) {
-        throw error;
-      }
-    }
-  }
-
-  // --- catching up after a gap or a full queue -----------------------------------------------
-
-  _startCatchUp(sub) {
-    if (sub.catchingUp || this._failure) return;
-    sub.catchingUp = true;
-    this._catchUp(sub).finally(() => {
-      sub.catchingUp = false;
-    });
-  }
-
-  async _catchUp(sub) {
-    let unavailable = 0;
-    while (sub.lagging && this._subs.get(sub.channel) === sub) {
-      const room = Math.min(await sub.waitRoom(), CATCH_UP_BATCH);
-      const since = sub.position;
-      if (!sub.lagging || sub.closed || !since) return;
-      try {
-        await this._request((id) => ({ type: "history", id, channel: sub.channel, since, limit: room }), {
-          onReply: (reply) => this._onCaughtUp(sub, since, reply),
-        });
-        unavailable = 0;
-      } catch (error) {
-        if (error instanceof ClientClosed) return;
-        if (error instanceof RequestError && error.code === "unavailable") {
-          await new Promise((resolve) => setTimeout(resolve, this.backoff.delay(unavailable)));
-          unavailable += 1;
-        } else if (error instanceof RequestTimeout && this._link) {
-          this._abort(this._link, "history timed out"); // the resubscription recovers instead
-        } else if (error instanceof ConnectionLost) {
-          return; // the resubscription on the next connection recovers
-        }
-      }
-    }
-  }
-
-  _onCaughtUp(sub, since, reply) {
-    const position = sub.position;
-    if (
-      this._subs.get(sub.channel) !== sub ||
-      !sub.lagging ||
-      !position ||
-      position.offset !== since.offset ||
-      position.epoch !== since.epoch
-    ) {
-      return;
-    }
-    if (reply.type === "error") {
-      if (reply.code !== "unavailable") sub.historyUnavailable();
-    } else if (reply.type === "history") {
-      sub.caughtUp(reply);
-    }
-  }
-
-  // --- other requests ------------------------------------------------------------------------
-
-  /**
-   * Publish `data` (any value the encoding can carry) to `channel`, once; resolves with
-   * `{channel, offset, epoch}`.
-   *
-   * Every publish carries an `idempotency_key` (a random one unless `idempotencyKey` is given):
-   * the broker publishes a key once within its idempotency window and answers a repeat with the
-   * first publication's offset and epoch. So after `unavailable` (maybe published), a lost
-   * connection or a timeout, the same publish is sent again with the same key, backing off, for
-   * up to `publishRetryFor` ms; then the last error is thrown. Other refusals throw RequestError
-   * at once. With `{wait: false}`, resolves once sent, without a reply or retries.
-   */
-  async publish(channel, data, { wait = true, idempotencyKey = null } = {}) {
-    if (data === undefined) throw new TypeError("publish needs data (null is fine, undefined is not)");
-    const key = idempotencyKey ?? randomKey();
-    if (wait) return await this._publishUntilAnswered(channel, data, key);
-    this._checkOpen();
-    const link = this._link && this._link.ready ? this._link : await this._waitReady();
-    this._send(link, { type: "publish", channel, data, idempotency_key: key });
-    return null;
-  }
-
-  async _publishUntilAnswered(channel, data, key) {
-    const deadline = Date.now() + this.publishRetryFor;
-    for (let attempt = 0; ; attempt++) {
-      let error;
-      try {
-        const reply = await this._request((id) => ({ type: "publish", id, channel, data, idempotency_key: key }));
-        return { channel: reply.channel, offset: reply.offset, epoch: reply.epoch };
-      } catch (caught) {
-        const retry =
-          (caught instanceof RequestError && caught.code === "unavailable") ||
-          caught instanceof ConnectionLost ||
-          caught instanceof RequestTimeout;
-        if (!retry) throw caught;
-        error = caught;
-      }
-      const delay = this.backoff.delay(attempt);
-      if (Date.now() + delay >= deadline) throw error;
-      await new Promise((resolve) => setTimeout(resolve, delay));
-    }
-  }
-
-  _waitReady() {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this._readyWaiters.delete(waiter);
-        reject(new RequestTimeout(`no connection within ${this.requestTimeout / 1000} s`));
-      }, this.requestTimeout);
-      const waiter = {
-        send: (link) => {
-          clearTimeout(timer);
-          resolve(link);
-        },
-        fail: (error) => {
-          clearTimeout(timer);
-          reject(error);
-        },
-      };
-      this._readyWaiters.add(waiter);
-    });
-  }
-
-  /** The publications `channel` retains (after `since` in its epoch; at most `limit`). */
-  async history(channel, { since = null, limit = null } = {}) {
-    const reply = await this._request((id) => {
-      const message = { type: "history", id, channel };
-      if (since) message.since = since;
-      if (limit !== null && limit !== undefined) message.limit = limit;
-      return message;
-    });
-    return {
-      channel: reply.channel,
-      epoch: reply.epoch,
-      offset: reply.offset,
-      publications: reply.publications.map(decodePublication),
-    };
-  }
-
-  /** The clients subscribed to `channel` (where its namespace enables presence). */
-  async presence(channel) {
-    const reply = await this._request((id) => ({ type: "presence", id, channel }));
-    return reply.clients.map((info) => ({ client: info.client, user: info.user ?? null }));
-  }
-
-  /** Round-trip time of a `ping`, in milliseconds. */
-  async ping() {
-    const started = performance.now();
-    await this._request((id) => ({ type: "ping", id }));
-    return performance.now() - started;
-  }
-}
-
-async function importWs() {
-  try {
-    return (await import("ws")).default;
-  } catch (error) {
-    throw new ClientError(
-      `no WebSocket here: install the "ws" package, or pass a WebSocket class as the WebSocket option (${error.message})`,
-    );
-  }
-}
-
-const KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-/** A random idempotency key: 22 URL-safe characters (132 bits). */
-function randomKey() {
-  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(22));
-  let key = "";
-  for (const byte of bytes) key += KEY_ALPHABET[byte & 63];
-  return key;
-}
-
-function decodePublication(publication) {
-  return {
-    channel: publication.channel,
-    offset: publication.offset,
-    epoch: publication.epoch,
-    data: publication.data,
-    publisher: publication.from ?? null,
-  };
-}
-
-function decodeFrame(codec, data) {
-  const decoded = codec.decode(data);
-  if (Array.isArray(decoded)) return decoded;
-  if (decoded === null || typeof decoded !== "object" || typeof decoded.type !== "string") {
-    throw new Error("a frame that is not a message");
-  }
-  return [decoded];
-}
-
-function resolveUrl(url) {
-  if (url.startsWith("/") && typeof location !== "undefined" && location.host) {
-    return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${url}`;
-  }
-  return url;
-}
-
-/** In a browser, call `check` on online/offline and when the page becomes visible. */
-function watchNetwork(check) {
-  const target = globalThis.window;
-  const doc = globalThis.document;
-  if (!target || typeof target.addEventListener !== "function") return null;
-  const onVisibility = () => {
-    if (doc && doc.visibilityState === "visible") check();
-  };
-  target.addEventListener("online", check);
-  target.addEventListener("offline", check);
-  doc?.addEventListener("visibilitychange", onVisibility);
-  return () => {
-    target.removeEventListener("online", check);
-    target.removeEventListener("offline", check);
-    doc?.removeEventListener("visibilitychange", onVisibility);
-  };
 }

@@ -232,4 +232,5 @@ export interface Welcome {
   version: string;
   user: string | null;
   expires_at: number | null;
+  subs: Array<string>;
 }

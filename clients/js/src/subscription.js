@@ -23,10 +23,13 @@ export class Subscription extends Emitter {
    * @param {{since?: {offset: number, epoch: string}|null, queueSize: number,
    *   joinsAndLeaves: boolean, callbacks: boolean, decode: (p: object) => object}} options
    */
-  constructor(client, channel, { since, queueSize, joinsAndLeaves, callbacks, decode }) {
+  constructor(client, channel, { since, queueSize, joinsAndLeaves, callbacks, decode, serverSide = false }) {
     super();
     if (!(queueSize >= 1)) throw new RangeError("queueSize must be at least 1");
     this.channel = channel;
+    /** Made by the server (the token's `subs`, an operator), not by `subscribe()`. */
+    this.serverSide = serverSide;
+    this._queueSize = queueSize;
     this._client = client;
     this._decode = decode;
     this._joinsAndLeaves = joinsAndLeaves;
@@ -66,6 +69,12 @@ export class Subscription extends Emitter {
   }
 
   [Symbol.asyncIterator]() {
+    if (this._callbacks && this.serverSide) {
+      // A server-side subscription delivers by `message` event until it is first iterated;
+      // from then on it queues for the iterator too.
+      this._callbacks = false;
+      this._size = this._queueSize;
+    }
     return {
       next: () => this._next(),
       // Leaving a loop early (break) leaves the subscription as it is: iterate again later,
@@ -112,6 +121,35 @@ export class Subscription extends Emitter {
     }
     this._seen = Math.max(this._seen, this.offset);
     return needsFetch;
+  }
+
+  /**
+   * Apply a `subscribed` with id 0: the server subscribed the connection itself. The first one
+   * starts the subscription at its position (with the publications it recovered, when the
+   * operator gave a position); a later one (the token's `subs` on a new connection, from the
+   * channel's current position) is a gap from the subscription's position: true when that must
+   * be fetched.
+   */
+  serverSubscribed(reply) {
+    if (this.epoch === null) {
+      const recovered = reply.recovered ? reply.publications : [];
+      this.epoch = reply.epoch;
+      this.offset = recovered.length ? recovered[0].offset - 1 : reply.offset;
+      this._seen = this.offset;
+      let needsFetch = false;
+      for (const publication of recovered) {
+        needsFetch = this.accept(publication, "recovered") || needsFetch;
+      }
+      return needsFetch;
+    }
+    if (reply.epoch !== this.epoch) {
+      this.resync(reply.epoch, reply.offset);
+      return false;
+    }
+    this._seen = Math.max(this._seen, reply.offset);
+    if (reply.offset <= this.offset || this.lagging) return false;
+    this.lagging = true;
+    return true;
   }
 
   /** Deliver a publication unless it is a duplicate or the subscription lags; true when it
@@ -248,4 +286,15 @@ export class Subscription extends Emitter {
     this._roomWaiters = [];
     for (const resolve of waiters) resolve();
   }
+}
+
+/** A `message` as the client delivers it. */
+export function decodePublication(publication) {
+  return {
+    channel: publication.channel,
+    offset: publication.offset,
+    epoch: publication.epoch,
+    data: publication.data,
+    publisher: publication.from ?? null,
+  };
 }

@@ -189,6 +189,7 @@ async def test_metrics_key_can_be_waived_and_the_openapi_document_covers_every_r
             "/v1/channels/{channel}/presence",
             "/v1/clients/{client}/disconnect",
             "/v1/users/{user}/disconnect",
+            "/v1/users/{user}/subscribe",
             "/v1/users/{user}/unsubscribe",
         ):
             operation = next(iter(paths[path].values()))

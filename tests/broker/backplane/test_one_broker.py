@@ -1,7 +1,7 @@
 """One broker, whatever the number of processes: on Redis the chat room of ``/ws/chat`` spans
 every process (its leave notice included), ``GET /v1/channels`` and the disconnect API answer for
 the whole broker, and the cross-process control path disconnects a client, every connection of a
-user, or unsubscribes a user, on whichever process they are connected to.
+user, or subscribes or unsubscribes a user, on whichever process they are connected to.
 
 The first tests run real ``broker serve`` processes; those that need a user id on a connection
 (nothing sets one before authentication exists) run two brokers in this process, each with its
@@ -16,9 +16,21 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from broker.backplane.control import DisconnectClient, DisconnectUser, UnsubscribeUser
+from broker.backplane.control import (
+    DisconnectClient,
+    DisconnectUser,
+    SubscribeUser,
+    UnsubscribeUser,
+)
 from broker.settings import Settings
-from protocol import Disconnect, Encoding, Publication, Unsubscribed
+from protocol import (
+    Disconnect,
+    Encoding,
+    Publication,
+    StreamPosition,
+    Subscribed,
+    Unsubscribed,
+)
 from tests.broker.backplane.test_behaviour import (
     assert_alive,
     client_id,
@@ -171,6 +183,45 @@ async def test_a_user_is_unsubscribed_from_a_channel_on_every_process(
             return await presence_of(pub, "p:room") == remaining
 
         await eventually(alice_left)  # her presence entry is removed in Redis in the background
+
+
+async def test_a_user_is_subscribed_to_a_channel_on_every_process(
+    redis_server: RedisServer,
+) -> None:
+    settings = on_redis(redis_server.url)
+    async with (
+        serve_ready(settings) as a,
+        serve_ready(settings) as b,
+        clients(a.url(), Encoding.JSON, Encoding.JSON) as (pub, alice_a),
+        clients(b.url(), Encoding.MSGPACK, Encoding.JSON) as (alice_b, dave_b),
+    ):
+        as_user(a, alice_a, "alice")
+        as_user(b, alice_b, "alice")
+        first = await publish(pub, "feed", "before", 1)
+        assert await a.broker.control.count(SubscribeUser("alice", "feed")) == 2
+        for alice in (alice_a, alice_b):
+            subscribed = await alice.expect(Subscribed)
+            assert (subscribed.id, subscribed.channel) == (0, "feed")
+            assert (subscribed.epoch, subscribed.offset) == (first.epoch, first.offset)
+        # Subscribed already: counted nowhere, and nothing more sent.
+        assert await b.broker.control.count(SubscribeUser("alice", "feed")) == 0
+        await publish(pub, "feed", "after", 2)
+        for alice in (alice_a, alice_b):
+            got = await alice.expect(Publication)
+            assert (got.channel, got.offset, alice.data(got.data)) == ("feed", 2, "after")
+        await assert_alive(dave_b)
+        assert "feed" not in b.broker.connections[client_id(dave_b)].subscriber.channels
+
+        # One named connection, from a position: the missed publications come with it.
+        await publish(pub, "h:other", "o1", 3)
+        await publish(pub, "h:other", "o2", 4)
+        since = StreamPosition(offset=1, epoch=(await publish(pub, "h:other", "o3", 5)).epoch)
+        named = SubscribeUser("alice", "h:other", client=client_id(alice_b), since=since)
+        assert await a.broker.control.count(named) == 1
+        subscribed = await alice_b.expect(Subscribed)
+        assert (subscribed.id, subscribed.recovered, subscribed.offset) == (0, True, 3)
+        assert [alice_b.data(p.data) for p in subscribed.publications] == ["o2", "o3"]
+        assert "h:other" not in a.broker.connections[client_id(alice_a)].subscriber.channels
 
 
 async def test_in_memory_the_control_path_is_this_process() -> None:

@@ -34,6 +34,11 @@ async function main(): Promise<void> {
   await client.subscribe("chat:other", (message: Message) => void message.publisher);
   client.on("resync", (resync) => void resync.offset);
   client.on("connected", ({ welcome }) => void welcome.heartbeat);
+  client.on("connected", ({ welcome }) => void welcome.subs.length);
+  client.on("subscribed", ({ channel, subscription, offset }) => {
+    const serverSide: boolean = subscription.serverSide;
+    subscription.on("message", (message) => void [channel, offset, serverSide, message.data]);
+  });
   const page = await client.history("chat:lobby", { since: { offset, epoch: reply.epoch }, limit: 10 });
   void page.publications.length;
   const members = await client.presence("chat:lobby");
