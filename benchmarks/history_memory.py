@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ import psutil
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from benchmarks.server import ServerProcess, ServerStartError
+from benchmarks.server import ServerCommand, ServerProcess, ServerStartError
 from benchmarks.targets import broker_command
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -62,6 +64,10 @@ SUBSCRIBER_SETS = {
 DATA_KINDS = ("json", "msgpack", "msgpack-bin")
 #: Publishes in flight at once.
 WINDOW = 256
+#: A private Redis without persistence, for ``--backplanes redis``.
+REDIS = ServerCommand(
+    ["redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+)
 #: Upper bound on the retained payload bytes of one case: larger payloads get fewer publications.
 MAX_RETAINED_BYTES = 96 * 1024 * 1024
 
@@ -73,6 +79,7 @@ class Case:
     subscribers: str
     count: int
     tree: str  # "current" or "baseline"
+    backplane: str = "memory"  # or "redis"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +89,16 @@ class CaseResult:
     error: str | None = None
     rss_before: int = 0
     rss_after: int = 0
+    #: The Redis server's RSS (``--backplanes redis``), where history lives there.
+    redis_before: int = 0
+    redis_after: int = 0
     seconds: float = 0.0
+
+    @property
+    def redis_per_publication(self) -> float | None:
+        if not self.ok or self.case.backplane != "redis":
+            return None
+        return (self.redis_after - self.redis_before) / self.case.count
 
     @property
     def per_publication(self) -> float | None:
@@ -92,8 +108,11 @@ class CaseResult:
 
     @property
     def overhead(self) -> float | None:
+        """What the broker keeps besides the payload (memory backplane: history is there)."""
         cost = self.per_publication
-        return None if cost is None else cost - self.case.size
+        if cost is None or self.case.backplane != "memory":
+            return None
+        return cost - self.case.size
 
 
 def say(line: str = "") -> None:
@@ -244,8 +263,14 @@ def _settled_rss(process: psutil.Process, timeout: float = 10.0) -> int:
 
 
 async def _run_case(
-    port: int, process: psutil.Process, case: Case, channels: int, warmup: int
-) -> tuple[int, int]:
+    port: int,
+    process: psutil.Process,
+    redis: psutil.Process | None,
+    case: Case,
+    channels: int,
+    warmup: int,
+) -> tuple[int, int, int, int]:
+    """RSS of the broker, then of Redis (0 without), before and after the publications."""
     url = f"ws://127.0.0.1:{port}/v1/ws"
     names = [f"{NAMESPACE}:c{i}" for i in range(channels)]
     publisher_encoding = "json" if case.data == "json" else "msgpack"
@@ -270,6 +295,7 @@ async def _run_case(
                     publisher, publisher_encoding, [WARM_CHANNEL], data, warmup, 1, subscribers, 0
                 )
             before = await asyncio.to_thread(_settled_rss, process)
+            redis_before = 0 if redis is None else await asyncio.to_thread(_settled_rss, redis)
             async with asyncio.timeout(timeout):
                 await _publish(
                     publisher,
@@ -282,12 +308,28 @@ async def _run_case(
                     warmup,
                 )
             after = await asyncio.to_thread(_settled_rss, process)
-        return before, after
+            redis_after = 0 if redis is None else await asyncio.to_thread(_settled_rss, redis)
+        return before, after, redis_before, redis_after
     finally:
         for subscriber in subscribers:
             if subscriber.task is not None:
                 subscriber.task.cancel()
             await subscriber.websocket.close()
+
+
+def _ready(port: int, timeout: float = 30.0) -> bool:
+    """Wait until the broker's ``/readyz`` answers 200 (its backplane is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            url = f"http://127.0.0.1:{port}/readyz"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def run_case(
@@ -303,22 +345,39 @@ def run_case(
     if case.tree == "baseline":
         assert baseline is not None
         env["PYTHONPATH"] = str(baseline)
-    name = f"{case.tree}-{case.data}-{case.size}-{case.subscribers}"
-    server = ServerProcess(broker_command(env), log_path=log_dir / f"{name}.log")
+    name = f"{case.tree}-{case.backplane}-{case.data}-{case.size}-{case.subscribers}"
     began = time.monotonic()
-    try:
-        server.start()
-    except (ServerStartError, OSError) as exc:
-        return CaseResult(case, ok=False, error=f"server start: {exc}")
-    try:
-        process = psutil.Process(server.pid)
-        before, after = asyncio.run(_run_case(server.port, process, case, channels, warmup))
-    except (OSError, RuntimeError, TimeoutError) as exc:
-        return CaseResult(case, ok=False, error=f"{type(exc).__name__}: {exc}")
-    finally:
-        server.stop()
+    with contextlib.ExitStack() as stack:
+        redis: psutil.Process | None = None
+        try:
+            if case.backplane == "redis":
+                redis_server = ServerProcess(REDIS, log_path=log_dir / f"{name}-redis.log")
+                stack.enter_context(redis_server)
+                redis = psutil.Process(redis_server.pid)
+                env["BROKER_BACKPLANE__KIND"] = "redis"
+                env["BROKER_BACKPLANE__REDIS_URL"] = f"redis://127.0.0.1:{redis_server.port}/0"
+            server = stack.enter_context(
+                ServerProcess(broker_command(env), log_path=log_dir / f"{name}.log")
+            )
+        except (ServerStartError, OSError) as exc:
+            return CaseResult(case, ok=False, error=f"server start: {exc}")
+        if not _ready(server.port):
+            return CaseResult(case, ok=False, error="the broker never became ready")
+        try:
+            process = psutil.Process(server.pid)
+            before, after, redis_before, redis_after = asyncio.run(
+                _run_case(server.port, process, redis, case, channels, warmup)
+            )
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            return CaseResult(case, ok=False, error=f"{type(exc).__name__}: {exc}")
     return CaseResult(
-        case, ok=True, rss_before=before, rss_after=after, seconds=time.monotonic() - began
+        case,
+        ok=True,
+        rss_before=before,
+        rss_after=after,
+        redis_before=redis_before,
+        redis_after=redis_after,
+        seconds=time.monotonic() - began,
     )
 
 
@@ -332,25 +391,31 @@ def markdown(results: Sequence[CaseResult], header: Sequence[str]) -> str:
 
     lines = [*header, ""]
     trees = sorted({r.case.tree for r in results}, reverse=True)  # current first
-    columns = ["payload B", "data", "subscribers", "count"]
+    redis = any(r.case.backplane == "redis" for r in results)
+    columns = ["backplane", "payload B", "data", "subscribers", "count"]
     for tree in trees:
         columns += [f"{tree} B/pub", f"{tree} overhead B", f"{tree} per payload B"]
+        if redis:
+            columns.append(f"{tree} Redis B/pub")
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "---|" * len(columns))
-    keys: dict[tuple[int, str, str], dict[str, CaseResult]] = {}
+    keys: dict[tuple[str, int, str, str], dict[str, CaseResult]] = {}
     for result in results:
         case = result.case
-        keys.setdefault((case.size, case.data, case.subscribers), {})[case.tree] = result
-    for (size, data, subscribers), by_tree in sorted(keys.items()):
-        row = [f"{size:,}", data, subscribers]
+        key = (case.backplane, case.size, case.data, case.subscribers)
+        keys.setdefault(key, {})[case.tree] = result
+    for (backplane, size, data, subscribers), by_tree in sorted(keys.items()):
+        row = [backplane, f"{size:,}", data, subscribers]
         row.append(f"{next(iter(by_tree.values())).case.count:,}")
         for tree in trees:
             found = by_tree.get(tree)
             cost = None if found is None else found.per_publication
             if found is None or cost is None:
-                row += ["-", "-", "-"]
+                row += ["-", "-", "-"] + (["-"] if redis else [])
                 continue
             row += [cell(cost), cell(found.overhead), f"{cost / size:.2f}"]
+            if redis:
+                row.append(cell(found.redis_per_publication))
         lines.append("| " + " | ".join(row) + " |")
     failed = [r for r in results if not r.ok]
     if failed:
@@ -376,6 +441,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=20_000,
         help="retained publications per case (fewer for large payloads: at most 96 MiB of them)",
     )
+    parser.add_argument(
+        "--backplanes", default="memory", help="memory and/or redis (a private redis-server)"
+    )
     parser.add_argument("--channels", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2_000)
     parser.add_argument("--baseline", type=Path, default=None, help="another tree to compare")
@@ -383,14 +451,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _line(result: CaseResult) -> str:
+    case, cost, overhead = result.case, result.per_publication, result.overhead
+    head = (
+        f"{case.tree:8} {case.backplane:6} {case.data:11} {case.size:>6} B"
+        f"  subscribers={case.subscribers:7} n={case.count:>6}  "
+    )
+    if cost is None:
+        return head + f"FAILED: {result.error}"
+    redis = result.redis_per_publication
+    return (
+        head
+        + f"{cost:8,.0f} B/pub"
+        + ("" if overhead is None else f"  overhead {overhead:8,.0f} B")
+        + ("" if redis is None else f"  Redis {redis:8,.0f} B/pub")
+        + f"  ({result.seconds:.0f} s)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     kinds = args.data.split(",")
     sets = args.subscribers.split(",")
-    unknown = [k for k in kinds if k not in DATA_KINDS] + [
-        s for s in sets if s not in SUBSCRIBER_SETS
-    ]
+    backplanes = args.backplanes.split(",")
+    unknown = (
+        [k for k in kinds if k not in DATA_KINDS]
+        + [s for s in sets if s not in SUBSCRIBER_SETS]
+        + [b for b in backplanes if b not in ("memory", "redis")]
+    )
     if unknown:
         sys.stderr.write(f"unknown: {', '.join(unknown)}\n")
         return 2
@@ -400,36 +489,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     trees = ["current"] if args.baseline is None else ["baseline", "current"]
     load_before = os.getloadavg()
     results: list[CaseResult] = []
-    for size in sizes:
-        for kind in kinds:
-            for subscribers in sets:
-                for tree in trees:  # interleaved: both trees see the same machine
-                    case = Case(size, kind, subscribers, _count_for(size, args.count), tree)
-                    result = run_case(
-                        case,
-                        channels=args.channels,
-                        warmup=args.warmup,
-                        baseline=args.baseline,
-                        log_dir=log_dir,
-                    )
-                    results.append(result)
-                    cost = result.per_publication
-                    say(
-                        f"{tree:8} {kind:11} {size:>6} B  subscribers={subscribers:7}"
-                        f" n={case.count:>6}  "
-                        + (
-                            f"{cost:8,.0f} B/pub  overhead {result.overhead:8,.0f} B"
-                            f"  ({result.seconds:.0f} s)"
-                            if cost is not None and result.overhead is not None
-                            else f"FAILED: {result.error}"
-                        ),
-                    )
+    cases = [
+        Case(size, kind, subscribers, _count_for(size, args.count), tree, backplane)
+        for backplane in backplanes
+        for size in sizes
+        for kind in kinds
+        for subscribers in sets
+        for tree in trees  # interleaved: both trees see the same machine
+    ]
+    for case in cases:
+        result = run_case(
+            case,
+            channels=args.channels,
+            warmup=args.warmup,
+            baseline=args.baseline,
+            log_dir=log_dir,
+        )
+        results.append(result)
+        say(_line(result))
     load_after = os.getloadavg()
     header = [
         f"# Memory per retained publication ({created:%Y-%m-%d %H:%M} UTC)",
         "",
         f"{args.channels} channels, warm-up {args.warmup:,} publications;"
-        " B/pub = server RSS growth / publications retained; overhead = B/pub - payload bytes.",
+        " B/pub = broker RSS growth / publications retained; overhead = B/pub - payload bytes"
+        " (memory backplane); Redis B/pub = redis-server RSS growth / publications.",
         f"Load average before {load_before[0]:.2f}, after {load_after[0]:.2f}."
         + (f" Baseline tree: `{args.baseline}`." if args.baseline else ""),
     ]
@@ -452,6 +536,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "rss_after": r.rss_after,
                 "bytes_per_publication": r.per_publication,
                 "overhead_bytes": r.overhead,
+                "redis_rss_before": r.redis_before,
+                "redis_rss_after": r.redis_after,
+                "redis_bytes_per_publication": r.redis_per_publication,
                 "seconds": r.seconds,
             }
             for r in results

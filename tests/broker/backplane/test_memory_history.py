@@ -29,7 +29,7 @@ OPTIONS = SETTINGS.namespace("h")
 async def publish_as_client(backplane: MemoryBackplane, channel: str, text: str) -> None:
     """Publish as ``/v1/ws`` does: ``data`` is a view into the decoded client frame."""
     frame = JSON.encode_client(
-        Publish(id=7, channel=channel, data=msgspec.Raw(JSON.encode({"text": text})))
+        Publish(id=7, channel=channel, data=msgspec.Raw(msgspec.json.encode({"text": text})))
     )
     message = JSON.decode_client(frame)
     assert isinstance(message, Publish)
