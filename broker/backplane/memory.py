@@ -11,6 +11,14 @@ changes.
 Idempotency keys are remembered per channel for ``backplane.idempotency_window`` seconds: a
 publish repeating one is answered with the first publication's head and not published again.
 
+A retained publication is one small frozen Struct (``Retained``): its offset, the time it was
+accepted, its publisher and its payload as the publisher encoded it, copied out of the frame it
+came in, once. Nothing else is kept: not the frames delivered live, not the payload converted
+for the other encoding. A read builds fresh ``PublicationFrames`` for the publications it returns
+(as the Redis backplane does from its stream), which convert and encode on demand. So one
+retained publication costs its payload plus a small constant (docs/operations.md, "History
+memory"); ``benchmarks/history_memory.py`` measures it.
+
 ``publish`` assigns the offset and hands the publication to the hub before it returns, in the
 caller's task. Offsets reach the hub in order even when the mailbox is full: anyio's memory
 streams keep waiting senders in FIFO order and never let a newcomer pass one that waits.
@@ -18,6 +26,7 @@ streams keep waiting senders in FIFO order and never let a newcomer pass one tha
 
 from __future__ import annotations
 
+import itertools
 import math
 import secrets
 import time
@@ -42,11 +51,31 @@ from broker.settings import NamespaceSettings, Settings
 from protocol import ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames, namespace_of
 
 
-@dataclass(slots=True)
-class Retained:
-    publication: PublicationFrames
-    #: ``time.monotonic()`` after which it is evicted; ``math.inf`` without a TTL.
-    expires: float
+class Retained(msgspec.Struct, frozen=True, gc=False):
+    """One retained publication, compact: 56 bytes besides its payload, offset and time (no
+    dict, not tracked by the garbage collector: it refers to nothing that could refer back)."""
+
+    offset: int
+    #: ``time.monotonic()`` when the publication was accepted (the live publication's own
+    #: float); ``history_ttl`` counts from it.
+    accepted: float
+    #: The payload in the publisher's encoding: its own ``bytes``, not a view that would keep
+    #: the whole client frame it was read from alive.
+    data: bytes
+    source: Codec
+    publisher: str | None
+
+    def publication(self, channel: str, epoch: str) -> PublicationFrames:
+        """A fresh publication to hand out: frames and conversions are made on demand."""
+        return PublicationFrames(
+            channel=channel,
+            offset=self.offset,
+            epoch=epoch,
+            publisher=self.publisher,
+            data=msgspec.Raw(self.data),
+            source=self.source,
+            accepted=self.accepted,
+        )
 
 
 #: How long the record of a history namespace's channel outlives its last use (as on Redis).
@@ -61,10 +90,28 @@ class Stream:
     #: ``time.monotonic()`` until which the record is kept while unwatched and empty.
     keep_until: float = 0.0
 
-    def evict(self, now: float) -> None:
+    def evict(self, now: float, ttl: float) -> None:
+        """Drop the publications retained ``ttl`` seconds or longer (none when ``ttl`` is 0)."""
+        if ttl <= 0:
+            return
         history = self.history
-        while history and history[0].expires <= now:
+        while history and history[0].accepted + ttl <= now:
             history.popleft()
+
+    def after(self, offset: int, limit: int | None) -> list[Retained]:
+        """The retained publications above ``offset``, oldest first, at most ``limit``."""
+        # Offsets rise along the deque: walk back from the newest only as far as needed.
+        newer = list(itertools.takewhile(lambda item: item.offset > offset, reversed(self.history)))
+        newer.reverse()
+        return newer if limit is None else newer[:limit]
+
+    def latest(self, limit: int | None) -> list[Retained]:
+        """The latest ``limit`` retained publications (all when None), oldest first."""
+        if limit is None:
+            return list(self.history)
+        newest = list(itertools.islice(reversed(self.history), max(0, limit)))
+        newest.reverse()
+        return newest
 
 
 class MemoryBackplane:
@@ -153,16 +200,17 @@ class MemoryBackplane:
             publisher=publisher,
             data=data,
             source=codec,
+            accepted=now,
         )
         if converted:
             for encoding, payload in converted.items():
                 publication.add_payload(encoding, payload)
         if options.history_size:
-            ttl = options.history_ttl
-            stream.history.append(Retained(publication, now + ttl if ttl > 0 else math.inf))
-            while len(stream.history) > options.history_size:
-                stream.history.popleft()
-            stream.evict(now)
+            history = stream.history
+            history.append(Retained(stream.offset, now, bytes(data), codec, publisher))
+            while len(history) > options.history_size:
+                history.popleft()
+            stream.evict(now, options.history_ttl)
         head = Head(stream.epoch, stream.offset)
         if idempotency_key is not None:
             key = (channel, idempotency_key)
@@ -202,9 +250,8 @@ class MemoryBackplane:
         self._watched.discard(channel)
         self._forget_if_unused(channel)
 
-    def _retained(
-        self, channel: str, options: NamespaceSettings
-    ) -> tuple[Head, list[PublicationFrames]]:
+    def _retained(self, channel: str, options: NamespaceSettings) -> tuple[Head, Stream | None]:
+        """The channel's head, and its stream when it has one (expired publications evicted)."""
         stream = self._streams.get(channel)
         if stream is None:
             # Never published to (or forgotten): an empty stream with a fresh epoch, kept where
@@ -213,25 +260,23 @@ class MemoryBackplane:
             self._keep(stream, options, time.monotonic())
             head = Head(stream.epoch, stream.offset)
             self._forget_if_unused(channel)
-            return head, []
-        stream.evict(time.monotonic())
-        publications = [item.publication for item in stream.history]
+            return head, None
+        stream.evict(time.monotonic(), options.history_ttl)
         head = Head(stream.epoch, stream.offset)
         self._forget_if_unused(channel)
-        return head, publications
+        return head, stream
 
     async def read(
         self, channel: str, after: int, limit: int | None, options: NamespaceSettings
     ) -> Page:
-        head, publications = self._retained(channel, options)
-        selected = [p for p in publications if p.offset > after]
-        return Page(head, selected if limit is None else selected[:limit])
+        head, stream = self._retained(channel, options)
+        retained = [] if stream is None else stream.after(after, limit)
+        return Page(head, [item.publication(channel, head.epoch) for item in retained])
 
     async def latest(self, channel: str, limit: int | None, options: NamespaceSettings) -> Page:
-        head, publications = self._retained(channel, options)
-        if limit is not None:
-            publications = publications[max(0, len(publications) - limit) :] if limit else []
-        return Page(head, publications)
+        head, stream = self._retained(channel, options)
+        retained = [] if stream is None else stream.latest(limit)
+        return Page(head, [item.publication(channel, head.epoch) for item in retained])
 
     def presence_add(self, channel: str, member: ClientInfo) -> None:
         self._presence.setdefault(channel, {})[member.client] = member
