@@ -70,6 +70,9 @@ from broker.sockets import SocketTally, limits, reset
 from protocol import Frame
 
 TRANSPORT_EXTENSION = "broker.transport"
+#: A key of the ASGI ``websocket.accept`` message: true when the app writes its first frame in
+#: the same turn of the loop (``/v1/ws``'s ``welcome``), so that the 101 response is held for it.
+HOLD_RESPONSE = "broker.hold_response"
 
 #: ``TCP_CORK`` where the platform has it (Linux), else None.
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
@@ -647,9 +650,10 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def _accept(self, message: Any) -> None:
         """uvicorn 0.54's ``websocket.accept``, without its info line per connection (the
-        broker logs one line per connection, when it ends), and with the 101 response held
-        back for what the app writes in the same turn (``/v1/ws``: ``welcome``), so that both
-        leave in one TCP segment: one wake-up of the client instead of two."""
+        broker logs one line per connection, when it ends), and, when the message asks for it
+        (``HOLD_RESPONSE``), with the 101 response held back for what the app writes in the same
+        turn (``/v1/ws``: ``welcome``), so that both leave in one TCP segment: one wake-up of
+        the client instead of two."""
         await self.writable.wait()
         if self.disconnected:
             raise ClientDisconnected()
@@ -670,17 +674,18 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         if not transport.is_closing():
             self.handshake_complete = True
             self.conn.send_response(response)
-            self._cork()
+            if message.get(HOLD_RESPONSE):
+                self._cork()
             transport.write(b"".join(self.conn.data_to_send()))
             self.start_keepalive()
 
     def _cork(self) -> None:
-        """Hold what is written to the socket until two turns of the loop from now
-        (``TCP_CORK``, Linux): the app's first frames, queued in this turn and flushed in the
-        next, join the handshake's response. A no-op where ``TCP_CORK`` does not exist."""
+        """Hold what is written to the socket until the next turn of the loop (``TCP_CORK``,
+        Linux): the app's first frames, written in this turn, join the handshake's response.
+        A no-op where ``TCP_CORK`` does not exist."""
         sock = self._corked()
         if sock is not None:
-            self.loop.call_soon(self.loop.call_soon, self._uncork, sock)
+            self.loop.call_soon(self._uncork, sock)
 
     def _corked(self) -> socket.socket | None:
         """Set ``TCP_CORK`` on the socket; the socket, or None when that cannot be done."""

@@ -114,6 +114,9 @@ class V1Reader:
             expires_at=identity.expires_at,
         )
         connection.send_frame(self.codec.encode(welcome))
+        # Written now rather than after this turn: the transport holds the handshake's 101
+        # response for it (``HOLD_RESPONSE``), and both leave in one TCP segment.
+        connection.outbox.flush()
         for channel in identity.subs:
             if is_valid_channel(channel):
                 # Answered with ``subscribed`` id 0 (docs/protocol.md, "Authentication").
