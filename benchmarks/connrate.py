@@ -212,6 +212,85 @@ def medians(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
+#: The phases of one connection on the broker's ``/v1/ws``, for ``--phases``: a sample of a
+#: profile (``py-spy record --native``) goes to the first phase with a frame on its stack
+#: (order matters: the system calls first, wherever they are made from).
+PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "kernel: sending (write, and the uncork and close that send what was held)",
+        ("write (libc", "setsockopt (libc", "close (libc", "shutdown (libc"),
+    ),
+    (
+        "kernel: accept, socket addresses, reads",
+        ("accept4 (libc", "getsockname (libc", "getpeername (libc", "read (libc"),
+    ),
+    (
+        "handshake answered: websockets' checks, Sec-WebSocket-Accept, 101",
+        ("ServerProtocol.accept", "process_request", "send_response", "._accept"),
+    ),
+    ("handshake request parsed again by websockets", ("Request.parse", "Protocol.receive_data")),
+    (
+        "closing handshake and teardown (uvicorn, transport)",
+        ("handle_close", "connection_lost", "on_task_complete"),
+    ),
+    (
+        "log lines (connection.opened, connection.closed)",
+        ("_log_closed", "connection.py:320", "BoundLoggerLazyProxy"),
+    ),
+    ("ASGI scope and task (uvicorn)", ("WebSocketsSansIOProtocol.handle_connect",)),
+    (
+        "WebSocket protocol object, hand-over from HTTP",
+        (
+            "BrokerWebSocketProtocol.__init__",
+            "adopt",
+            "start_handshake_deadline",
+            "handle_websocket_upgrade",
+        ),
+    ),
+    (
+        "HTTP protocol object, socket tally, deadline",
+        ("BrokerHttpProtocol.__init__", "connection_made", "create_protocol"),
+    ),
+    (
+        "HTTP request parsed (httptools)",
+        ("HttpToolsProtocol.data_received", "BrokerHttpProtocol.data_received"),
+    ),
+    ("admission: origin, auth, limits", ("_admit",)),
+    (
+        "Connection, reader, welcome",
+        ("_connection", "V1Reader", "Connection.__init__", "_flush_soon"),
+    ),
+    (
+        "connection task: run, cancel scope, hub, registry",
+        ("Connection.run", "serve_v1", "BrokerApp.__call__", "run_asgi", "Hub.run"),
+    ),
+    ("garbage collector", ("gc_collect",)),
+    ("event loop: epoll, timers, callbacks", ("epoll", "uv_run", "Loop__")),
+)
+
+
+def phases(profile: Path) -> list[tuple[str, float]]:
+    """Shares of a py-spy profile (``--format raw``) by ``PHASES``; the rest is "other"."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in profile.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit() or "loopwatch" in stack:
+            continue
+        total += int(count)
+        frames = stack.split(";")
+        name = next(
+            (
+                phase
+                for phase, keys in PHASES
+                if any(key in frame for frame in frames for key in keys)
+            ),
+            "other",
+        )
+        counts[name] = counts.get(name, 0) + int(count)
+    return sorted(((name, n / total) for name, n in counts.items()), key=lambda x: -x[1])
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.connrate",
@@ -241,11 +320,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="extra BROKER_* environment for the broker targets (repeatable)",
     )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--phases",
+        type=Path,
+        default=None,
+        metavar="PROFILE",
+        help="only print where a py-spy profile of the broker (--format raw) went, by phase",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.phases is not None:
+        say("| phase | share of samples |")
+        say("|---|---|")
+        for name, share in phases(args.phases):
+            say(f"| {name} | {100 * share:.1f}% |")
+        return 0
     broker_env = dict(item.split("=", 1) for item in args.broker_env)
     known = {name: with_broker_env(target, broker_env) for name, target in build_targets().items()}
     targets: list[Target] = []
