@@ -217,8 +217,8 @@ def medians(rows: Sequence[Row]) -> list[str]:
 #: (order matters: the system calls first, wherever they are made from).
 PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
-        "kernel: sending (write, and the uncork and close that send what was held)",
-        ("write (libc", "setsockopt (libc", "close (libc", "shutdown (libc"),
+        "kernel: sending and closing (write; the uncork and close(2) that send what was held)",
+        ("write (libc", "setsockopt (libc", "uv__close", "shutdown (libc"),
     ),
     (
         "kernel: accept, socket addresses, reads",
