@@ -2,13 +2,14 @@
 
 Targets: ``naive`` (the tutorial's ConnectionManager), ``node-ws`` (Node.js ``ws``, when node is
 installed), ``broker-chat`` (``/ws/chat``), ``broker-v1-json`` and ``broker-v1-msgpack``
-(``/v1/ws``), and for the many-channels scenario only the channel peers ``nats`` (a private
-NATS server over WebSocket, when ``nats-server`` is installed) and ``socketio`` (Node.js
-socket.io 4 with rooms, when node is installed). Scenarios: ``fanout`` (one channel, rates
-stepped up until p99 > 100 ms or loss), ``channels`` (1,000 channels x 10 subscribers: ``/v1/ws``
-and the channel peers), ``stalled`` (the isolation scenario), ``idle`` (server memory per idle
-connection), ``connect-rate`` (connections opened and closed per second) and ``c10k`` (10,000
-connections, one broadcast per second).
+(``/v1/ws``), and for the many-channels and connection-rate scenarios only the channel peers
+``nats`` (a private NATS server over WebSocket, when ``nats-server`` is installed) and
+``socketio`` (Node.js socket.io 4 with rooms, when node is installed). Scenarios: ``fanout``
+(one channel, rates stepped up until p99 > 100 ms or loss), ``channels`` (1,000 channels x 10
+subscribers: ``/v1/ws`` and the channel peers), ``stalled`` (the isolation scenario), ``idle``
+(server memory per idle connection), ``connect-rate`` (10,000 connections opened, each through
+the target's own opening handshake, and closed: connections per second and server CPU per
+1,000) and ``c10k`` (10,000 connections, one broadcast per second).
 
 Writes ``benchmarks/results/suite-<stamp>.json``, ``.md`` (tables, ratios to each peer, the
 four performance goals met or not) and ``.png``.
@@ -90,7 +91,9 @@ class Settings:
     stalled_ks: tuple[int, ...] = (0, 5)
     idle_connections: int = 2000
     connect_concurrency: int = 50
-    connect_duration: float = 4.0
+    #: Connections each target opens in the connection-rate scenario; the duration bounds it.
+    connect_connections: int = 10_000
+    connect_duration: float = 120.0
     c10k_connections: int = 10_000
     c10k_duration: float = 20.0
 
@@ -109,7 +112,8 @@ QUICK = Settings(
     stalled_duration=2.5,
     stalled_ks=(0, 1),
     idle_connections=1000,
-    connect_duration=2.0,
+    connect_connections=2000,
+    connect_duration=60.0,
     c10k_connections=1000,
     c10k_duration=4.0,
 )
@@ -130,7 +134,8 @@ class Suite:
         log_dir: Path,
         wait_quiet_s: float,
     ) -> None:
-        #: The channel peers (NATS, socket.io) take part in the many-channels scenario only.
+        #: The channel peers (NATS, socket.io) take part in the many-channels and connection-rate
+        #: scenarios only.
         self.all_targets = targets
         self.targets = [target for target in targets if target.name not in CHANNEL_PEERS]
         self.settings = settings
@@ -246,7 +251,8 @@ class Suite:
             self.progress(f"{target.name}: {figure} per connection {result.error or ''}")
 
     def connect_rate(self) -> None:
-        for target in self.targets:
+        # Every target, the channel peers included: each in its own protocol.
+        for target in self.all_targets:
             self._quiet()
             result = connection_rate(
                 target,
@@ -255,10 +261,14 @@ class Suite:
                 workers=self.settings.workers,
                 log_dir=self.log_dir,
                 progress=self.progress,
+                connections=self.settings.connect_connections,
             )
             self.results.connect_rate.append(result)
+            cpu = result.server_cpu_ms_per_1k
             self.progress(
                 f"{target.name}: {result.per_second:.0f} connections/s,"
+                f" {result.seconds_for_10k or 0:.2f} s for 10,000,"
+                f" {cpu or 0:.0f} ms CPU per 1,000,"
                 f" failures {sum(result.failures.values())} {result.error or ''}"
             )
 

@@ -315,7 +315,9 @@ def connrate_section(results: Sequence[ConnRateResult], peers: Sequence[str]) ->
         return []
     header = [
         "target",
+        "opened",
         "connections/s",
+        "s for 10,000",
         "failures",
         "open p50 ms",
         "open p99 ms",
@@ -336,7 +338,9 @@ def connrate_section(results: Sequence[ConnRateResult], peers: Sequence[str]) ->
         rows.append(
             [
                 result.target,
+                f"{result.cycles:,}",
                 f"{result.per_second:,.0f}",
+                fmt_ms(result.seconds_for_10k),
                 str(sum(result.failures.values())),
                 fmt_ms(latency.p50_ms if latency else None),
                 fmt_ms(latency.p99_ms if latency else None),
@@ -350,12 +354,16 @@ def connrate_section(results: Sequence[ConnRateResult], peers: Sequence[str]) ->
             ]
         )
     concurrency = results[0].concurrency
-    duration = results[0].duration_s
+    wanted = results[0].wanted
+    amount = (
+        f"until {wanted:,} have opened" if wanted else f"for about {results[0].duration_s:.0f} s"
+    )
     return [
         "## Connection rate",
         "",
-        f"{concurrency} loops in all open a connection (on `/v1/ws`: until `welcome`) and close"
-        f" it, for about {duration:.0f} s.",
+        f"{concurrency} loops in all open a connection, complete the target's own opening"
+        " handshake (`/v1/ws`: until `welcome`; NATS: `CONNECT` + `PING` answered `PONG`;"
+        f" socket.io: the namespace connect acknowledged) and close it, {amount}.",
         "",
         *_table(header, rows),
     ]

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
+import httptools
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -51,15 +53,21 @@ class _QuietLogger:
     client: "Invalid HTTP request received.", "Unsupported upgrade request.") sent through the
     rate-limited ``client_faults`` at ``info``. Errors (the app's bugs) pass through unchanged."""
 
-    def __init__(self, logger: logging.Logger, remote: str | None = None) -> None:
-        self._logger = logger
-        self.remote = remote
+    __slots__ = ("client",)
+
+    def __init__(self) -> None:
+        #: The client's address, formatted only when something is logged.
+        self.client: tuple[str, int] | None = None
 
     def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        client_faults.info("http.bad_request", remote=self.remote, detail=msg % args)
+        client_faults.info("http.bad_request", remote=peer(self.client), detail=msg % args)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._logger, name)
+        return getattr(_UVICORN_ERROR, name)
+
+
+_UVICORN_ERROR = logging.getLogger("uvicorn.error")
+_UVICORN_ACCESS = logging.getLogger("uvicorn.access")
 
 
 class BrokerHttpProtocol(HttpToolsProtocol):
@@ -72,9 +80,40 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+        # uvicorn 0.54's ``__init__``, without its two logger look-ups per connection (every
+        # socket pays for this: docs/performance.md, "Connection rate").
+        if not config.loaded:
+            config.load()  # pragma: no cover - the server loads it before accepting
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.logger = _QuietLogger()  # type: ignore[assignment]
+        self.access_logger = _UVICORN_ACCESS
+        self.access_log = _UVICORN_ACCESS.hasHandlers()
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.ws_protocol_class = config.ws_protocol_class
+        self.root_path = config.root_path
+        self.asgi_version = config.asgi_version
+        self.limit_concurrency = config.limit_concurrency
+        self.app_state = app_state
+        self.timeout_keep_alive_task = None
+        self.timeout_keep_alive = config.timeout_keep_alive
+        self.server_state = server_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.transport = None  # type: ignore[assignment]
+        self.flow = None  # type: ignore[assignment]
+        self.server = None
+        self.client = None
+        self.scheme = None
+        self.pipeline = deque()
+        self.scope = None  # type: ignore[assignment]
+        self.headers = None  # type: ignore[assignment]
+        self.expect_100_continue = False
+        self.cycle = None  # type: ignore[assignment]
+        # The broker's own state.
         self.tally: SocketTally = tally_for(server_state)
-        self.logger = _QuietLogger(self.logger)  # type: ignore[assignment]
         self._deadline: asyncio.TimerHandle | None = None
         self._accepted_at = 0.0
         #: Bytes of the request head received so far, while it is not complete.
@@ -91,13 +130,12 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         address = None if current.trusts(host) else host
         self.tally.add(transport, address)
         self._accepted_at = self.loop.time()
-        remote = peer(self.client)
-        self.logger.remote = remote  # type: ignore[attr-defined]
+        self.logger.client = self.client  # type: ignore[attr-defined]
         reason = refusal_at_accept(self.tally, address)
         if reason is not None:
             self._refused = True
             client_faults.warning(
-                "connection.refused", stage="accept", reason=reason, remote=remote
+                "connection.refused", stage="accept", reason=reason, remote=peer(self.client)
             )
             retry_after = max(1, round(current.retry_after))
             self._close_with(
@@ -178,14 +216,32 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def handle_websocket_upgrade(self) -> None:
+        """uvicorn 0.54's upgrade (the request as received, handed to the WebSocket protocol
+        to parse and answer), passing on the addresses this protocol already has when the
+        WebSocket protocol is the broker's, and the socket's deadline and tally."""
         self._cancel_deadline()
-        super().handle_websocket_upgrade()
-        protocol = self.transport.get_protocol()
-        start = getattr(protocol, "start_handshake_deadline", None)
-        if start is not None:
-            start(self._accepted_at + limits().handshake_timeout, self.tally)
-        else:  # another WebSocket protocol: it counts the socket out itself, or not at all
+        protocol_class: Any = self.ws_protocol_class
+        if protocol_class is None or not hasattr(protocol_class, "adopt"):
+            super().handle_websocket_upgrade()
+            # Another WebSocket protocol: it counts the socket out itself, or not at all.
             self.tally.discard(self.transport)
+            return
+        self.connections.discard(self)
+        output = [self.scope["method"].encode(), b" ", self.url, b" HTTP/1.1\r\n"]
+        for name, value in self.scope["headers"]:
+            output += [name, b": ", value, b"\r\n"]
+        output.append(b"\r\n")
+        # broker.transport.BrokerWebSocketProtocol (which imports this module).
+        protocol: Any = protocol_class(
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        transport = self.transport
+        protocol.adopt(transport, self.server, self.client, self.scheme == "https")
+        protocol.data_received(b"".join(output))
+        transport.set_protocol(protocol)
+        protocol.start_handshake_deadline(
+            self._accepted_at + limits().handshake_timeout, self.tally
+        )
 
     # --- the deadline ---------------------------------------------------------------------------
 

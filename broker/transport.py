@@ -43,6 +43,8 @@ Verified on uvicorn 0.54 with websockets 17.4 (pinned in pyproject.toml).
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,12 +52,17 @@ from typing import Any, Protocol
 
 from starlette.types import Message as AsgiMessage
 from starlette.websockets import WebSocketDisconnect
+from uvicorn.config import Config
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 from websockets.exceptions import InvalidState
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame as WireFrame
 from websockets.http11 import Request
 from websockets.protocol import Protocol as WebSocketProtocol
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from broker.client_faults import client_faults, peer
 from broker.http_protocol import simple_response
@@ -63,6 +70,29 @@ from broker.sockets import SocketTally, limits, reset
 from protocol import Frame
 
 TRANSPORT_EXTENSION = "broker.transport"
+#: A key of the ASGI ``websocket.accept`` message: true when the app writes its first frame in
+#: the same turn of the loop (``/v1/ws``'s ``welcome``), so that the 101 response is held for it.
+HOLD_RESPONSE = "broker.hold_response"
+
+#: ``TCP_CORK`` where the platform has it (Linux), else None.
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
+_UVICORN_ERROR = logging.getLogger("uvicorn.error")
+
+
+class _WireLogger:
+    """The logger ``websockets`` gets for a connection: ``uvicorn.error``, minus its ``info``
+    ("connection open" for every connection; the broker logs one line per connection)."""
+
+    __slots__ = ()
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_UVICORN_ERROR, name)
+
+
+_WIRE_LOGGER = _WireLogger()
 
 #: Starlette's ``WebSocket.send``: an ASGI send that turns a lost socket into a disconnect.
 Send = Callable[[AsgiMessage], Awaitable[None]]
@@ -308,12 +338,67 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol, plus the ``TransportLink`` extension, and lighter:
     an idle connection costs memory for as long as it lives (docs/performance.md)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # uvicorn 0.54's ``__init__``, minus what this class replaces at once (its
+        # ``asyncio.Queue`` and ``asyncio.Event``) and two logger look-ups per connection: every
+        # connection pays for this (docs/performance.md, "Connection rate").
+        if not config.loaded:
+            config.load()  # pragma: no cover - the server loads it before accepting
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.logger = _UVICORN_ERROR
+        self.root_path = config.root_path
+        self.asgi_version = config.asgi_version
+        self.app_state = app_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.default_headers = server_state.default_headers
+        self.transport = None  # type: ignore[assignment]
+        self.server = None
+        self.client = None
+        self.scheme = None  # type: ignore[assignment]
+        self.queue = _ReceiveQueue()  # type: ignore[assignment]
+        self.handshake_initiated = False
+        self.handshake_complete = False
+        self.close_sent = False
+        self.disconnected = False
+        self.close_timer = None
+        self.initial_response = None
+        extensions = []
+        if config.ws_per_message_deflate:
+            extensions = [
+                ServerPerMessageDeflateFactory(
+                    server_max_window_bits=12,
+                    client_max_window_bits=12,
+                    compress_settings={"memLevel": 5},
+                )
+            ]
+        self.conn = ServerProtocol(
+            extensions=extensions,
+            max_size=config.ws_max_size,
+            logger=_WIRE_LOGGER,  # type: ignore[arg-type]
+        )
+        self.read_paused = False
+        self.writable = _Flag()  # type: ignore[assignment]
+        self.ping_interval = config.ws_ping_interval
+        self.ping_timeout = config.ws_ping_timeout
+        self.ping_timer = None
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        self.ping_sent_at = 0.0
+        self.last_ping_rtt = 0.0
+        self.frames = []
+        self.curr_msg_data_type = "bytes"
+        # The broker's own state.
         self.link = TransportLink(self)
         self.close_timeout = limits().close_timeout
-        self.queue = _ReceiveQueue()  # type: ignore[assignment]
-        self.writable = _Flag()  # type: ignore[assignment]
         #: The server's socket tally, once ``BrokerHttpProtocol`` hands the socket over.
         self.tally: SocketTally | None = None
         self.handshake_timer: asyncio.TimerHandle | None = None
@@ -330,6 +415,23 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         super().connection_made(transport)
         high = limits().transport_buffer_bytes
         self.transport.set_write_buffer_limits(high=high, low=high // 4)
+
+    def adopt(
+        self,
+        transport: asyncio.Transport,
+        server: tuple[str, int | None] | None,
+        client: tuple[str, int] | None,
+        secure: bool,
+    ) -> None:
+        """``connection_made`` for a socket upgraded from ``BrokerHttpProtocol``, with the
+        addresses it already has (no second ``getsockname``/``getpeername``)."""
+        self.connections.add(self)
+        self.transport = transport
+        self.server = server
+        self.client = client
+        self.scheme = "wss" if secure else "ws"
+        high = limits().transport_buffer_bytes
+        transport.set_write_buffer_limits(high=high, low=high // 4)
 
     def start_handshake_deadline(self, deadline: float, tally: SocketTally) -> None:
         """Take over the socket's deadline (``loop.time()``) and tally from the HTTP protocol."""
@@ -520,7 +622,10 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         super().shutdown()
 
     async def send(self, message: Any) -> None:
-        await super().send(message)
+        if message["type"] == "websocket.accept" and not self.handshake_complete:
+            await self._accept(message)
+        else:
+            await super().send(message)
         if self.handshake_complete and self.handshake_timer is not None:
             self.handshake_timer.cancel()
             self.handshake_timer = None
@@ -543,11 +648,74 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
             self.close_timer.cancel()
             self.close_timer = self.loop.call_later(self.close_timeout, self.abort_connection)
 
-    def keepalive_timeout(self) -> None:
-        # Same trap as above: after a ping timeout uvicorn closes gracefully, which never ends
-        # for a client whose buffers are full.
-        super().keepalive_timeout()
-        self.abort_connection()
+    async def _accept(self, message: Any) -> None:
+        """uvicorn 0.54's ``websocket.accept``, without its info line per connection (the
+        broker logs one line per connection, when it ends), and, when the message asks for it
+        (``HOLD_RESPONSE``), with the 101 response held back for what the app writes in the same
+        turn (``/v1/ws``: ``welcome``), so that both leave in one TCP segment: one wake-up of
+        the client instead of two."""
+        await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected()
+        if self.initial_response is not None:
+            await super().send(message)  # a denial response started: uvicorn raises
+            return
+        headers = [
+            (name.decode("latin-1").lower(), value.decode("latin-1"))
+            for name, value in (self.default_headers + list(message.get("headers", [])))
+        ]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            headers.append(("Sec-WebSocket-Protocol", subprotocol))
+        response = self.response
+        del response.headers["Date"]
+        response.headers.update(headers)
+        transport = self.transport
+        if not transport.is_closing():
+            self.handshake_complete = True
+            self.conn.send_response(response)
+            if message.get(HOLD_RESPONSE):
+                self._cork()
+            transport.write(b"".join(self.conn.data_to_send()))
+            self.start_keepalive()
+
+    def _cork(self) -> None:
+        """Hold what is written to the socket until the next turn of the loop (``TCP_CORK``,
+        Linux): the app's first frames, written in this turn, join the handshake's response.
+        A no-op where ``TCP_CORK`` does not exist."""
+        sock = self._corked()
+        if sock is not None:
+            self.loop.call_soon(self._uncork, sock)
+
+    def _corked(self) -> socket.socket | None:
+        """Set ``TCP_CORK`` on the socket; the socket, or None when that cannot be done."""
+        if _TCP_CORK is None:
+            return None
+        sock: socket.socket | None = self.transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+        except OSError:
+            return None
+        return sock
+
+    def _uncork(self, sock: socket.socket) -> None:
+        # Once the transport is closing its socket may be closed already (and its number taken
+        # by another): closing sends what is held anyway.
+        if self.transport.is_closing() or _TCP_CORK is None:
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
+        except OSError:
+            pass
+
+    def handle_close(self, event: WireFrame) -> None:
+        if not self.close_sent and not self.transport.is_closing():
+            # The client closes first: the close frame that answers it and the FIN that follows
+            # at once leave in one TCP segment (the socket is closed corked, which sends all).
+            self._corked()
+        super().handle_close(event)
 
     def handle_parser_exception(self) -> None:
         close = self.conn.close_sent

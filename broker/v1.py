@@ -116,6 +116,9 @@ class V1Reader:
             subs=subs,
         )
         connection.send_frame(self.codec.encode(welcome))
+        # Written now rather than after this turn: the transport holds the handshake's 101
+        # response for it (``HOLD_RESPONSE``), and both leave in one TCP segment.
+        connection.outbox.flush()
         for channel in subs:
             # Answered with ``subscribed`` id 0 (docs/protocol.md, "Authentication").
             await self.hub.submit(

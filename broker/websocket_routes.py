@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket
 from starlette.responses import PlainTextResponse
+from starlette.websockets import WebSocketState
 
 from broker.auth import Refused
 from broker.centrifugo.endpoint import serve_centrifugo
@@ -23,6 +24,7 @@ from broker.logs import get_logger
 from broker.plain import run_chat, run_data, run_echo
 from broker.runtime import Broker
 from broker.settings import Settings
+from broker.transport import HOLD_RESPONSE
 from broker.v1 import V1Reader
 from protocol import (
     CLOSE_REASONS,
@@ -70,7 +72,17 @@ async def _admit(websocket: WebSocket, broker: Broker, codec: Codec | None) -> b
         except Refused as refused:
             refusal = refused.reason
     offered = websocket.scope.get("subprotocols") or []
-    await websocket.accept(subprotocol=codec.encoding.subprotocol if codec and offered else None)
+    if websocket.client_state is WebSocketState.CONNECTING:
+        await websocket.receive()  # the ASGI ``websocket.connect``, as ``accept`` does
+    accept: dict[str, object] = {
+        "type": "websocket.accept",
+        "subprotocol": codec.encoding.subprotocol if codec and offered else None,
+        "headers": [],
+    }
+    if codec is not None:
+        # ``/v1/ws`` writes ``welcome`` in this turn: the 101 response waits for it.
+        accept[HOLD_RESPONSE] = True
+    await websocket.send(accept)
     if refusal is not None:
         log.info("auth.refused", reason=refusal, endpoint=websocket.url.path)
         await websocket.close(code=CloseCode.UNAUTHORIZED, reason=refusal[:120])

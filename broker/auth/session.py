@@ -82,7 +82,8 @@ class ConnectionAuth:
         if identity.user is not None:
             # Every later line of this connection, ``connection.closed`` included, names the user.
             structlog.contextvars.bind_contextvars(user=identity.user)
-            log.info("auth.authenticated", expires_at=identity.expires_at)
+            # Debug: the connection's canonical line (``connection.closed``) carries ``user``.
+            log.debug("auth.authenticated", expires_at=identity.expires_at)
         return self._schedule_expiry(identity.expires_at)
 
     def _schedule_expiry(self, expires_at: float | None) -> bool:
