@@ -180,6 +180,10 @@ class FlushScheduler:
             outbox.flush()
 
 
+#: The moving average's weight for the newest gap (``Outbox.offer``).
+_WEIGHT = 1.0 / FlushScheduler.SMOOTHING
+
+
 @dataclass(slots=True)
 class SkippedRange:
     """Publications of ``channel`` from ``first`` to ``last`` (inclusive) that were dropped."""
@@ -302,20 +306,23 @@ class Outbox:
         self._frames.append(frame)
         self._bytes += size
         flusher = self.flusher
-        if flusher is not None and flusher._interval and frame.channel is not None:
-            # The gap, in the moving average: inline, as this runs once per delivery.
+        if flusher is not None and frame.channel is not None and flusher._interval:
+            # The gap, in the moving average (each gap and the average capped at the interval):
+            # inline, as this runs once per delivery.
             now = frame.accepted or time.monotonic()
             cap = flusher._interval
             gap = now - self._last_publication
             self._last_publication = now
             average = self._gap
-            if gap > cap:
-                gap = cap
-            elif gap < 0.0:  # taken in out of order (another process's, over a backplane)
-                gap = 0.0
-            if average > cap:
-                average = cap
-            self._gap = average + (gap - average) / FlushScheduler.SMOOTHING
+            if gap < cap:
+                if average > cap:
+                    average = cap
+                if gap < 0.0:  # taken in out of order (another process's, over a backplane)
+                    gap = 0.0
+                self._gap = average + (gap - average) * _WEIGHT
+            elif average < cap:
+                self._gap = average + (cap - average) * _WEIGHT
+            # Otherwise a sparse stream stays as sparse as it was: nothing to compute.
         if self._waiter is not None or self._ready_callback is not None:
             if flusher is None or self.write_through is None:
                 self._wake()
