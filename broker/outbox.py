@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable
 from contextvars import Context
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from protocol import Frame
 
 class FlushScheduler:
     """Flushes the outboxes fed during a turn of the event loop right after it, or, for a
-    connection under a sustained stream of its own publications, at most once per ``interval``.
+    connection under a dense stream of its own publications, at most once per ``interval``.
 
     The hub handles a burst of commands in one turn; each subscriber's frames from that turn then
     leave in one write, made here, without waking its writer: no task switch per delivery, and a
@@ -37,17 +38,23 @@ class FlushScheduler:
     leaves in one write per connection whatever the interval. An outbox whose socket does not
     take the write at once wakes its writer instead, which waits with a deadline.
 
-    ``interval`` (``queue.flush_interval``) coalesces writes, adaptively and per connection.
-    A publication for a connection whose last flush of publications ran at least ``interval`` ago
-    is flushed right after the turn, as with 0; one that comes sooner waits until ``interval``
-    after that connection's last flush, and everything queued for it by then leaves in one write.
-    So a connection under a sustained stream gets at most one write of publications per
-    ``interval`` (each flush due an interval after the previous one was due, so that a timer the
-    loop ran late does not make the stream drift later), while a connection that receives rarely
-    gets each publication with no added latency, however busy the rest of the process is. The
-    waiting outboxes share timers on a grid of ``interval / 8`` (a write may wait up to that much
-    longer, never less): a few timers per interval for the whole process, not one per
-    connection.
+    ``interval`` (``queue.flush_interval``) coalesces writes, adaptively and per connection, and
+    only where it pays: for a connection that gets several publications per interval. Each
+    outbox keeps a moving average of the gaps between its publications (``Outbox.offer``: each
+    gap capped at ``interval``, weight ``1 / SMOOTHING``). While that average is at least
+    ``interval / DENSE`` (fewer than ``DENSE`` publications per interval), every publication is
+    flushed right after its turn, as with 0: waiting would batch nothing, only add latency. Once
+    it is below, the connection's stream is dense: a publication that comes less than
+    ``interval`` after the connection's last flush of publications waits until ``interval``
+    after it, and everything queued for it by then leaves in one write (each flush due an
+    interval after the previous one was due, so that a timer the loop ran late does not make the
+    stream drift later). So a connection under a dense stream gets one write of about ``DENSE``
+    or more publications per ``interval``, while a connection that receives at one publication
+    per interval, or rarely, gets each one with no added latency, however busy the rest of the
+    process is. The waiting outboxes share timers on a grid of ``interval / 8`` (a write may
+    wait up to that much longer, never less): a few timers per interval for the whole process,
+    not one per connection. The alternatives rejected are in docs/design.md ("Write
+    coalescing").
 
     A control frame (a reply, ``pong``, ``welcome``, ``join``: no channel) is never delayed: its
     outbox is flushed right after the turn, with the publications queued before it, so that a
@@ -55,14 +62,34 @@ class FlushScheduler:
     a flush delay the next publication. With 0 every flush follows its turn.
     """
 
+    #: A connection's stream is dense (worth coalescing) from this many publications per
+    #: ``interval`` on, by the moving average of its gaps: each coalesced write then carries
+    #: about this many or more.
+    DENSE = 4
+    #: The moving average's weight for the newest gap is ``1 / SMOOTHING``: enough gaps that a
+    #: sparse stream with irregular gaps (Poisson) is rarely taken for a dense one, few enough
+    #: that a dense one is recognised within a dozen publications.
+    SMOOTHING = 8
+
     #: Timer slots per interval: the coarser, the fewer timers; the finer, the less a busy
     #: connection's write waits beyond ``interval``.
     GRID = 8
 
-    __slots__ = ("_grid", "_interval", "_later", "_loop", "_soon", "_soon_handle", "_timers")
+    __slots__ = (
+        "_dense_gap",
+        "_grid",
+        "_interval",
+        "_later",
+        "_loop",
+        "_soon",
+        "_soon_handle",
+        "_timers",
+    )
 
     def __init__(self, interval: float = 0.0) -> None:
         self._interval = interval
+        #: The average gap below which a connection's stream is dense.
+        self._dense_gap = interval / self.DENSE
         self._grid = interval / self.GRID
         #: Outboxes to flush right after this turn, and the ``call_soon`` that will.
         self._soon: list[Outbox] = []
@@ -86,9 +113,9 @@ class FlushScheduler:
 
     def schedule(self, outbox: Outbox, *, urgent: bool = False) -> bool:
         """Flush ``outbox`` after this turn or, when it waits for publications only (not
-        ``urgent``) and its own last flush of publications was less than ``interval`` ago, when
-        the timer of its slot fires. Returns True for after this turn."""
-        if not urgent and self._interval > 0:
+        ``urgent``), its stream is dense and its own last flush of publications was less than
+        ``interval`` ago, when the timer of its slot fires. Returns True for after this turn."""
+        if not urgent and outbox._gap < self._dense_gap:
             loop = self._running_loop()
             now = loop.time()
             until = outbox._coalesce_until
@@ -153,6 +180,10 @@ class FlushScheduler:
             outbox.flush()
 
 
+#: The moving average's weight for the newest gap (``Outbox.offer``).
+_WEIGHT = 1.0 / FlushScheduler.SMOOTHING
+
+
 @dataclass(slots=True)
 class SkippedRange:
     """Publications of ``channel`` from ``first`` to ``last`` (inclusive) that were dropped."""
@@ -186,7 +217,9 @@ class Outbox:
         "_flush_pending",
         "_flush_soon",
         "_frames",
+        "_gap",
         "_interrupted",
+        "_last_publication",
         "_overflowed",
         "_ready_callback",
         "_ready_context",
@@ -235,6 +268,11 @@ class Outbox:
         #: ``loop.time()`` before which a publication waits for the flusher's timer: this
         #: connection's last flush of publications plus the interval (``FlushScheduler``).
         self._coalesce_until = -math.inf
+        #: The moving average of the gaps between this connection's publications, each capped
+        #: at the flusher's interval, and when the last one came: whether its stream
+        #: is dense enough to coalesce (``FlushScheduler``). It starts sparse.
+        self._gap = math.inf
+        self._last_publication = -math.inf
 
     # --- producer side (hub, reader) ------------------------------------------------------------
 
@@ -267,8 +305,25 @@ class Outbox:
                 return False
         self._frames.append(frame)
         self._bytes += size
+        flusher = self.flusher
+        if flusher is not None and frame.channel is not None and flusher._interval:
+            # The gap, in the moving average (each gap and the average capped at the interval):
+            # inline, as this runs once per delivery.
+            now = frame.accepted or time.monotonic()
+            cap = flusher._interval
+            gap = now - self._last_publication
+            self._last_publication = now
+            average = self._gap
+            if gap < cap:
+                if average > cap:
+                    average = cap
+                if gap < 0.0:  # taken in out of order (another process's, over a backplane)
+                    gap = 0.0
+                self._gap = average + (gap - average) * _WEIGHT
+            elif average < cap:
+                self._gap = average + (cap - average) * _WEIGHT
+            # Otherwise a sparse stream stays as sparse as it was: nothing to compute.
         if self._waiter is not None or self._ready_callback is not None:
-            flusher = self.flusher
             if flusher is None or self.write_through is None:
                 self._wake()
             elif not self._flush_pending:

@@ -26,6 +26,7 @@ from uvicorn.supervisors import Multiprocess
 
 from broker.app import create_app
 from broker.config import CONFIG_PATH_ENV, load_settings
+from broker.gc_tuning import tune_collector
 from broker.http_protocol import BrokerHttpProtocol
 from broker.logs import configure_logging, get_logger
 from broker.monitor.workers import METRICS_DIR_ENV
@@ -91,6 +92,8 @@ def app_from_environment() -> FastAPI:
     configure_sockets(settings)
     app = create_app(settings)
     app.state.metrics_workers_dir = os.environ.get(METRICS_DIR_ENV)
+    # Built: what is alive now lives as long as the worker (``broker.gc_tuning``).
+    tune_collector()
     return app
 
 
@@ -205,6 +208,8 @@ def serve(
         tls=bool(settings.server.tls_certfile),
     )
     Broker.failure_hooks.append(_stop_on_failure)
+    # The app is built: what is alive now lives as long as the process (``broker.gc_tuning``).
+    tune_collector()
     try:
         server.run(sockets=[sock])
     finally:
