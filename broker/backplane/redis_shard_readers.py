@@ -78,6 +78,8 @@ class ShardReaders:
         self.timeout = timeout
         #: Masters (node names, ``host:port``) with a reader.
         self._readers: set[str] = set()
+        #: Masters whose last read failed (logged once per outage, not at every attempt).
+        self._failing: set[str] = set()
         self._changed = anyio.Event()
         self._next_repair = 0.0
 
@@ -128,6 +130,9 @@ class ShardReaders:
                         raise  # The link fails, reconnects and reports every head.
                     await self._cool_off(name, exc)
                     continue
+                if name in self._failing:
+                    self._failing.discard(name)
+                    log.info("backplane.shard_read_recovered", node=name)
                 if message is not None:
                     await self.on_message(message)
         finally:
@@ -142,7 +147,9 @@ class ShardReaders:
         return owner is None or owner.name == name
 
     async def _cool_off(self, name: str, exc: BaseException) -> None:
-        log.warning("backplane.shard_read_failed", node=name, error=str(exc))
+        if name not in self._failing:
+            self._failing.add(name)
+            log.warning("backplane.shard_read_failed", node=name, error=str(exc))
         now = time.monotonic()
         if now >= self._next_repair:
             self._next_repair = now + REPAIR_INTERVAL
