@@ -58,6 +58,7 @@ from broker.backplane.redis_cluster_pipeline import ClusterPublishPipeline
 from broker.backplane.redis_connect import connect
 from broker.backplane.redis_pipeline import PublishPipeline, Settled
 from broker.backplane.redis_scripts import HEAD_SCRIPT, PUBLISH_SCRIPT, RedisKeys
+from broker.backplane.redis_shard_readers import POLL, ShardReaders
 from broker.logs import get_logger, redact_text
 from broker.monitor.histogram import Histogram
 from broker.settings import BackplaneSettings, NamespaceSettings
@@ -115,6 +116,7 @@ class RedisShard:
         self._subscribed: set[str] = set()
         self._changed = anyio.Event()
         self._pubsub: PubSub | None = None
+        self._shard_readers: ShardReaders | None = None
         self._last_echo = -math.inf
         self._connected = False
         self._failures = 0
@@ -209,6 +211,8 @@ class RedisShard:
             # A Redis that restarted has lost this process's presence entries: write them again
             # now rather than at the next renewal.
             tasks.start_soon(self._write_all_presence)
+            if self.cluster:
+                await self._read_shards(pubsub)
             while True:
                 message = await self._next_message(pubsub, self.settings.health_interval)
                 if message is not None:
@@ -235,21 +239,41 @@ class RedisShard:
     async def _subscribe(self, pubsub: PubSub, *channels: str) -> None:
         if self.cluster:
             await pubsub.ssubscribe(*channels)
+            self._shards_changed()
         else:
             await pubsub.subscribe(*channels)
 
     async def _unsubscribe(self, pubsub: PubSub, *channels: str) -> None:
         if self.cluster:
             await pubsub.sunsubscribe(*channels)
+            self._shards_changed()
         else:
             await pubsub.unsubscribe(*channels)
 
     async def _next_message(self, pubsub: PubSub, timeout: float) -> dict[str, Any] | None:  # noqa: ASYNC109
-        if self.cluster:
-            message: dict[str, Any] | None = await pubsub.get_sharded_message(timeout=timeout)
-            return message
         plain: dict[str, Any] | None = await pubsub.get_message(timeout=timeout)
         return plain
+
+    async def _read_shards(self, pubsub: PubSub) -> None:
+        """Redis Cluster: read every master's pub/sub connection at once (``ShardReaders``), for
+        as long as the link lasts."""
+        readers = ShardReaders(
+            self.redis,
+            pubsub,
+            self._on_message,
+            health_channel=self.keys.health(self.process),
+            poll=min(self.settings.health_interval, POLL),
+            timeout=self.settings.timeout,
+        )
+        self._shard_readers = readers
+        try:
+            await readers.run()
+        finally:
+            self._shard_readers = None
+
+    def _shards_changed(self) -> None:
+        if self._shard_readers is not None:
+            self._shard_readers.changed()
 
     async def publish_raw(self, channel: str, body: bytes) -> int:
         """``PUBLISH`` (``SPUBLISH`` on a cluster) ``body``; how many connections received it."""
