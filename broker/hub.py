@@ -9,22 +9,16 @@ writer then drops it with 4008). Each publication is encoded at most once per en
 fan-out is one ``offer``.
 
 Offsets, epochs, history and presence belong to the backplane (``broker.backplane``); the hub
-watches the channels its subscribers want and sequences what the backplane delivers. Per channel
-it keeps the offset it delivered last, and:
+watches the channels its subscribers want and sequences what the backplane delivers. The hub's
+jobs are mixins of ``Hub``, each in a module of its own:
 
-* a publication at the next offset is fanned out; one at or below it is a duplicate, dropped;
-* one further ahead means some were missed (a Redis outage, a lost pub/sub message): the hub
-  holds it back, reads the missing range from the backplane's history, delivers it in order, and
-  tells subscribers of what could not be found with ``gap``;
-* a new epoch means the stream was lost and started again: the hub follows the new stream.
+* ``broker.hub_admission``: subscribing, admission at the channel's position, recovery
+  (``subscribe`` with ``since``, docs/protocol.md §1), catching up with the channel's head;
+* ``broker.hub_delivery``: where live delivery starts (the backplane's head), sequencing
+  publications by offset, fan-out, and filling what was missed from history (or ``gap``);
+* ``broker.hub_reads``: ``history`` and ``presence`` requests.
 
-Recovery (``subscribe`` with ``since``, docs/protocol.md §1) reads the missed publications in a task
-while the subscriber's live publications are held in a buffer of its own; the reply carries the
-missed ones up to the offset where the buffer starts, so live messages follow with no gap and no
-duplicate. A ``since`` this process has not reached is checked against the channel's head, which
-the process first catches up with. Subscribing, admission and recovery are in
-``broker.hub_admission`` (a mixin of ``Hub``). Reads run in tasks of the hub's task group and come
-back as commands.
+Reads run in tasks of the hub's task group and come back as commands.
 
 The chat room of ``/ws/chat`` (docs/protocol.md §3) is in ``broker.hub_chat``: its frames are
 text, under a name no client can use, and on Redis they reach the members on every process.
@@ -44,11 +38,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from broker.backplane.base import (
     Backplane,
-    BackplaneUnavailable,
     ChannelHead,
-    Head,
     LivePublication,
-    Page,
     RemoteAnnouncement,
     RoomFrame,
 )
@@ -70,24 +61,19 @@ from broker.commands import (
 )
 from broker.hub_admission import Admission
 from broker.hub_chat import CHAT_LEFT, CHAT_ROOM, ChatRoom
+from broker.hub_delivery import Delivery
+from broker.hub_reads import Reads
 from broker.logs import get_logger
 from broker.monitor.instruments import Instruments
 from broker.settings import NamespaceSettings, Settings
 from broker.subscriber import Reply, Subscriber
 from protocol import (
     CODECS,
-    Encoding,
     Error,
     ErrorCode,
     Frame,
-    Gap,
-    History,
-    HistoryResult,
     Leave,
     Message,
-    Presence,
-    PresenceResult,
-    PublicationFrames,
     Subscribed,
     Unsubscribe,
     Unsubscribed,
@@ -131,9 +117,10 @@ class HubStatistics:
     gaps: int
 
 
-class Hub(Admission, ChatRoom):
+class Hub(Admission, Delivery, Reads, ChatRoom):
     """The hub actor. Start it with ``await task_group.start(hub.run)``. Subscribing (admission,
-    recovery, catching up) is in ``broker.hub_admission``."""
+    recovery, catching up) is in ``broker.hub_admission``, sequencing and fan-out in
+    ``broker.hub_delivery``, history and presence reads in ``broker.hub_reads``."""
 
     def __init__(self, settings: Settings, backplane: Backplane) -> None:
         self.settings = settings
@@ -375,237 +362,6 @@ class Hub(Admission, ChatRoom):
             for subscriber in list(group):
                 if not subscriber.outbox.offer(frame):
                     self._detach(subscriber)
-
-    # --- publications: sequencing and fan-out ---------------------------------------------------
-
-    def _live(self, publication: PublicationFrames) -> None:
-        state = self._channels.get(publication.channel)
-        if state is None:
-            return  # Nobody here wants it any more.
-        if not state.watching or state.filling:
-            state.pending.append(publication)
-            return
-        self._sequence(state, publication)
-
-    def _sequence(self, state: ChannelState, publication: PublicationFrames) -> None:
-        if publication.epoch != state.epoch:
-            # The stream was lost and started again: follow the new one from its start, reading
-            # what it already holds. Subscribers see the new epoch on the messages themselves and
-            # know that old positions mean nothing now.
-            state.epoch, state.offset = publication.epoch, 0
-        offset = publication.offset
-        if offset <= state.offset:
-            return  # Already delivered.
-        if offset > state.offset + 1:
-            state.filling = True
-            state.pending.append(publication)
-            self._spawn(
-                self._read_range, state.name, state.epoch, state.offset, offset - 1, state.options
-            )
-            return
-        state.offset = offset
-        self._fan_out(state, publication)
-
-    def _fan_out(self, state: ChannelState, publication: PublicationFrames) -> None:
-        self._publications += 1
-        refused: list[Subscriber] = []
-        delivered = 0
-        for encoding, group in state.live.items():
-            if encoding is None:
-                continue
-            try:
-                frame = publication.frame(encoding)
-            except (ValueError, TypeError, OverflowError):
-                # A payload this encoding cannot carry (published through another broker
-                # version): these subscribers are told they skip it, not left guessing.
-                self._gap_to(group, encoding, state.name, publication.offset, publication.offset)
-                continue
-            for subscriber in group:
-                if subscriber.outbox.offer(frame):
-                    delivered += 1
-                else:
-                    refused.append(subscriber)
-        if state.recovering:
-            cap = self.settings.queue.max_messages
-            for subscriber, recovery in state.recovering.items():
-                recovery.held.append(publication)
-                if len(recovery.held) > cap:
-                    refused.append(subscriber)
-        self._deliveries += delivered
-        for subscriber in refused:
-            # Its writer drops the client (4008); the hub stops feeding it right away.
-            subscriber.outbox.overflow()
-            self._detach(subscriber)
-
-    async def _read_range(
-        self, channel: str, epoch: str, after: int, upto: int, options: NamespaceSettings
-    ) -> None:
-        page: Page | None = None
-        try:
-            page = await self.backplane.read(channel, after, upto - after, options)
-        except BackplaneUnavailable:
-            pass
-        except Exception:
-            log.exception("hub.fill_read_failed", channel=channel)
-        # Always answered: what could not be read is reported to subscribers as a ``gap``.
-        await self.submit(FilledCommand(channel, epoch, upto, page))
-
-    def _filled(self, command: FilledCommand) -> None:
-        state = self._channels.get(command.channel)
-        if state is None:
-            return
-        if command.epoch != state.epoch:
-            # The stream was replaced while this range was read: its numbers mean nothing now.
-            state.filling = False
-            self._resequence(state)
-            return
-        page = command.page
-        found = []
-        if page is not None and page.head.epoch == state.epoch:
-            found = [p for p in page.publications if state.offset < p.offset <= command.upto]
-        self.instruments.fills += 1
-        self.instruments.filled_publications += len(found)
-        for publication in found:
-            if publication.offset > state.offset + 1:
-                self._gap(state, state.offset + 1, publication.offset - 1)
-            state.offset = publication.offset
-            self._fan_out(state, publication)
-        if state.offset < command.upto:
-            self._gap(state, state.offset + 1, command.upto)
-            state.offset = command.upto
-        state.filling = False
-        self._resequence(state)
-        if state.waiting:
-            self._release_waiting(state)
-
-    def _resequence(self, state: ChannelState) -> None:
-        """Sequence the publications held back while a range was read."""
-        pending, state.pending = state.pending, []
-        for publication in pending:
-            if state.filling:
-                state.pending.append(publication)
-            else:
-                self._sequence(state, publication)
-
-    def _gap_to(
-        self,
-        group: dict[Subscriber, None],
-        encoding: Encoding,
-        channel: str,
-        first: int,
-        last: int,
-    ) -> None:
-        self._gaps += 1
-        self.instruments.gap_messages += len(group)
-        frame = Frame(
-            CODECS[encoding].encode(Gap(channel=channel, from_offset=first, to_offset=last))
-        )
-        for subscriber in list(group):
-            if not subscriber.outbox.offer(frame):
-                subscriber.outbox.overflow()
-
-    def _gap(self, state: ChannelState, first: int, last: int) -> None:
-        """Publications ``first`` to ``last`` are lost to this process: say so."""
-        self._gaps += 1
-        self.instruments.gap_messages += sum(
-            len(group) for encoding, group in state.live.items() if encoding is not None
-        )
-        log.warning("hub.gap", channel=state.name, from_offset=first, to_offset=last)
-        self._broadcast_control(state, Gap(channel=state.name, from_offset=first, to_offset=last))
-
-    def _head(self, channel: str, head: Head) -> None:
-        state = self._channels.get(channel)
-        if state is None:
-            return
-        if not state.watching:
-            self._start(state, head)
-            joining, state.joining = state.joining, []
-            for subscriber, request in joining:
-                if not subscriber.detached and channel in subscriber.channels:
-                    self._admit(state, subscriber, request)
-            pending, state.pending = state.pending, []
-            for publication in pending:
-                self._live(publication)
-            return
-        # Live delivery was re-established (after an outage): catch up on what was missed,
-        # from the start of the stream when it is a new one.
-        self._catch_up(state, head)
-
-    # --- history and presence -------------------------------------------------------------------
-
-    def _history(self, subscriber: Subscriber, request: History) -> None:
-        options = self._options(request.channel)
-        if options.history_size == 0:
-            self._error(
-                subscriber,
-                request.id,
-                ErrorCode.BAD_REQUEST,
-                f"history is not enabled in namespace {namespace_of(request.channel)!r}",
-            )
-            return
-        self._spawn(self._read_history, subscriber, request, options)
-
-    async def _read_history(
-        self, subscriber: Subscriber, request: History, options: NamespaceSettings
-    ) -> None:
-        since = request.since
-        channel, limit = request.channel, request.limit
-        try:
-            # With a position in the current stream: what came after it, oldest first.
-            # Otherwise (none, or one from a lost stream): the latest ``limit``.
-            page = None
-            if since is not None:
-                page = await self.backplane.read(channel, since.offset, limit, options)
-                if page.head.epoch != since.epoch:
-                    page = None
-            if page is None:
-                page = await self.backplane.latest(channel, limit, options)
-        except BackplaneUnavailable:
-            self._error(subscriber, request.id, ErrorCode.UNAVAILABLE, "history is unavailable")
-            return
-        assert subscriber.encoding is not None
-        encoding = subscriber.encoding
-        try:
-            publications = [p.message(encoding) for p in page.publications]
-        except (ValueError, TypeError, OverflowError):
-            self._error(
-                subscriber,
-                request.id,
-                ErrorCode.INTERNAL,
-                "a retained publication cannot be sent in this connection's encoding",
-            )
-            return
-        self._reply(
-            subscriber,
-            HistoryResult(
-                id=request.id,
-                channel=request.channel,
-                epoch=page.head.epoch,
-                offset=page.head.offset,
-                publications=publications,
-            ),
-        )
-
-    def _presence(self, subscriber: Subscriber, request: Presence) -> None:
-        if not self._options(request.channel).presence:
-            self._error(
-                subscriber,
-                request.id,
-                ErrorCode.BAD_REQUEST,
-                f"presence is not enabled in namespace {namespace_of(request.channel)!r}",
-            )
-            return
-        self._spawn(self._read_presence, subscriber, request)
-
-    async def _read_presence(self, subscriber: Subscriber, request: Presence) -> None:
-        try:
-            members = await self.backplane.presence(request.channel)
-        except BackplaneUnavailable:
-            self._error(subscriber, request.id, ErrorCode.UNAVAILABLE, "presence is unavailable")
-            return
-        self._reply(
-            subscriber, PresenceResult(id=request.id, channel=request.channel, clients=members)
-        )
 
     # --- observation ----------------------------------------------------------------------------
 

@@ -127,10 +127,9 @@ class RunningBroker:
 
 
 def free_socket() -> socket.socket:
-    # Not IPPROTO_TCP: asyncio then leaves Nagle on for accepted sockets (broker.server.listen
-    # names TCP, so broker serve has TCP_NODELAY). Turning it on here exposes a race between a
-    # subscribe on one broker and publications from another on Redis, left open for now.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, as broker.server.listen does: asyncio sets TCP_NODELAY only on sockets
+    # it knows are TCP, and without it a reply behind a small write waits for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock

@@ -22,8 +22,14 @@ false success), reconnects with backoff, subscribes again to every watched chann
 reports the channel's head (``ChannelHead``); the hub then reads what it missed from the stream
 by offset, and reports what Redis no longer retains as a ``gap``.
 
-Presence members are kept in a sorted set scored by expiry; each process renews its own members
-every third of ``presence_ttl``, so the members of a process that died vanish within that time.
+Watching a channel: the shard subscribes to its pub/sub channel, and only once Redis has
+confirmed the subscription does it read the channel's head and report it (``ChannelHead``). So
+every publication is either counted in that head (made before the head read) or arrives live (made
+after the subscription took effect), and one made in between is both: the hub drops it as already
+counted. A channel unwatched and watched again while still subscribed has its head read at once.
+
+The shard's history reads (``head``, ``read``, ``latest``) are in ``redis_history``; presence and
+join/leave announcements in ``redis_presence``; the broker's bus in ``redis_bus``.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import math
 import secrets
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -56,13 +62,22 @@ from broker.backplane.control import Control, ControlAnswer
 from broker.backplane.redis_bus import RedisBus
 from broker.backplane.redis_cluster_pipeline import ClusterPublishPipeline
 from broker.backplane.redis_connect import connect
+from broker.backplane.redis_history import ShardHistory
 from broker.backplane.redis_pipeline import PublishPipeline, Settled
-from broker.backplane.redis_scripts import HEAD_SCRIPT, PUBLISH_SCRIPT, RedisKeys
+from broker.backplane.redis_presence import ShardPresence
+from broker.backplane.redis_scripts import (
+    ENCODING_TAGS,
+    HEAD_SCRIPT,
+    PUBLISH_SCRIPT,
+    TAG_CODECS,
+    RedisKeys,
+    head_keep_ms,
+)
 from broker.backplane.redis_shard_readers import POLL, ShardReaders
 from broker.logs import get_logger, redact_text
 from broker.monitor.histogram import Histogram
 from broker.settings import BackplaneSettings, NamespaceSettings
-from protocol import CODECS, ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames
+from protocol import ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames
 
 log = get_logger("broker.backplane.redis")
 
@@ -70,25 +85,14 @@ log = get_logger("broker.backplane.redis")
 #: never more than 5 s, however long Redis stays away.
 _RECONNECT = Backoff(base=0.1, cap=5.0)
 
-_ENCODING_TAGS = {Encoding.JSON: b"j", Encoding.MSGPACK: b"m"}
-_TAG_CODECS = {tag: CODECS[encoding] for encoding, tag in _ENCODING_TAGS.items()}
-#: How long the head of a channel without history outlives its last publication.
-_HEAD_KEEP_MS = 24 * 3600 * 1000
 _announcement = msgspec.json.Decoder(Join | Leave)
-_member_encoder = msgspec.json.Encoder()
-_member_decoder = msgspec.json.Decoder(ClientInfo)
 # What a broken connection, a timeout or a Redis that went away raise in redis-py.
 _FAILURES = (RedisError, OSError, TimeoutError)
 
 
-def _head_keep_ms(options: NamespaceSettings) -> int:
-    if options.history_size and options.history_ttl <= 0:
-        return 0  # Retained until evicted by size: the head lives as long as the history.
-    return max(_HEAD_KEEP_MS, int(options.history_ttl * 1000))
-
-
-class RedisShard:
-    """One Redis server's share of the channels."""
+class RedisShard(ShardHistory, ShardPresence):
+    """One Redis server's share of the channels. Its history reads are in ``redis_history``, its
+    presence and announcements in ``redis_presence``."""
 
     def __init__(self, url: str, settings: BackplaneSettings, process: str) -> None:
         self.url = url
@@ -101,7 +105,7 @@ class RedisShard:
         #: For logs: the URL with its password masked, or the Sentinels.
         self.name = self.connected.name
         self.redis = self.connected.redis
-        self._head = self.redis.register_script(HEAD_SCRIPT)
+        self._head_script = self.redis.register_script(HEAD_SCRIPT)
         pipeline = ClusterPublishPipeline if self.cluster else PublishPipeline
         self.pipeline = pipeline(
             self.redis,
@@ -322,7 +326,7 @@ class RedisShard:
                         epoch=epoch.decode(),
                         publisher=publisher.decode() or None,
                         data=msgspec.Raw(payload),
-                        source=_TAG_CODECS[tag],
+                        source=TAG_CODECS[tag],
                     )
                 )
             )
@@ -355,15 +359,6 @@ class RedisShard:
         self.watched.discard(channel)
         self._changed.set()
 
-    async def head(self, channel: str, options: NamespaceSettings | None = None) -> Head:
-        keep = _HEAD_KEEP_MS if options is None else _head_keep_ms(options)
-        keys = [self.keys.meta(channel), self.keys.stream(channel)]
-        try:
-            offset, epoch = await self._head(keys=keys, args=[secrets.token_urlsafe(6), keep])
-        except _FAILURES as exc:
-            raise BackplaneUnavailable(str(exc)) from None
-        return Head(epoch.decode(), int(offset))
-
     async def publish_submit(
         self,
         channel: str,
@@ -390,9 +385,9 @@ class RedisShard:
             secrets.token_urlsafe(6),
             options.history_size,
             int(options.history_ttl * 1000),
-            _head_keep_ms(options),
+            head_keep_ms(options),
             int(time.time() * 1000),
-            _ENCODING_TAGS[codec.encoding],
+            ENCODING_TAGS[codec.encoding],
             publisher or "",
             bytes(data),
             int(self.settings.idempotency_window * 1000),
@@ -415,170 +410,6 @@ class RedisShard:
         # Cancelled while waiting (an HTTP client gone): the future is cancelled with it, and the
         # pipeline does not send it unless its batch is already on its way.
         return await future
-
-    async def read(
-        self, channel: str, after: int, limit: int | None, options: NamespaceSettings
-    ) -> Page:
-        started = time.monotonic()
-        head = await self.head(channel, options)
-        key = self.keys.stream(channel)
-        publications: list[PublicationFrames] = []
-        batch = limit
-        try:
-            # Entries past their TTL that Redis has not trimmed yet are skipped, and ``limit``
-            # counts retained publications only: read on past the expired ones.
-            while limit is None or len(publications) < limit:
-                entries: Any = await self.redis.xrange(key, min=f"({after}-0", max="+", count=batch)
-                if not entries:
-                    break
-                publications += self._publications(channel, head, entries, options)
-                if limit is None or batch is None or len(entries) < batch:
-                    break
-                after = int(entries[-1][0].split(b"-", 1)[0])
-                batch = max(limit - len(publications), 2 * batch)
-        except _FAILURES as exc:
-            raise BackplaneUnavailable(str(exc)) from None
-        finally:
-            self.read_seconds.observe(time.monotonic() - started)
-        return Page(head, publications if limit is None else publications[:limit])
-
-    async def latest(self, channel: str, limit: int | None, options: NamespaceSettings) -> Page:
-        started = time.monotonic()
-        head = await self.head(channel, options)
-        if limit == 0:
-            return Page(head, [])
-        try:
-            entries: Any = await self.redis.xrevrange(
-                self.keys.stream(channel), max="+", min="-", count=limit
-            )
-        except _FAILURES as exc:
-            raise BackplaneUnavailable(str(exc)) from None
-        finally:
-            self.read_seconds.observe(time.monotonic() - started)
-        return Page(head, self._publications(channel, head, list(reversed(entries or [])), options))
-
-    def _publications(
-        self,
-        channel: str,
-        head: Head,
-        entries: Sequence[tuple[bytes, dict[bytes, bytes]]],
-        options: NamespaceSettings,
-    ) -> list[PublicationFrames]:
-        oldest = time.time() * 1000 - options.history_ttl * 1000 if options.history_ttl > 0 else 0
-        publications = []
-        for entry_id, fields in entries:
-            if int(fields[b"t"]) < oldest:
-                continue  # Past its TTL: no longer retained, though Redis has not trimmed it.
-            publications.append(
-                PublicationFrames(
-                    channel=channel,
-                    offset=int(entry_id.split(b"-", 1)[0]),
-                    epoch=head.epoch,
-                    publisher=fields[b"f"].decode() or None,
-                    data=msgspec.Raw(fields[b"d"]),
-                    source=_TAG_CODECS[fields[b"c"]],
-                )
-            )
-        return publications
-
-    # --- presence and announcements -------------------------------------------------------------
-
-    def presence_add(self, channel: str, member: ClientInfo) -> None:
-        self._presence.setdefault(channel, {})[member.client] = member
-        self._presence_change(channel, [member], [])
-
-    def presence_remove(self, channel: str, member: ClientInfo) -> None:
-        members = self._presence.get(channel)
-        if members is not None:
-            members.pop(member.client, None)
-            if not members:
-                del self._presence[channel]
-        self._presence_change(channel, [], [member])
-
-    def _presence_change(
-        self, channel: str, added: list[ClientInfo], removed: list[ClientInfo]
-    ) -> None:
-        if self._tasks is None:
-            return
-        self._presence_pending[channel] = self._presence_pending.get(channel, 0) + 1
-        self._tasks.start_soon(self._presence_write_pending, channel, added, removed)
-
-    async def _presence_write_pending(
-        self, channel: str, added: list[ClientInfo], removed: list[ClientInfo]
-    ) -> None:
-        try:
-            await self._presence_write(channel, added, removed)
-        finally:
-            left = self._presence_pending[channel] - 1
-            if left:
-                self._presence_pending[channel] = left
-            else:
-                del self._presence_pending[channel]
-                waiter = self._presence_waiters.pop(channel, None)
-                if waiter is not None:
-                    waiter.set()
-
-    async def _presence_settled(self, channel: str) -> None:
-        """Wait until this process's presence writes of ``channel`` are done (or failed), for at
-        most ``backplane.timeout``."""
-        if channel not in self._presence_pending:
-            return
-        waiter = self._presence_waiters.setdefault(channel, anyio.Event())
-        with anyio.move_on_after(self.settings.timeout):
-            await waiter.wait()
-
-    async def _presence_write(
-        self, channel: str, added: list[ClientInfo], removed: list[ClientInfo]
-    ) -> None:
-        key = self.keys.presence(channel)
-        expires = (time.time() + self.settings.presence_ttl) * 1000
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                if added:
-                    pipe.zadd(key, {_member_encoder.encode(m): expires for m in added})
-                if removed:
-                    pipe.zrem(key, *(_member_encoder.encode(m) for m in removed))
-                pipe.pexpire(key, int(self.settings.presence_ttl * 1000))
-                await pipe.execute()
-        except _FAILURES as exc:
-            # Renewal writes it again within a third of the TTL.
-            log.info("backplane.presence_write_failed", channel=channel, error=str(exc))
-
-    async def _renew_presence(self) -> None:
-        while True:
-            await anyio.sleep(self.settings.presence_ttl / 3)
-            await self._write_all_presence()
-
-    async def _write_all_presence(self) -> None:
-        for channel, members in list(self._presence.items()):
-            await self._presence_write(channel, list(members.values()), [])
-
-    async def presence(self, channel: str) -> list[ClientInfo]:
-        key = self.keys.presence(channel)
-        await self._presence_settled(channel)
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zremrangebyscore(key, "-inf", time.time() * 1000)
-                pipe.zrange(key, 0, -1)
-                _, members = await pipe.execute()
-        except _FAILURES as exc:
-            raise BackplaneUnavailable(str(exc)) from None
-        return [_member_decoder.decode(member) for member in members]
-
-    def announce(self, channel: str, message: Join | Leave) -> None:
-        body = b"a|" + self.process.encode() + b"|" + _member_encoder.encode(message)
-        self._spawn(self._announce, channel, body)
-
-    async def _announce(self, channel: str, body: bytes) -> None:
-        # After the presence write it tells of: a join seen elsewhere is in presence there.
-        await self._presence_settled(channel)
-        await self._publish_raw(self.keys.live(channel), body)
-
-    async def _publish_raw(self, key: str, body: bytes) -> None:
-        try:
-            await self.publish_raw(key, body)
-        except _FAILURES as exc:
-            log.info("backplane.announce_failed", error=str(exc))
 
     def _spawn(self, task: Any, *args: Any) -> None:
         if self._tasks is not None:

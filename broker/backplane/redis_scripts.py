@@ -32,6 +32,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from broker.settings import NamespaceSettings
+from protocol import CODECS, Encoding
+
+#: The letter that tags a publication's encoding in the stream and in live messages.
+ENCODING_TAGS: Final = {Encoding.JSON: b"j", Encoding.MSGPACK: b"m"}
+TAG_CODECS: Final = {tag: CODECS[encoding] for encoding, tag in ENCODING_TAGS.items()}
+#: How long the head of a channel without history outlives its last publication.
+HEAD_KEEP_MS: Final = 24 * 3600 * 1000
+
+
+def head_keep_ms(options: NamespaceSettings) -> int:
+    """How long a channel's head (``P:m:C``) outlives its last publication, in ms (0: for ever)."""
+    if options.history_size and options.history_ttl <= 0:
+        return 0  # Retained until evicted by size: the head lives as long as the history.
+    return max(HEAD_KEEP_MS, int(options.history_ttl * 1000))
+
+
 PUBLISH_SCRIPT: Final = """
 local meta, stream, channel, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local new_epoch, now_ms = ARGV[1], ARGV[5]
