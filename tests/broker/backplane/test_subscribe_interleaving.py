@@ -12,9 +12,13 @@ a 3010 close), never be hidden.
   subscribes until after a publication that Redis made once the subscription was in place, so
   that publication reaches the broker before the head and is already counted in it. Redis's own
   ``MONITOR`` shows the order: subscription, publication, head read.
+* Overtaken: the answers to the subscribing broker's commands are held (``HeadGate``) while its
+  pub/sub connection flows, so a publication that Redis made after the head read reaches the
+  broker's hub before the head: it waits for the head, then follows the reply.
 * Churn: another broker publishes in a loop while a client subscribes, takes a few publications
   and unsubscribes, over and over (the channel is unwatched and watched again each time, with
-  publications in flight).
+  publications in flight; every other time the subscribe comes before the unsubscribe's reply,
+  while the broker is still subscribed in Redis).
 """
 
 from __future__ import annotations
