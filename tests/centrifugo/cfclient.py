@@ -24,6 +24,9 @@ class CentrifugoClient:
         self.ids = itertools.count(1)
         self.frames: list[str] = []
         self.pending: list[dict[str, Any]] = []
+        #: Pushes that arrived before the reply a ``call`` waited for: ``receive`` returns them
+        #: first, in order (the protocol lets a push overtake a reply).
+        self.pushes: list[dict[str, Any]] = []
         #: Server pings answered so far.
         self.pings = 0
 
@@ -41,6 +44,8 @@ class CentrifugoClient:
 
     async def receive(self) -> dict[str, Any]:
         """The next reply or push (not pings, which are answered)."""
+        if self.pushes:
+            return self.pushes.pop(0)
         while True:
             if not self.pending:
                 async with asyncio.timeout(TIMEOUT):
@@ -64,7 +69,13 @@ class CentrifugoClient:
     async def call(self, command: dict[str, Any]) -> dict[str, Any]:
         """Send one command and return its reply (pushes before it are kept in ``pushes``)."""
         (request_id,) = await self.send(command)
-        return await self.until(lambda m: m.get("id") == request_id)
+        held: list[dict[str, Any]] = []
+        while True:
+            message = await self.receive()
+            if message.get("id") == request_id:
+                self.pushes[:0] = held
+                return message
+            held.append(message)
 
     async def connect(self, **request: Any) -> dict[str, Any]:
         reply = await self.call({"connect": request})
