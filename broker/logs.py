@@ -40,6 +40,7 @@ broker logs one line per connection, in one process or with ``--workers N`` alik
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -98,6 +99,9 @@ _BEARER_RE: Final = re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/\-]+=*", re.IGNOREC
 _SECRET_NAMES: Final = frozenset({"keys", "publish_keys"})
 
 
+# Every rendered line asks about each of its keys, nearly always the same few dozen names: the
+# answers are kept (bounded: keys of nested values can come from outside).
+@functools.lru_cache(maxsize=1024)
 def is_secret_key(name: str) -> bool:
     """Whether a field or parameter called ``name`` holds a secret whose value must not be shown."""
     return name.lower() in _SECRET_NAMES or _SECRET_KEY_RE.search(name) is not None
