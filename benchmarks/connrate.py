@@ -235,7 +235,7 @@ PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "log lines (connection.opened, connection.closed)",
-        ("_log_closed", "connection.py:320", "BoundLoggerLazyProxy"),
+        ("_log_closed", "connection.py:322", "BoundLoggerLazyProxy", "broker/logs.py:"),
     ),
     ("ASGI scope and task (uvicorn)", ("WebSocketsSansIOProtocol.handle_connect",)),
     (

@@ -319,7 +319,7 @@ class Connection:
         """Run ``reader`` and the writer until either ends, then clean up. The socket is
         accepted already."""
         structlog.contextvars.bind_contextvars(client=self.id)
-        log.info("connection.opened", remote=self.remote, endpoint=self.endpoint)
+        log.debug("connection.opened", remote=self.remote, endpoint=self.endpoint)
         link = self.link
         try:
             if link is not None:

@@ -232,8 +232,12 @@ class BrokerHttpProtocol(HttpToolsProtocol):
             output += [name, b": ", value, b"\r\n"]
         output.append(b"\r\n")
         # broker.transport.BrokerWebSocketProtocol (which imports this module).
+        # The loop passed on: asyncio.get_event_loop() would ask for it again (a getpid(2)).
         protocol: Any = protocol_class(
-            config=self.config, server_state=self.server_state, app_state=self.app_state
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.app_state,
+            _loop=self.loop,
         )
         transport = self.transport
         protocol.adopt(transport, self.server, self.client, self.scheme == "https")

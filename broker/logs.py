@@ -22,8 +22,12 @@ Contract:
   every string, the password of a URL with userinfo (``redis://:***@host``), the value of a secret
   query parameter (``?token=***``) and a bearer token are masked. The console renderer formats
   tracebacks itself, after this step, so on a TTY an exception message is shown as is.
-- ``get_logger(name)`` may be called at import time, before ``configure_logging``: loggers are
-  not cached, so each call resolves against the configuration in force when it logs.
+- ``get_logger(name)`` may be called at import time, before ``configure_logging``: the logger
+  it returns builds its structlog logger on first use and keeps it only while structlog's
+  configuration stays the one it was built for (``configure_logging``, a host app's own
+  ``structlog.configure``, ``structlog.reset_defaults``: the next call follows them), so each
+  call logs through the configuration in force without building a logger per call.
+  ``structlog.testing.capture_logs()`` sees it: it swaps the processors inside the list.
 
 uvicorn: ``configure_logging`` removes any handler from the ``uvicorn``, ``uvicorn.error``,
 ``uvicorn.access`` and ``uvicorn.asgi`` loggers and lets them propagate to the root handler, whose
@@ -36,15 +40,17 @@ broker logs one line per connection, in one process or with ``--workers N`` alik
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, cast
 
 import msgspec
 import structlog
+from structlog._config import _CONFIG as _STRUCTLOG_CONFIG
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 from broker.settings import LogFormat, LogLevel, LogSettings
@@ -93,6 +99,9 @@ _BEARER_RE: Final = re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/\-]+=*", re.IGNOREC
 _SECRET_NAMES: Final = frozenset({"keys", "publish_keys"})
 
 
+# Every rendered line asks about each of its keys, nearly always the same few dozen names: the
+# answers are kept (bounded: keys of nested values can come from outside).
+@functools.lru_cache(maxsize=1024)
 def is_secret_key(name: str) -> bool:
     """Whether a field or parameter called ``name`` holds a secret whose value must not be shown."""
     return name.lower() in _SECRET_NAMES or _SECRET_KEY_RE.search(name) is not None
@@ -261,13 +270,59 @@ def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) ->
         logger_factory=structlog.stdlib.LoggerFactory(),
         # Level filtering in the bound logger: a dropped debug event costs one no-op call.
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        # Not cached: loggers made at import time, before this runs, must follow it, and
-        # structlog.testing.capture_logs() only sees loggers that are not cached.
+        # Not cached by structlog: loggers made at import time, before this runs, must follow
+        # it (and any later configuration). get_logger's loggers cache for themselves.
         cache_logger_on_first_use=False,
     )
 
 
+class _Logger:
+    """``get_logger``'s logger: a structlog bound logger, rebuilt only when the configuration
+    changed.
+
+    structlog's lazy proxy (what ``structlog.get_logger`` returns) builds a new bound logger and
+    looks the stdlib logger up on every call, even for an event its level drops; this one builds
+    it once per configuration. The configuration in force is told by the identity of the four
+    objects a bound logger is built from, which ``structlog.configure`` and
+    ``structlog.reset_defaults`` replace (``capture_logs`` changes the processors inside their
+    list, which the bound logger shares).
+    """
+
+    __slots__ = ("_bound", "_context_class", "_factory", "_name", "_processors", "_wrapper")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._bound: Any = None
+        self._wrapper: object = None
+        self._processors: object = None
+        self._factory: object = None
+        self._context_class: object = None
+
+    def _current(self) -> Any:
+        config = _STRUCTLOG_CONFIG
+        bound = self._bound
+        if (
+            bound is None
+            or config.default_wrapper_class is not self._wrapper
+            or config.default_processors is not self._processors
+            or config.logger_factory is not self._factory
+            or config.default_context_class is not self._context_class
+        ):
+            self._wrapper = config.default_wrapper_class
+            self._processors = config.default_processors
+            self._factory = config.logger_factory
+            self._context_class = config.default_context_class
+            bound = self._bound = structlog.get_logger(self._name).bind()
+        return bound
+
+    def __getattr__(self, method: str) -> Any:
+        # Called only for what the class lacks: debug, info, bind, ... of the bound logger.
+        return getattr(self._current(), method)
+
+    def __repr__(self) -> str:
+        return f"<broker logger {self._name!r}>"
+
+
 def get_logger(name: str) -> FilteringBoundLogger:
     """A structlog logger named ``name`` (use the module's ``__name__``); safe at import time."""
-    logger: FilteringBoundLogger = structlog.get_logger(name)
-    return logger
+    return cast(FilteringBoundLogger, _Logger(name))

@@ -128,6 +128,23 @@ def test_a_logger_made_before_configuration_follows_it() -> None:
     assert [line["event"] for line in lines(stream)] == ["late.event"]
 
 
+def test_a_logger_that_has_logged_follows_every_later_configuration() -> None:
+    log = get_logger("broker.used")  # used once, then configured again and again
+    log.info("under.defaults")
+    quiet = json_logging(LogLevel.WARNING)
+    log.info("dropped")
+    log.warning("kept")
+    verbose = json_logging(LogLevel.DEBUG)
+    log.debug("shown")
+    with structlog.testing.capture_logs() as captured:
+        log.info("captured")
+    structlog.reset_defaults()
+    log.info("back.to.defaults")
+    assert [line["event"] for line in lines(quiet)] == ["kept"]
+    assert [line["event"] for line in lines(verbose)] == ["shown"]
+    assert [entry["event"] for entry in captured] == ["captured"]
+
+
 def test_configuring_again_replaces_the_previous_configuration() -> None:
     first = json_logging()
     second = json_logging()

@@ -1,0 +1,169 @@
+"""Instructions per ``/v1/ws`` connection opened and closed, counted by callgrind, for A/B runs.
+
+Wall-clock rates on a shared machine swing from run to run; the instructions the server executes
+per connection do not. Each tree given (a directory holding another revision's ``broker`` and
+``protocol`` packages, or ``.`` for this checkout) gets its own ``broker serve`` under
+``valgrind --tool=callgrind`` with collection off. After 40 connections of warm-up on each,
+collection is switched on, ``connections`` connections are opened (up to ``welcome``) and
+closed, one at a time, alternating between the servers, so that every tree sees the same
+pace; the counts are dumped, then again after 10 s of idling, whose rate is subtracted.
+The kernel's work (sends, closes) is not in these counts.
+
+    git archive main broker protocol | tar -x -C /tmp/base
+    .venv/bin/python -m benchmarks.connrate_instructions --connections 300 /tmp/base .
+    .venv/bin/python -m benchmarks.connrate_instructions --log-level info /tmp/base .
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from websockets.sync.client import connect
+
+IDLE_SECONDS = 10.0
+WARM_UP = 40
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_listening(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _one_connection(port: int) -> None:
+    with connect(f"ws://127.0.0.1:{port}/v1/ws", open_timeout=60) as ws:
+        ws.recv(timeout=60)  # welcome
+
+
+def _collected(path: Path) -> int:
+    match = re.search(r"^(?:summary|totals):\s+(\d+)", path.read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no instruction total in {path}")
+    return int(match.group(1))
+
+
+class _Server:
+    def __init__(self, tree: Path, out_dir: Path, index: int, log_level: str) -> None:
+        self.tree = tree
+        self.port = _free_port()
+        self.out = out_dir / f"callgrind-{index}.out"
+        env = {**os.environ, "BROKER_LOG__LEVEL": log_level, "PYTHONPATH": str(tree)}
+        self.process = subprocess.Popen(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={self.out}",
+                sys.executable,
+                "-m",
+                "broker.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            cwd=out_dir,  # not this checkout: ``-m`` puts the working directory first
+            stdout=subprocess.DEVNULL,
+            stderr=(out_dir / f"server-{index}.log").open("w"),
+        )
+
+    def control(self, *args: str) -> None:
+        subprocess.run(
+            ["callgrind_control", *args, str(self.process.pid)], capture_output=True, check=True
+        )
+
+    def dumps(self) -> list[Path]:
+        return sorted(self.out.parent.glob(self.out.name + "*"), key=os.path.getmtime)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def measure(trees: Sequence[Path], connections: int, log_level: str) -> list[str]:
+    """One line per tree: instructions per connection, raw and less the idle loop's."""
+    out_dir = Path(tempfile.mkdtemp(prefix="connrate-instructions-"))
+    servers = [_Server(tree, out_dir, i, log_level) for i, tree in enumerate(trees)]
+    try:
+        for server in servers:
+            _wait_listening(server.port, 300)
+        for _ in range(WARM_UP):
+            for server in servers:
+                _one_connection(server.port)
+        for server in servers:
+            server.control("-i", "on")
+        began = time.monotonic()
+        for _ in range(connections):
+            for server in servers:
+                _one_connection(server.port)
+        busy = time.monotonic() - began
+        for server in servers:
+            server.control("--dump=connections")
+        time.sleep(IDLE_SECONDS)
+        for server in servers:
+            server.control("--dump=idle")
+        lines = []
+        for server in servers:
+            *_, during, idle = server.dumps()
+            total, idle_rate = _collected(during), _collected(idle) / IDLE_SECONDS
+            net = (total - idle_rate * busy) / connections
+            lines.append(
+                f"{server.tree}: {connections} connections in {busy:.1f} s;"
+                f" {total / connections / 1e6:.4f} M instructions per connection"
+                f" ({net / 1e6:.4f} M less the idle loop's {idle_rate / 1e6:.2f} M/s)"
+            )
+        return lines
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.connrate_instructions",
+        description=(__doc__ or "").splitlines()[0],
+    )
+    parser.add_argument("trees", nargs="+", type=Path, help="dirs with broker/ and protocol/")
+    parser.add_argument("--connections", type=int, default=300)
+    parser.add_argument("--log-level", default="warning", help="the servers' BROKER_LOG__LEVEL")
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("valgrind (callgrind) is not installed")
+    trees = [tree.resolve() for tree in args.trees]
+    for line in measure(trees, args.connections, args.log_level):
+        sys.stdout.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
