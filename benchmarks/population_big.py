@@ -299,7 +299,7 @@ class Run:
         self.pipes.append(pub)
         _collect([pub], Ready, time.monotonic() + 60, "publisher")
         pub.send(Warmup())
-        _collect(gen_pipes, Warm, time.monotonic() + 120, "warm-up")
+        _collect(gen_pipes, Warm, time.monotonic() + 300, "warm-up")
         self.say("warm: every client got a warm-up broadcast; measuring")
 
         start_ns = time.time_ns() + 500_000_000
@@ -472,8 +472,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--per-generator", type=int, default=16_000, help="most connections per generator process"
     )
-    parser.add_argument("--connect-timeout", type=float, default=900.0)
-    parser.add_argument("--drain-timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=900.0,
+        help="seconds the generator may take to connect; past it, the run goes on with those in",
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=30.0, help="seconds to wait for late deliveries"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.per_generator > 19_000:

@@ -278,10 +278,16 @@ async def _connect_all(spec: PersonalSpec, tally: Tally, clients: list[Client]) 
             await asyncio.sleep(min(5.0, 0.2 * (attempt + 1)))
         return False
 
-    async with asyncio.timeout(spec.connect_timeout):
-        results = await asyncio.gather(*(one(spec.first + i) for i in range(spec.clients)))
+    tasks = [asyncio.ensure_future(one(spec.first + i)) for i in range(spec.clients)]
+    # Past the timeout the run goes on with the clients that are in (reported as such).
+    _, pending = await asyncio.wait(tasks, timeout=spec.connect_timeout)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    if pending:
+        errors[f"connect timeout ({spec.connect_timeout:g} s): {len(pending)} not connected"] += 1
     top = tuple(f"{count} x {what}" for what, count in errors.most_common(5))
-    return Ready(sum(results), spec.clients - sum(results), top)
+    return Ready(len(clients), spec.clients - len(clients), top)
 
 
 async def _heartbeats(spec: PersonalSpec, clients: list[Client], chunk: int = 50) -> None:
