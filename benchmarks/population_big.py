@@ -221,6 +221,7 @@ class Run:
                     planned_broadcasts=math.ceil(s.duration) + 2,
                     heartbeat=self.args.heartbeat,
                     connect_timeout=self.args.connect_timeout,
+                    open_timeout=self.args.open_timeout,
                 )
             )
             first += clients
@@ -338,6 +339,8 @@ class Run:
         reports = _collect(
             gen_pipes, PersonalReport, time.monotonic() + self.args.drain_timeout + 120, "drain"
         )
+        # Late deliveries cost CPU after the publisher stopped: per delivery, count until here.
+        cpu_to_drained = server.monitor.cpu_seconds() - cpu1
         return self._figures(
             connected=connected,
             failed=failed,
@@ -349,6 +352,7 @@ class Run:
             fds=fds,
             redis_rss_open=redis_rss_open,
             steady=(steady_s, cpu_steady, redis_cpu, busy_steady),
+            cpu_to_drained=cpu_to_drained,
             loads=(load_connected, load_steady),
             published=published,
             reports=reports,
@@ -429,7 +433,9 @@ class Run:
             redis_rss_mib=(m["redis_rss_open"] / 2**20) if m["redis_rss_open"] else None,
             steady_s=steady_s,
             server_cpu_share=cpu_steady / steady_s,
-            server_cpu_us_per_delivery=cpu_steady * 1e6 / deliveries if deliveries else None,
+            server_cpu_us_per_delivery=(
+                m["cpu_to_drained"] * 1e6 / deliveries if deliveries else None
+            ),
             redis_cpu_share=(redis_cpu / steady_s) if redis_cpu is not None else None,
             generator_cpu_share=gen_cpu / steady_s,
             other_cpu_share=max(0.0, busy - server_and_gen) / steady_s,
@@ -477,6 +483,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=900.0,
         help="seconds the generator may take to connect; past it, the run goes on with those in",
+    )
+    parser.add_argument(
+        "--open-timeout",
+        type=float,
+        default=300.0,
+        help="seconds one client may take to connect and subscribe before it retries (a short"
+        " one makes a loaded server's accept queue outlast it: every handshake wasted)",
     )
     parser.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds to wait for late deliveries"

@@ -59,6 +59,8 @@ class Figures:
     steady_s: float
     #: CPU over the steady phase, as a share of one core.
     server_cpu_share: float
+    #: Broker CPU from the first publication until every generator reported (late deliveries
+    #: included), over the publications delivered; heartbeats and pings are in it.
     server_cpu_us_per_delivery: float | None
     redis_cpu_share: float | None
     generator_cpu_share: float
@@ -144,7 +146,7 @@ def markdown(f: Figures, meta: dict[str, Any]) -> str:
         f" machine {_pct(f.other_cpu_share)} |",
         f"| broker CPU per delivery | "
         f"{'-' if f.server_cpu_us_per_delivery is None else f'{f.server_cpu_us_per_delivery:.1f}'}"
-        " µs (heartbeats and pings included) |",
+        " µs (from the first publication until drained; heartbeats and pings included) |",
         f"| load average (1, 5, 15 min) connected; after steady | {_load(f.load_connected)};"
         f" {_load(f.load_steady)} |",
         "",
