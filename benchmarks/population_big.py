@@ -501,10 +501,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def measure(argv: Sequence[str]) -> tuple[Figures, Path]:
+    """Run one scenario (``argv`` as on the command line); its figures and the report's path."""
     args = parse_args(argv)
-    # A SIGTERM (``timeout``) unwinds through ``run.close()``: no broker or Redis left behind.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base = SCENARIOS[args.scenario]
     scenario = dataclasses.replace(
         base,
@@ -523,15 +522,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = args.results / f"population-{scenario.name}-{stamp}"
     meta = {
         "created": created.isoformat(timespec="seconds"),
-        "argv": list(argv if argv is not None else sys.argv[1:]),
+        "argv": list(argv),
         "cores": os.cpu_count(),
         "memory_gib": psutil.virtual_memory().total / 2**30,
     }
     data = {"meta": meta, "figures": dataclasses.asdict(figures), "met": targets_met(figures)}
     path.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
-    text = markdown(figures, meta)
-    path.with_suffix(".md").write_text(text)
-    sys.stdout.write("\n" + text + f"\nJSON: {path.with_suffix('.json')}\n")
+    path.with_suffix(".md").write_text(markdown(figures, meta))
+    return figures, path.with_suffix(".md")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # A SIGTERM (``timeout``) unwinds through ``run.close()``: no broker or Redis left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    _, path = measure(sys.argv[1:] if argv is None else argv)
+    sys.stdout.write("\n" + path.read_text() + f"\nJSON: {path.with_suffix('.json')}\n")
     return 0
 
 
