@@ -451,8 +451,9 @@ class Run:
         for pipe in self.pipes:
             with contextlib.suppress(OSError, ValueError):
                 pipe.send(Stop())
+        deadline = time.monotonic() + 10  # for all of them: thousands of clients each
         for process in self.processes:
-            process.join(timeout=10)
+            process.join(timeout=max(0.1, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
                 process.join(timeout=5)
