@@ -388,7 +388,7 @@ class Run:
         deliveries = len(broadcast_us) + len(personal_us)
         connected = max(1, m["connected"])
         gen_cpu = sum(r.cpu.cpu_seconds for r in reports) + published.cpu.cpu_seconds
-        server_and_gen = cpu_steady + gen_cpu + (redis_cpu or 0.0)
+        server_and_gen = max(0.0, cpu_steady) + gen_cpu + (redis_cpu or 0.0)
         return Figures(
             scenario=s.name,
             connections=s.connections,
@@ -432,9 +432,12 @@ class Run:
             server_fds=m["fds"],
             redis_rss_mib=(m["redis_rss_open"] / 2**20) if m["redis_rss_open"] else None,
             steady_s=steady_s,
-            server_cpu_share=cpu_steady / steady_s,
+            # A worker that died and was replaced takes its CPU time with it: no figure then.
+            server_cpu_share=cpu_steady / steady_s if cpu_steady >= 0 else None,
             server_cpu_us_per_delivery=(
-                m["cpu_to_drained"] * 1e6 / deliveries if deliveries else None
+                m["cpu_to_drained"] * 1e6 / deliveries
+                if deliveries and m["cpu_to_drained"] >= 0
+                else None
             ),
             redis_cpu_share=(redis_cpu / steady_s) if redis_cpu is not None else None,
             generator_cpu_share=gen_cpu / steady_s,

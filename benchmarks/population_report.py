@@ -58,7 +58,7 @@ class Figures:
     redis_rss_mib: float | None
     steady_s: float
     #: CPU over the steady phase, as a share of one core.
-    server_cpu_share: float
+    server_cpu_share: float | None
     #: Broker CPU from the first publication until every generator reported (late deliveries
     #: included), over the publications delivered; heartbeats and pings are in it.
     server_cpu_us_per_delivery: float | None

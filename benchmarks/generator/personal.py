@@ -287,7 +287,9 @@ async def _connect_all(spec: PersonalSpec, tally: Tally, clients: list[Client]) 
     if pending:
         errors[f"connect timeout ({spec.connect_timeout:g} s): {len(pending)} not connected"] += 1
     top = tuple(f"{count} x {what}" for what, count in errors.most_common(5))
-    return Ready(len(clients), spec.clients - len(clients), top)
+    # Those still open: a client whose worker died since it joined is in no more.
+    alive = sum(1 for client in clients if client.ws is not None and not client.ws.closed.done())
+    return Ready(alive, spec.clients - alive, top)
 
 
 async def _heartbeats(spec: PersonalSpec, clients: list[Client], chunk: int = 50) -> None:
