@@ -15,6 +15,7 @@ from benchmarks.connrate import ConnRateResult
 from benchmarks.fanout import FanoutSeries, failure
 from benchmarks.fmt import fmt_ratio
 from benchmarks.idle import IdleResult
+from benchmarks.population_report import Figures
 from benchmarks.scenarios import ScenarioResult
 from benchmarks.stats import ratio
 
@@ -37,6 +38,8 @@ class SuiteResults:
     idle: list[IdleResult] = dataclasses.field(default_factory=list)
     connect_rate: list[ConnRateResult] = dataclasses.field(default_factory=list)
     c10k: list[ScenarioResult] = dataclasses.field(default_factory=list)
+    #: The 19,000- and 100,000-connection scenarios (``population_report.Figures``).
+    population: list[Figures] = dataclasses.field(default_factory=list)
     #: Lines for the reader: skipped peers, scenarios that do not apply, raised limits.
     notes: list[str] = dataclasses.field(default_factory=list)
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -9,7 +9,10 @@ installed), ``broker-chat`` (``/ws/chat``), ``broker-v1-json`` and ``broker-v1-m
 subscribers: ``/v1/ws`` and the channel peers), ``stalled`` (the isolation scenario), ``idle``
 (server memory per idle connection), ``connect-rate`` (10,000 connections opened, each through
 the target's own opening handshake, and closed: connections per second and server CPU per
-1,000) and ``c10k`` (10,000 connections, one broadcast per second).
+1,000) and ``c10k`` (10,000 connections, one broadcast per second). On request
+only (``--scenarios c19k,c100k``), the broker alone: ``c19k`` (19,000 connections on one
+process) and ``c100k`` (100,000 on ``--workers 6`` with Redis), each connection on a shared and
+a personal channel (``population_big``).
 
 Writes ``benchmarks/results/suite-<stamp>.json``, ``.md`` (tables, ratios to each peer, the
 four performance goals met or not) and ``.png``.
@@ -17,6 +20,7 @@ four performance goals met or not) and ``.png``.
     .venv/bin/python -m benchmarks.suite                 # everything, ~15 minutes
     .venv/bin/python -m benchmarks.suite --quick         # smaller and shorter, ~4 minutes
     .venv/bin/python -m benchmarks.suite --scenarios fanout,idle --targets naive,broker-chat
+    .venv/bin/python -m benchmarks.suite --scenarios c19k,c100k   # minutes to an hour
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks import plot, population, suite_report
+from benchmarks import plot, population, population_big, population_report, suite_report
 from benchmarks.connrate import connection_rate
 from benchmarks.fanout import Ladder, step_up
 from benchmarks.fdlimit import raise_nofile
@@ -53,7 +57,9 @@ from benchmarks.targets import (
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("fanout", "channels", "stalled", "idle", "connect-rate", "c10k")
+SCENARIOS = ("fanout", "channels", "stalled", "idle", "connect-rate", "c10k", "c19k", "c100k")
+#: What runs without ``--scenarios``: the two largest populations take from minutes to an hour.
+DEFAULT_SCENARIOS = SCENARIOS[:6]
 TARGETS = (
     "naive",
     "node-ws",
@@ -96,6 +102,9 @@ class Settings:
     connect_duration: float = 120.0
     c10k_connections: int = 10_000
     c10k_duration: float = 20.0
+    c19k_connections: int = 19_000
+    c100k_connections: int = 100_000
+    population_duration: float = 30.0
 
 
 FULL = Settings()
@@ -116,6 +125,9 @@ QUICK = Settings(
     connect_duration=60.0,
     c10k_connections=1000,
     c10k_duration=4.0,
+    c19k_connections=2000,
+    c100k_connections=6000,
+    population_duration=8.0,
 )
 
 
@@ -159,6 +171,8 @@ class Suite:
             "idle": self.idle,
             "connect-rate": self.connect_rate,
             "c10k": self.c10k,
+            "c19k": lambda: self.population("c19k", self.settings.c19k_connections),
+            "c100k": lambda: self.population("c100k", self.settings.c100k_connections),
         }
         for name in scenarios:
             self.progress(f"=== {name}")
@@ -287,6 +301,21 @@ class Suite:
             self.results.c10k.append(result)
             self.progress(f"{target.name}: {_brief(result)}")
 
+    def population(self, name: str, connections: int) -> None:
+        """``population_big``'s scenario: the broker only (it has no peer at this size)."""
+        self._quiet()
+        argv = [name, "--connections", str(connections)]
+        argv += ["--duration", str(self.settings.population_duration)]
+        try:
+            figures, path = population_big.measure(argv)
+        except (RuntimeError, OSError) as exc:
+            self.results.notes.append(f"{name}: did not complete: {exc}")
+            self.progress(f"{name}: ERROR {exc}")
+            return
+        self.results.population.append(figures)
+        met = population_report.targets_met(figures)
+        self.progress(f"{name}: {met}; report {path}")
+
 
 def _brief(result: Any) -> str:
     if not result.ok:
@@ -346,7 +375,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="smaller, shorter runs (~4 min)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated, of {', '.join(SCENARIOS)}",
+    )
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated")
     parser.add_argument(
         "--wait-quiet",

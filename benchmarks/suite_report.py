@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report
+from benchmarks import population_report, report
 from benchmarks.connrate import ConnRateResult
 from benchmarks.fanout import P99_LIMIT_MS, FanoutSeries, failure
 from benchmarks.fmt import fmt_ms, fmt_ratio
@@ -420,11 +420,23 @@ def markdown(results: SuiteResults, meta: dict[str, Any]) -> str:
             with_p99_ratio=True,
         ),
         "",
+        *population_section(results),
+        "",
         *_notes(results),
         "",
         *fanout_steps_section(results),
     ]
     return "\n".join(lines).replace("\n\n\n", "\n\n").strip() + "\n"
+
+
+def population_section(results: SuiteResults) -> list[str]:
+    """Each 19,000- or 100,000-connection run's own report, headings one level down."""
+    lines: list[str] = []
+    for figures in results.population:
+        text = population_report.markdown(figures, {"created": "", "cores": "", "memory_gib": 0})
+        body = text.splitlines()[4:]  # the heading and the machine line are the suite's
+        lines += [f"## {figures.scenario}: {figures.connections:,} connections", "", *body, ""]
+    return lines
 
 
 def _notes(results: SuiteResults) -> list[str]:
@@ -466,6 +478,10 @@ def write(results: SuiteResults, meta: dict[str, Any], directory: Path, stamp: s
         "idle": [dataclasses.asdict(r) for r in results.idle],
         "connect_rate": [dataclasses.asdict(r) for r in results.connect_rate],
         "c10k": [dataclasses.asdict(r) for r in results.c10k],
+        "population": [
+            dataclasses.asdict(f) | {"met": population_report.targets_met(f)}
+            for f in results.population
+        ],
         "notes": results.notes,
     }
     (directory / f"suite-{stamp}.json").write_text(
