@@ -61,6 +61,7 @@ def uvicorn_config(
         ws_ping_interval=websocket.heartbeat,
         ws_ping_timeout=websocket.heartbeat + websocket.heartbeat_grace,
         timeout_graceful_shutdown=max(1, round(settings.server.shutdown_grace)),
+        timeout_worker_healthcheck=settings.server.worker_healthcheck_timeout,
         # TLS when server.tls_certfile is set (checked by broker.config before this runs).
         ssl_certfile=settings.server.tls_certfile or None,
         ssl_keyfile=settings.server.tls_keyfile or None,

@@ -91,6 +91,11 @@ class ServerSettings(_Section, frozen=True):
     port: Port = 8000
     #: Seconds a SIGTERM/SIGINT drain may take before remaining connections are cut.
     shutdown_grace: Seconds = 10.0
+    #: Under ``--workers N``: whole seconds the supervisor waits for a worker to answer its health
+    #: check before it kills and replaces it (and its clients with it). uvicorn's own default, 5,
+    #: kills busy but healthy workers on a saturated machine (seen with tens of thousands of
+    #: connections arriving at once); a worker that is truly stuck is replaced after this long.
+    worker_healthcheck_timeout: Annotated[int, msgspec.Meta(ge=1, le=600)] = 20
     #: Browser origins allowed to open a WebSocket; empty allows the broker's own origin only (the
     #: ``Origin`` must match ``Host``), ``["*"]`` allows any. Clients sending no Origin are let in.
     allowed_origins: list[str] = msgspec.field(default_factory=list)

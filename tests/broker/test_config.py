@@ -450,3 +450,15 @@ def test_secrets_nested_in_an_unknown_table_are_masked(tmp_path: Path) -> None:
 )
 def test_secrets_in_bad_variable_names_are_masked(environ: dict[str, str], secret: str) -> None:
     assert secret not in config_error(None, environ)
+
+
+def test_the_worker_health_check_timeout_reaches_uvicorns_supervisor() -> None:
+    from broker.server import uvicorn_config
+
+    settings = load_settings(None, {"BROKER_SERVER__WORKER_HEALTHCHECK_TIMEOUT": "45"})
+    config = uvicorn_config(settings, app="broker.server:app_from_environment", workers=2)
+    assert config.timeout_worker_healthcheck == 45
+    # Not uvicorn's 5 s by default: busy workers on a saturated machine are not killed.
+    assert Settings().server.worker_healthcheck_timeout == 20
+    message = config_error(environ={"BROKER_SERVER__WORKER_HEALTHCHECK_TIMEOUT": "0"})
+    assert "server.worker_healthcheck_timeout" in message and "0" in message
