@@ -22,10 +22,12 @@ class FrameEncoder(ConnectionState):
 
     def take_frames(self) -> list[Frame]:
         outbox = self.outbox
-        skipped = outbox.take_skipped()
         frames = outbox.drain()
+        if not outbox._skipped:  # nothing dropped (the usual case): no call, no list
+            return frames
+        skipped = outbox.take_skipped()
         codec = self.codec
-        if skipped and codec is not None:
+        if codec is not None:
             self.hub.instruments.gap_messages += len(skipped)
             # The gaps come first: they stand where the dropped publications stood.
             gaps = [
@@ -54,8 +56,15 @@ class FrameEncoder(ConnectionState):
         each message is a frame of its own.
         """
         stats = self.stats
-        stats.messages_out += len(frames)
-        self.observe_latency(frames)
+        count = len(frames)
+        stats.messages_out += count
+        # ``observe_latency``, inline: this runs once per write.
+        latency = self._latency
+        if latency is not None:
+            for frame in frames:
+                if frame.accepted:
+                    latency.observe(time.monotonic() - frame.accepted)
+                    break
         codec = self.codec
         if codec is None:
             runs: list[tuple[list[Frame], bool]] = []
@@ -66,7 +75,7 @@ class FrameEncoder(ConnectionState):
                     runs.append(([frame], not frame.binary))
                 stats.bytes_out += len(frame.data)
             return runs
-        if len(frames) == 1:
+        if count == 1:
             stats.bytes_out += len(frames[0].data)
             return [(frames, codec.text)]
         queue = self.settings.queue
