@@ -1,7 +1,7 @@
 """The writer of a connection served without ``TransportLink``: a task beside the reader.
 
-Under ``broker serve`` a connection's writer has no task (``Connection._service``, called back
-by the outbox, the socket and timers). Mounted under another ASGI server there is no transport
+Under ``broker serve`` a connection's writer has no task (``broker.link_writer``: callbacks
+from the outbox, the socket and timers). Mounted under another ASGI server there is no transport
 to call back from, so ``AsgiWriter.run`` is a task in the connection's task group: it waits for
 the outbox, writes everything queued through the connection's ``FrameSink`` within
 ``websocket.write_timeout``, and carries out closes within ``websocket.close_timeout``. Either

@@ -157,7 +157,8 @@ class TransportLink:
         """Whether a write would go out at once: connected, not closing, buffer below its mark."""
         protocol = self._protocol
         return (
-            protocol.writable.is_set()
+            # ``writable.is_set()`` without a call (it is a ``_Flag``): this runs once per write.
+            protocol.writable._set  # type: ignore[attr-defined]
             and not protocol.disconnected
             and not protocol.close_sent
             and not protocol.transport.is_closing()
