@@ -22,8 +22,9 @@ CONNECTIONS = 40
 def _skip_reason(name: str) -> str | None:
     if name == "nats" and nats.nats_server() is None:
         return "nats-server is not installed"
-    if name == "socketio" and (node.node_version() is None or node.socketio_version() is None):
-        return "node or the socket.io peer's packages are not installed"
+    if name == "socketio":
+        # Installed from its package-lock.json when npm is here (as the suite does).
+        return node.ensure_socketio_installed()
     return None
 
 
@@ -49,7 +50,8 @@ def test_a_run_opens_exactly_the_connections_asked_for_through_each_handshake(
     assert result.cycles == CONNECTIONS
     assert result.open_latency is not None and result.open_latency.count == CONNECTIONS
     assert result.per_second > 0 and result.seconds_for_10k is not None
-    assert result.server_cpu_ms_per_1k is not None and result.server_cpu_ms_per_1k > 0
+    # Measured (a Go server may use less than one 10 ms clock tick for 40 connections).
+    assert result.server_cpu_ms_per_1k is not None and result.server_cpu_ms_per_1k >= 0
 
 
 def test_a_server_that_answers_another_protocol_opens_nothing(tmp_path: Path) -> None:
