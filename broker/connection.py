@@ -89,7 +89,10 @@ class Connection(Reader, LinkWriter):
         encoding: Encoding | None = None if codec is None else codec.encoding
         #: The delivery latency histogram of this connection's encoding (``encode``).
         self._latency = (
-            hub.instruments.latency(PLAIN if encoding is None else encoding.name.lower())
+            hub.instruments.latency(
+                PLAIN if encoding is None else encoding.name.lower(),
+                settings.monitor.delivery_latency_every,
+            )
             if settings.monitor.delivery_latency
             else None
         )

@@ -38,14 +38,18 @@ class FrameEncoder(ConnectionState):
         return frames
 
     def observe_latency(self, frames: list[Frame]) -> None:
-        """Delivery latency (metrics, unless ``monitor.delivery_latency`` is off): the age of the
-        oldest publication in this write."""
+        """Delivery latency (metrics, unless ``monitor.delivery_latency`` is off), for one write
+        in ``monitor.delivery_latency_every``: the age of the oldest publication in it."""
         latency = self._latency
         if latency is not None:
-            for frame in frames:
-                if frame.accepted:
-                    latency.observe(time.monotonic() - frame.accepted)
-                    break
+            latency.countdown -= 1
+            if latency.countdown <= 0:
+                # The first write with a publication from here on is measured (not a reply).
+                for frame in frames:
+                    if frame.accepted:
+                        latency.observe(time.monotonic() - frame.accepted)
+                        latency.countdown = latency.every
+                        break
 
     def encode(self, frames: list[Frame]) -> list[tuple[list[Frame], bool]]:
         """WebSocket messages for ``frames``, as runs of one kind (text or binary).
@@ -58,13 +62,17 @@ class FrameEncoder(ConnectionState):
         stats = self.stats
         count = len(frames)
         stats.messages_out += count
-        # ``observe_latency``, inline: this runs once per write.
+        # ``observe_latency``, inline: this runs once per write (measuring one in ``every``).
         latency = self._latency
         if latency is not None:
-            for frame in frames:
-                if frame.accepted:
-                    latency.observe(time.monotonic() - frame.accepted)
-                    break
+            latency.countdown -= 1
+            if latency.countdown <= 0:
+                # The first write with a publication from here on is measured (not a reply).
+                for frame in frames:
+                    if frame.accepted:
+                        latency.observe(time.monotonic() - frame.accepted)
+                        latency.countdown = latency.every
+                        break
         codec = self.codec
         if codec is None:
             runs: list[tuple[list[Frame], bool]] = []

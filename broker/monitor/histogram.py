@@ -35,13 +35,18 @@ class Histogram:
     """Counts of observations per bucket (upper bounds, inclusive) and their sum. Not
     thread-safe: observe from one thread (the event loop)."""
 
-    __slots__ = ("bounds", "counts", "total")
+    __slots__ = ("bounds", "countdown", "counts", "every", "total")
 
-    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
+    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS, *, every: int = 1) -> None:
         self.bounds = tuple(bounds)
         #: One count per bound, plus the last for values above every bound (+Inf).
         self.counts = [0] * (len(self.bounds) + 1)
         self.total = 0.0
+        #: For a hot path that measures one event in ``every``: the caller decrements
+        #: ``countdown`` per event and, once it is 0 or less, observes the next event it can
+        #: measure and resets it to ``every``. The first such event is measured.
+        self.every = every
+        self.countdown = 1
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1

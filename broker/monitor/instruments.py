@@ -30,11 +30,12 @@ class Instruments:
     fills: int = 0
     filled_publications: int = 0
 
-    def latency(self, encoding: str) -> Histogram:
-        """The delivery latency histogram of ``encoding``, made on first use."""
+    def latency(self, encoding: str, every: int = 1) -> Histogram:
+        """The delivery latency histogram of ``encoding``, made on first use, measuring one write
+        in ``every``."""
         histogram = self.delivery_latency.get(encoding)
         if histogram is None:
-            histogram = self.delivery_latency[encoding] = Histogram()
+            histogram = self.delivery_latency[encoding] = Histogram(every=every)
         return histogram
 
     def http_request(self, route: str, seconds: float) -> None:

@@ -114,6 +114,19 @@ async def test_the_delivery_latency_histogram_can_be_turned_off() -> None:
     assert after.value("broker_http_request_duration_seconds_count", route="/v1/publish") == 3
 
 
+async def test_one_write_in_delivery_latency_every_is_measured() -> None:
+    settings = Settings(monitor=MonitorSettings(delivery_latency_every=4))
+    async with serve_broker(settings) as running, open_client(running.url()) as client:
+        await client.send(Subscribe(id=1, channel="news"))
+        await client.expect(Subscribed)
+        for i in range(8):  # one at a time: eight writes of one publication each
+            await http_publish(running, "news", {"n": i})
+            await client.expect(Publication)
+        after = await scrape(running.http(""))
+    # The first write with a publication, then every fourth (the reply's write is not one).
+    assert after.value("broker_delivery_latency_seconds_count", encoding="json") == 2
+
+
 async def test_a_connection_reset_counts_as_1006_and_a_close_frame_without_code_as_1005(
     running: RunningBroker,
 ) -> None:
