@@ -17,11 +17,7 @@ The kernel's work (sends, closes) is not in these counts.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,27 +26,10 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
+from benchmarks.callgrind_server import CallgrindServer, collected, wait_listening
+
 IDLE_SECONDS = 10.0
 WARM_UP = 40
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_listening(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def _one_connection(port: int) -> None:
@@ -58,64 +37,17 @@ def _one_connection(port: int) -> None:
         ws.recv(timeout=60)  # welcome
 
 
-def _collected(path: Path) -> int:
-    match = re.search(r"^(?:summary|totals):\s+(\d+)", path.read_text(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"no instruction total in {path}")
-    return int(match.group(1))
-
-
-class _Server:
-    def __init__(self, tree: Path, out_dir: Path, index: int, log_level: str) -> None:
-        self.tree = tree
-        self.port = _free_port()
-        self.out = out_dir / f"callgrind-{index}.out"
-        env = {**os.environ, "BROKER_LOG__LEVEL": log_level, "PYTHONPATH": str(tree)}
-        self.process = subprocess.Popen(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                f"--callgrind-out-file={self.out}",
-                sys.executable,
-                "-m",
-                "broker.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            env=env,
-            cwd=out_dir,  # not this checkout: ``-m`` puts the working directory first
-            stdout=subprocess.DEVNULL,
-            stderr=(out_dir / f"server-{index}.log").open("w"),
-        )
-
-    def control(self, *args: str) -> None:
-        subprocess.run(
-            ["callgrind_control", *args, str(self.process.pid)], capture_output=True, check=True
-        )
-
-    def dumps(self) -> list[Path]:
-        return sorted(self.out.parent.glob(self.out.name + "*"), key=os.path.getmtime)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-
-
 def measure(trees: Sequence[Path], connections: int, log_level: str) -> list[str]:
     """One line per tree: instructions per connection, raw and less the idle loop's."""
     out_dir = Path(tempfile.mkdtemp(prefix="connrate-instructions-"))
-    servers = [_Server(tree, out_dir, i, log_level) for i, tree in enumerate(trees)]
+    servers = [
+        CallgrindServer(out_dir, str(i), {"BROKER_LOG__LEVEL": log_level, "PYTHONPATH": str(tree)})
+        for i, tree in enumerate(trees)
+    ]
+    trees_of = {server.name: tree for server, tree in zip(servers, trees, strict=True)}
     try:
         for server in servers:
-            _wait_listening(server.port, 300)
+            wait_listening(server.port, 300)
         for _ in range(WARM_UP):
             for server in servers:
                 _one_connection(server.port)
@@ -134,10 +66,10 @@ def measure(trees: Sequence[Path], connections: int, log_level: str) -> list[str
         lines = []
         for server in servers:
             *_, during, idle = server.dumps()
-            total, idle_rate = _collected(during), _collected(idle) / IDLE_SECONDS
+            total, idle_rate = collected(during), collected(idle) / IDLE_SECONDS
             net = (total - idle_rate * busy) / connections
             lines.append(
-                f"{server.tree}: {connections} connections in {busy:.1f} s;"
+                f"{trees_of[server.name]}: {connections} connections in {busy:.1f} s;"
                 f" {total / connections / 1e6:.4f} M instructions per connection"
                 f" ({net / 1e6:.4f} M less the idle loop's {idle_rate / 1e6:.2f} M/s)"
             )

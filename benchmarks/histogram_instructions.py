@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,8 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from benchmarks.connrate_instructions import IDLE_SECONDS, _collected, _free_port, _wait_listening
+from benchmarks.callgrind_server import CallgrindServer, collected, wait_listening
+from benchmarks.connrate_instructions import IDLE_SECONDS
 from protocol import CODECS, Encoding, Publication, Publish, Subscribe, Subscribed
 
 CODEC = CODECS[Encoding.JSON]
@@ -40,45 +39,18 @@ WARM_UP = 20
 CHANNEL = "bench"
 
 
-class _Server:
+class _Server(CallgrindServer):
     def __init__(self, out_dir: Path, name: str, histogram: bool) -> None:
-        self.name = name
-        self.port = _free_port()
-        self.out = out_dir / f"callgrind-{name}.out"
-        env = {
-            **os.environ,
-            "BROKER_LOG__LEVEL": "warning",
-            "BROKER_MONITOR__DELIVERY_LATENCY": "true" if histogram else "false",
-        }
-        self.process = subprocess.Popen(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                f"--callgrind-out-file={self.out}",
-                sys.executable,
-                "-m",
-                "broker.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=(out_dir / f"server-{name}.log").open("w"),
+        super().__init__(
+            out_dir,
+            name,
+            {
+                "BROKER_LOG__LEVEL": "warning",
+                "BROKER_MONITOR__DELIVERY_LATENCY": "true" if histogram else "false",
+            },
         )
         self.subscribers: list[ClientConnection] = []
         self.publisher: ClientConnection | None = None
-
-    def control(self, *args: str) -> None:
-        subprocess.run(
-            ["callgrind_control", *args, str(self.process.pid)], capture_output=True, check=True
-        )
-
-    def dumps(self) -> list[Path]:
-        return sorted(self.out.parent.glob(self.out.name + "*"), key=os.path.getmtime)
 
     async def open(self, subscribers: int) -> None:
         url = f"ws://127.0.0.1:{self.port}/v1/ws"
@@ -111,14 +83,6 @@ class _Server:
         for ws in [*self.subscribers, *([self.publisher] if self.publisher else [])]:
             await ws.close()
 
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-
 
 async def _messages(ws: ClientConnection) -> list[object]:
     frame = await asyncio.wait_for(ws.recv(), 120)
@@ -130,7 +94,7 @@ async def measure(subscribers: int, publications: int, *, same: bool = False) ->
     servers = [_Server(out_dir, "on", True), _Server(out_dir, "off", same)]
     try:
         for server in servers:
-            await asyncio.to_thread(_wait_listening, server.port, 300)
+            await asyncio.to_thread(wait_listening, server.port, 300)
             await server.open(subscribers)
         for n in range(WARM_UP):
             for server in servers:
@@ -151,7 +115,7 @@ async def measure(subscribers: int, publications: int, *, same: bool = False) ->
         per: dict[str, float] = {}
         for server in servers:
             *_, during, idle = server.dumps()
-            total, idle_rate = _collected(during), _collected(idle) / IDLE_SECONDS
+            total, idle_rate = collected(during), collected(idle) / IDLE_SECONDS
             per[server.name] = (total - idle_rate * busy) / deliveries
         for server in servers:
             await server.close()
