@@ -10,7 +10,8 @@ of their name, so every process puts a channel on the same server):
 * one command connection pool runs the Lua scripts (``redis_scripts``) and the reads;
 * one publish pipeline (``redis_pipeline``) queues every publish of this process and sends what
   is queued as one redis-py pipeline per round trip, in order;
-* one pub/sub connection carries live publications of the channels this process watches, and
+* one pub/sub connection (on a Redis Cluster, one per master, each read by its own task:
+  ``redis_shard_readers``) carries live publications of the channels this process watches, and
   only those: it subscribes when the hub watches a channel and unsubscribes when nobody here
   wants it any more;
 * a health loop publishes a token on a channel of this process's own every ``health_interval``
@@ -168,7 +169,8 @@ class RedisShard(ShardHistory, ShardPresence):
             try:
                 await self._serve_link()
             except* _FAILURES as failures:
-                if self._connected or self._failures == 0:
+                # Once per outage: the first failure, or a link that had worked again since.
+                if self._failures == 0:
                     error = str(failures.exceptions[0])
                     log.warning("backplane.link_lost", url=redact_text(self.url), error=error)
                 self._connected = False
@@ -206,7 +208,8 @@ class RedisShard(ShardHistory, ShardPresence):
         extra = [self.keys.bus()] if self.on_bus is not None else []
         await self._subscribe(pubsub, self.keys.health(self.process), *extra)
         self._connected = True
-        self._failures = 0
+        # ``_failures`` is reset by the first health token that comes back, not here: a link
+        # that subscribes and then fails at once (a refused publish, say) must back off.
         self.links += 1
         log.info("backplane.link_up", url=self.name)
         async with anyio.create_task_group() as tasks:
@@ -310,6 +313,7 @@ class RedisShard(ShardHistory, ShardPresence):
         data: bytes = message["data"]
         if channel_key == self.keys.health(self.process):
             self._last_echo = time.monotonic()
+            self._failures = 0  # the link works both ways: the next failure starts over
             return
         if self.on_bus is not None and channel_key == self.keys.bus():
             await self.on_bus(data)
