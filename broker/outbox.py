@@ -65,7 +65,7 @@ class FlushScheduler:
     #: A connection's stream is dense (worth coalescing) from this many publications per
     #: ``interval`` on, by the moving average of its gaps: each coalesced write then carries
     #: about this many or more.
-    DENSE = 4
+    DENSE = 3
     #: The moving average's weight for the newest gap is ``1 / SMOOTHING``: enough gaps that a
     #: sparse stream with irregular gaps (Poisson) is rarely taken for a dense one, few enough
     #: that a dense one is recognised within a dozen publications.
