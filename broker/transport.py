@@ -1,4 +1,5 @@
-"""Writing frames to a client's socket, with the fast path below ASGI where uvicorn allows it.
+"""The WebSocket protocol the broker serves with, and why its writes go below ASGI where uvicorn
+allows it (the writing itself: ``broker.transport_link``).
 
 The hub's design pays off only when a writer hands the socket every queued frame in one write (one
 syscall) and can cut a stuck client loose (docs/stack-findings.md). ASGI offers neither: ``send``
@@ -45,13 +46,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.types import Message as AsgiMessage
-from starlette.websockets import WebSocketDisconnect
 from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -61,13 +59,33 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.frames import Frame as WireFrame
 from websockets.http11 import Request
 from websockets.protocol import Protocol as WebSocketProtocol
-from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from broker.client_faults import client_faults, peer
 from broker.http_protocol import simple_response
 from broker.sockets import SocketTally, limits, reset
-from protocol import Frame
+from broker.transport_link import (
+    AsgiFrameSink,
+    ClientGone,
+    FrameSink,
+    Send,
+    TransportFrameSink,
+    TransportLink,
+    server_frame,
+)
+
+__all__ = [
+    "HOLD_RESPONSE",
+    "TRANSPORT_EXTENSION",
+    "AsgiFrameSink",
+    "BrokerWebSocketProtocol",
+    "ClientGone",
+    "FrameSink",
+    "Send",
+    "TransportFrameSink",
+    "TransportLink",
+    "server_frame",
+]
 
 TRANSPORT_EXTENSION = "broker.transport"
 #: A key of the ASGI ``websocket.accept`` message: true when the app writes its first frame in
@@ -93,168 +111,6 @@ class _WireLogger:
 
 
 _WIRE_LOGGER = _WireLogger()
-
-#: Starlette's ``WebSocket.send``: an ASGI send that turns a lost socket into a disconnect.
-Send = Callable[[AsgiMessage], Awaitable[None]]
-
-# What Starlette raises from ``send`` once the socket is gone or closing.
-_SEND_ERRORS = (OSError, RuntimeError, WebSocketDisconnect)
-
-
-class ClientGone(Exception):
-    """The client's connection is closed: nothing more can be written to it."""
-
-
-class TransportLink:
-    """What the app may do with a connection's transport, handed over in ``scope["extensions"]``."""
-
-    __slots__ = ("_protocol", "close_notice", "on_reply_blocked", "on_shutdown", "on_writable")
-
-    def __init__(self, protocol: BrokerWebSocketProtocol) -> None:
-        self._protocol = protocol
-        #: Called instead of uvicorn's abrupt 1012 close when the server shuts down; the app sets
-        #: it to drain the connection (``disconnect`` with ``reconnect`` true, then close 1001).
-        self.on_shutdown: Callable[[], None] | None = None
-        #: When the frame parser itself closes the connection (a message over the size limit:
-        #: 1009, a protocol error: 1002, invalid UTF-8: 1007), the app may give the message to
-        #: send just before the close frame: ``close_notice(code, reason)`` returns its payload
-        #: and whether it is text, or None.
-        self.close_notice: Callable[[int, str], tuple[bytes, bool] | None] | None = None
-        #: Called when the transport's buffer drains below its low-water mark, and when the
-        #: connection is lost: the app's writer waits for this instead of a task waiting. It runs
-        #: inside the transport's callback, so it must schedule its writes, not make them.
-        self.on_writable: Callable[[], None] | None = None
-        #: Called with the number and size of the protocol's own replies (pongs) held back since
-        #: the socket last took everything: the app counts them against its outbox's bounds.
-        self.on_reply_blocked: Callable[[int, int], None] | None = None
-
-    @property
-    def disconnected(self) -> bool:
-        return self._protocol.disconnected
-
-    def admission_refusal(self, address: str | None) -> str | None:
-        """Why this WebSocket client must be told to come back later (1013), or None.
-
-        Every socket of the server counts from accept (``SocketTally``), this one included, and
-        from now on under ``address``, the client as the app sees it (``X-Forwarded-For`` from
-        a trusted proxy).
-        """
-        protocol = self._protocol
-        tally = protocol.tally
-        if tally is None:
-            return None
-        if address is not None:
-            tally.assign(protocol.transport, address)
-        current = limits()
-        if current.max_connections and tally.total > current.max_connections:
-            return "max_connections"
-        per_ip = current.max_connections_per_ip
-        if per_ip and address is not None and tally.count(address) > per_ip:
-            return "max_connections_per_ip"
-        return None
-
-    def writable_now(self) -> bool:
-        """Whether a write would go out at once: connected, not closing, buffer below its mark."""
-        protocol = self._protocol
-        return (
-            # ``writable.is_set()`` without a call (it is a ``_Flag``): this runs once per write.
-            protocol.writable._set  # type: ignore[attr-defined]
-            and not protocol.disconnected
-            and not protocol.close_sent
-            and not protocol.transport.is_closing()
-        )
-
-    def buffered_bytes(self) -> int:
-        """Bytes waiting in the transport's write buffer."""
-        transport = self._protocol.transport
-        return 0 if transport is None else transport.get_write_buffer_size()
-
-    async def wait_writable(self) -> None:
-        """Return once the transport's buffer is below its high-water mark (or it is gone)."""
-        await self._protocol.writable.wait()
-
-    def write_frames(self, frames: Sequence[bytes], *, text: bool) -> None:
-        """Frame ``frames`` and write them to the socket in one call. Never blocks.
-
-        Raises ``ClientGone`` when the connection is closing or closed.
-        """
-        protocol = self._protocol
-        if protocol.disconnected or protocol.close_sent or protocol.transport.is_closing():
-            raise ClientGone
-        conn = protocol.conn
-        try:
-            if text:
-                for frame in frames:
-                    conn.send_text(frame)
-            else:
-                for frame in frames:
-                    conn.send_binary(frame)
-        except InvalidState as exc:
-            raise ClientGone from exc
-        protocol.transport.write(b"".join(conn.data_to_send()))
-
-    def write_prepared(self, frames: Sequence[Frame], *, text: bool) -> None:
-        """Write ``frames`` in one call, framing each payload at most once for all connections.
-
-        With no extension negotiated (permessage-deflate is off by default), a server frame is a
-        fixed function of its payload (RFC 6455 §5.2: no mask), so the bytes made for the first
-        subscriber are written as they are to every other one. With an extension, each
-        connection frames through ``websockets`` as usual. Raises ``ClientGone``.
-        """
-        protocol = self._protocol
-        if protocol.conn.extensions:
-            self.write_frames([frame.data for frame in frames], text=text)
-            return
-        if (
-            protocol.disconnected
-            or protocol.close_sent
-            or protocol.conn.state is not State.OPEN
-            or protocol.transport.is_closing()
-        ):
-            raise ClientGone
-        if len(frames) == 1:
-            frame = frames[0]
-            wire = frame.wire
-            if wire is None:
-                wire = frame.wire = server_frame(frame.data, text=text)
-            protocol.transport.write(wire)
-            return
-        wires = []
-        for frame in frames:
-            wire = frame.wire
-            if wire is None:
-                wire = frame.wire = server_frame(frame.data, text=text)
-            wires.append(wire)
-        protocol.transport.write(b"".join(wires))
-
-    def close(self, code: int, reason: str) -> None:
-        """Send the close frame now, as ASGI ``websocket.close`` would, without awaiting.
-
-        Only while ``writable_now()``: this mirrors uvicorn 0.54's ``send`` for
-        ``websocket.close`` past its wait for writability (the app's receive gets
-        ``websocket.disconnect`` with ``code``), and resets the socket if the client does not
-        answer within ``close_timeout``. Raises ``ClientGone``.
-        """
-        protocol = self._protocol
-        if protocol.disconnected or protocol.close_sent or protocol.transport.is_closing():
-            raise ClientGone
-        try:
-            protocol.conn.send_close(code, reason)
-        except InvalidState as exc:
-            raise ClientGone from exc
-        protocol.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
-        protocol.close_sent = True
-        if protocol.read_paused:
-            protocol.read_paused = False
-            protocol.transport.resume_reading()
-        protocol.close_timer = protocol.loop.call_later(
-            protocol.close_timeout, protocol.abort_connection
-        )
-
-    def abort(self) -> None:
-        """Reset the connection now, dropping whatever is buffered for it."""
-        self._protocol.abort_connection()
 
 
 class _ReceiveQueue:
@@ -735,88 +591,3 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         if transport is None or self.disconnected:
             return
         reset(transport)
-
-
-def server_frame(payload: bytes, *, text: bool) -> bytes:
-    """One final, unmasked server frame (RFC 6455 §5.2) holding ``payload``."""
-    first = 0x81 if text else 0x82
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", first, length)
-    elif length < 1 << 16:
-        header = struct.pack("!BBH", first, 126, length)
-    else:
-        header = struct.pack("!BBQ", first, 127, length)
-    return header + payload
-
-
-class FrameSink(Protocol):
-    """Where a connection's writer puts frames."""
-
-    async def write(self, frames: Sequence[bytes], *, text: bool) -> None:
-        """Write ``frames`` in order; raises ``ClientGone`` once the client is gone."""
-
-    async def close(self, code: int, reason: str) -> None:
-        """Send a close frame (best effort)."""
-
-    def abort(self) -> None:
-        """Cut the connection at once."""
-
-
-class TransportFrameSink:
-    """The fast path: several frames per ``transport.write``, through ``TransportLink``."""
-
-    __slots__ = ("_link", "_send")
-
-    def __init__(self, link: TransportLink, send: Send) -> None:
-        self._link = link
-        self._send = send
-
-    async def write(self, frames: Sequence[bytes], *, text: bool) -> None:
-        link = self._link
-        await link.wait_writable()
-        link.write_frames(frames, text=text)
-
-    async def close(self, code: int, reason: str) -> None:
-        await self._link.wait_writable()
-        if self._link.disconnected:
-            raise ClientGone
-        # Through ASGI, so that uvicorn's close handshake and timers run as usual.
-        try:
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
-        except _SEND_ERRORS as exc:
-            raise ClientGone from exc
-
-    def abort(self) -> None:
-        self._link.abort()
-
-
-class AsgiFrameSink:
-    """The portable path: one ASGI ``websocket.send`` per frame."""
-
-    __slots__ = ("_send",)
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-
-    async def write(self, frames: Sequence[bytes], *, text: bool) -> None:
-        send = self._send
-        try:
-            for frame in frames:
-                if text:
-                    await send({"type": "websocket.send", "text": frame.decode()})
-                else:
-                    await send({"type": "websocket.send", "bytes": frame})
-        except _SEND_ERRORS as exc:
-            raise ClientGone from exc
-
-    async def close(self, code: int, reason: str) -> None:
-        try:
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
-        except _SEND_ERRORS as exc:
-            raise ClientGone from exc
-
-    def abort(self) -> None:
-        # ASGI has no way to reset a transport; the caller stops writing and returns, and the
-        # server closes the connection when the app returns.
-        pass

@@ -22,10 +22,15 @@ async def test_a_link_refused_right_after_it_comes_up_backs_off_and_is_logged_on
 ) -> None:
     admin = aioredis.from_url(redis_server.url)
     try:
-        await admin.execute_command(
-            "ACL", "SETUSER", "subscriber", "on", ">a-long-password", "~*", "&*", "+@all",
-            "-publish", "-spublish",
-        )  # fmt: skip
+        await admin.acl_setuser(
+            "subscriber",
+            enabled=True,
+            passwords=["+a-long-password"],
+            keys=["*"],
+            channels=["*"],
+            categories=["+@all"],
+            commands=["-publish", "-spublish"],
+        )
     finally:
         await admin.aclose()
     url = redis_server.url.replace("redis://", "redis://subscriber:a-long-password@")
