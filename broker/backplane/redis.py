@@ -125,6 +125,10 @@ class RedisShard(ShardHistory, ShardPresence):
         self._last_echo = -math.inf
         self._connected = False
         self._failures = 0
+        #: Links in a row that subscribed and failed before a health token came back over them:
+        #: they back off as failures do, instead of starting over at the shortest delay.
+        self._flaps = 0
+        self._up_since: float | None = None
         self._presence: dict[str, dict[str, ClientInfo]] = {}
         #: Presence writes of this process not yet done, per channel, and who waits for them
         #: (``_presence_settled``): a presence read, or a join/leave announcement, of the same
@@ -169,8 +173,8 @@ class RedisShard(ShardHistory, ShardPresence):
             try:
                 await self._serve_link()
             except* _FAILURES as failures:
-                # Once per outage: the first failure, or a link that had worked again since.
-                if self._failures == 0:
+                # Once per outage (not again for a link that keeps coming up and failing).
+                if (self._connected or self._failures == 0) and self._flaps == 0:
                     error = str(failures.exceptions[0])
                     log.warning("backplane.link_lost", url=redact_text(self.url), error=error)
                 self._connected = False
@@ -184,6 +188,10 @@ class RedisShard(ShardHistory, ShardPresence):
                 )
                 self._connected = False
             finally:
+                up, self._up_since = self._up_since, None
+                if up is not None:
+                    # It came up: a flap if no health token came back over it since.
+                    self._flaps = self._flaps + 1 if self._last_echo < up else 0
                 self._connected = False
                 self._subscribed.clear()
                 pubsub, self._pubsub = self._pubsub, None
@@ -194,8 +202,9 @@ class RedisShard(ShardHistory, ShardPresence):
                         except _FAILURES:
                             pass
             self._failures += 1
-            # Full jitter, capped: many processes must not all hammer a Redis that comes back.
-            await anyio.sleep(_RECONNECT.delay(self._failures))
+            # Full jitter, capped: many processes must not all hammer a Redis that comes back, nor
+            # one process a link that subscribes and then fails at once (an ACL without publish).
+            await anyio.sleep(_RECONNECT.delay(max(self._failures, self._flaps)))
 
     async def _serve_link(self) -> None:
         if self.cluster and self._failures:
@@ -208,8 +217,8 @@ class RedisShard(ShardHistory, ShardPresence):
         extra = [self.keys.bus()] if self.on_bus is not None else []
         await self._subscribe(pubsub, self.keys.health(self.process), *extra)
         self._connected = True
-        # ``_failures`` is reset by the first health token that comes back, not here: a link
-        # that subscribes and then fails at once (a refused publish, say) must back off.
+        self._failures = 0
+        self._up_since = time.monotonic()
         self.links += 1
         log.info("backplane.link_up", url=self.name)
         async with anyio.create_task_group() as tasks:
@@ -313,7 +322,7 @@ class RedisShard(ShardHistory, ShardPresence):
         data: bytes = message["data"]
         if channel_key == self.keys.health(self.process):
             self._last_echo = time.monotonic()
-            self._failures = 0  # the link works both ways: the next failure starts over
+            self._flaps = 0  # the link works both ways
             return
         if self.on_bus is not None and channel_key == self.keys.bus():
             await self.on_bus(data)
