@@ -34,7 +34,13 @@ from benchmarks.generator.churn import ChurnSpec, run_churn
 from benchmarks.scenarios import MB
 from benchmarks.server import ServerProcess, ServerStartError, machine_busy_seconds
 from benchmarks.stats import LatencySummary, summarize
-from benchmarks.targets import Target, build_targets, with_broker_env
+from benchmarks.targets import (
+    Target,
+    baseline_target,
+    build_targets,
+    peer_unavailable,
+    with_broker_env,
+)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -142,24 +148,6 @@ class Row:
 def say(line: str = "") -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-def _available(name: str) -> str | None:
-    from benchmarks.peers import nats, node
-
-    if name == "socketio":
-        return node.ensure_socketio_installed()
-    if name == "node-ws":
-        return node.ensure_installed()
-    if name == "nats" and nats.nats_server() is None:
-        return "nats-server is not installed"
-    return None
-
-
-def baseline_target(target: Target, tree: Path) -> Target:
-    """``target`` run from another revision's ``broker`` and ``protocol`` packages in ``tree``."""
-    moved = with_broker_env(target, {"PYTHONPATH": str(tree)})
-    return dataclasses.replace(moved, name=f"{target.name}@baseline")
 
 
 def row_line(row: Row) -> str:
@@ -344,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in [part.strip() for part in args.targets.split(",") if part.strip()]:
         if name not in known:
             raise SystemExit(f"unknown target {name}; known: {sorted(known)}")
-        why = _available(name)
+        why = peer_unavailable(name)
         if why is not None:
             say(f"{name} skipped: {why}")
             continue

@@ -44,7 +44,13 @@ from benchmarks.population import many_channels
 from benchmarks.scenarios import LoadParams, ScenarioResult, run_load
 from benchmarks.server import ServerProcess, ServerStartError
 from benchmarks.stalled import wait_quiet
-from benchmarks.targets import Target, build_targets, with_broker_env
+from benchmarks.targets import (
+    Target,
+    baseline_target,
+    build_targets,
+    peer_unavailable,
+    with_broker_env,
+)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -136,23 +142,6 @@ def fixed_rate(
         return run_load(server, target, params, progress, stop_server_first=True)
     finally:
         server.stop()
-
-
-def baseline_target(target: Target, tree: Path) -> Target:
-    """``target`` run from another revision's packages in ``tree``."""
-    env = {"PYTHONPATH": str(tree)}
-    moved = with_broker_env(target, env)
-    return dataclasses.replace(moved, name=f"{target.name}@baseline")
-
-
-def _available(name: str) -> str | None:
-    if name == "socketio":
-        return node.ensure_socketio_installed()
-    if name == "node-ws":
-        return node.ensure_installed()
-    if name == "nats" and nats.nats_server() is None:
-        return "nats-server is not installed"
-    return None
 
 
 def _us(value: float | None) -> str:
@@ -264,7 +253,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _targets(names: str, known: dict[str, Target], baseline: Path | None) -> list[Target]:
     chosen: list[Target] = []
     for name in [part.strip() for part in names.split(",") if part.strip()]:
-        why = _available(name)
+        why = peer_unavailable(name)
         if why is not None:
             say(f"{name} skipped: {why}")
             continue

@@ -54,6 +54,7 @@ from benchmarks.targets import (
     Target,
     broker_available,
     build_targets,
+    peer_unavailable,
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -407,13 +408,7 @@ def _choose_targets(names: list[str], notes: list[str]) -> list[Target]:
         if name.startswith("broker") and not broker_available():
             notes.append(f"{name} skipped: broker/cli.py does not exist")
             continue
-        why: str | None = None
-        if name == "node-ws":
-            why = node.ensure_installed()
-        elif name == "socketio":
-            why = node.ensure_socketio_installed()
-        elif name == "nats" and nats.nats_server() is None:
-            why = "nats-server is not installed: the NATS peer is skipped"
+        why = peer_unavailable(name)
         if why is not None:
             notes.append(why)
             say(why)

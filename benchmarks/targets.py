@@ -155,3 +155,24 @@ def is_peer(name: str) -> bool:
 PEERS = ("naive", "node-ws", "nats", "socketio")
 #: The peers with channels of their own: the many-channels scenario runs them too.
 CHANNEL_PEERS = ("nats", "socketio")
+
+
+def baseline_target(target: Target, tree: Path) -> Target:
+    """``target`` run from another revision's ``broker`` and ``protocol`` packages in ``tree``
+    (``PYTHONPATH``), named ``<target>@baseline``."""
+    moved = with_broker_env(target, {"PYTHONPATH": str(tree)})
+    return dataclasses.replace(moved, name=f"{target.name}@baseline")
+
+
+def peer_unavailable(name: str) -> str | None:
+    """Why target ``name`` cannot run here (a peer not installed), or None; the Node.js peers
+    are installed from their lock files on first use."""
+    from benchmarks.peers import nats, node
+
+    if name == "socketio":
+        return node.ensure_socketio_installed()
+    if name == "node-ws":
+        return node.ensure_installed()
+    if name == "nats" and nats.nats_server() is None:
+        return "nats-server is not installed"
+    return None

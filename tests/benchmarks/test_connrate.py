@@ -13,19 +13,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.connrate import connection_rate
-from benchmarks.peers import nats, node
-from benchmarks.targets import build_targets
+from benchmarks.targets import build_targets, peer_unavailable
 
 CONNECTIONS = 40
-
-
-def _skip_reason(name: str) -> str | None:
-    if name == "nats" and nats.nats_server() is None:
-        return "nats-server is not installed"
-    if name == "socketio":
-        # Installed from its package-lock.json when npm is here (as the suite does).
-        return node.ensure_socketio_installed()
-    return None
 
 
 @pytest.mark.parametrize(
@@ -34,7 +24,7 @@ def _skip_reason(name: str) -> str | None:
 def test_a_run_opens_exactly_the_connections_asked_for_through_each_handshake(
     name: str, tmp_path: Path
 ) -> None:
-    reason = _skip_reason(name)
+    reason = peer_unavailable(name)  # socket.io: installed from its lock
     if reason is not None:
         pytest.skip(reason)
     result = connection_rate(
