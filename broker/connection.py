@@ -118,6 +118,8 @@ class Connection(Reader, LinkWriter):
             # Frames leave from the flusher's turn when the socket takes them at once.
             self.outbox.write_through = self._write_through
             self.outbox.flusher = flusher
+            # A publication for an idle connection goes straight to its socket (``write_now``).
+            self.outbox.writer = self
         self.sink = (
             TransportFrameSink(self.link, websocket.send)
             if self.link is not None

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from contextvars import Context
 from dataclasses import dataclass
+from typing import Protocol
 
 from broker.settings import OverflowPolicy
 from protocol import Frame
@@ -84,6 +85,8 @@ class FlushScheduler:
         "_soon",
         "_soon_handle",
         "_timers",
+        "_turn",
+        "_turn_handle",
     )
 
     def __init__(self, interval: float = 0.0) -> None:
@@ -100,6 +103,19 @@ class FlushScheduler:
         #: The loop it runs in, cached: ``asyncio.get_running_loop()`` makes a ``getpid`` system
         #: call each time (CPython checks for a fork), and ``schedule`` runs once per delivery.
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Counts the turns in which an outbox wrote a publication straight to its socket
+        #: (``Outbox.offer``): an outbox writes at most one that way per turn, so that a burst
+        #: for one connection in one turn still leaves in one write after it.
+        self._turn = 0
+        self._turn_handle: asyncio.Handle | None = None
+
+    def _wrote_now(self) -> None:
+        """A publication went straight to a socket in this turn: end the turn after it."""
+        self._turn_handle = self._running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_handle = None
+        self._turn += 1
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
@@ -163,6 +179,9 @@ class FlushScheduler:
         afterwards (the next flush of an outbox that was waiting is not delayed)."""
         if self._soon_handle is not None:
             self._soon_handle.cancel()
+        if self._turn_handle is not None:
+            self._turn_handle.cancel()
+            self._next_turn()
         for timer in self._timers.values():
             timer.cancel()
         self._soon_handle = self._loop = None
@@ -182,6 +201,13 @@ class FlushScheduler:
 
 #: The moving average's weight for the newest gap (``Outbox.offer``).
 _WEIGHT = 1.0 / FlushScheduler.SMOOTHING
+
+
+class DirectWriter(Protocol):
+    """What writes a publication straight to a connection's socket (``Outbox.writer``)."""
+
+    def write_now(self, frame: Frame) -> bool:
+        """Write ``frame`` now if the socket takes it at once, else nothing; whether it did."""
 
 
 @dataclass(slots=True)
@@ -226,12 +252,14 @@ class Outbox:
         "_released",
         "_skipped",
         "_waiter",
+        "_written_turn",
         "flusher",
         "max_bytes",
         "max_messages",
         "on_overflow",
         "policy",
         "write_through",
+        "writer",
     )
 
     def __init__(self, *, max_messages: int, max_bytes: int, policy: OverflowPolicy) -> None:
@@ -262,6 +290,12 @@ class Outbox:
         #: flushes them right after it, or after ``queue.flush_interval`` under a sustained
         #: stream to this connection (``FlushScheduler``).
         self.flusher: FlushScheduler | None = None
+        #: Set by the connection (with ``flusher``): writes one publication straight to the
+        #: socket, in the caller's turn, when nothing is queued or pending before it and the
+        #: connection's stream is not dense (``offer``): no queueing, no flush per delivery.
+        self.writer: DirectWriter | None = None
+        #: The flusher's turn in which ``writer`` last wrote a publication: one per turn.
+        self._written_turn = -1
         self._flush_pending = False
         #: Whether the pending flush is one right after the turn (not the flusher's timer).
         self._flush_soon = False
@@ -285,6 +319,45 @@ class Outbox:
         if self._closed or self._overflowed:
             return False
         size = len(frame.data)
+        flusher = self.flusher
+        if flusher is not None and frame.channel is not None:
+            interval = flusher._interval
+            if interval:
+                # The gap, in the moving average (each gap and the average capped at the
+                # interval): inline, as this runs once per delivery.
+                now = frame.accepted or time.monotonic()
+                gap = now - self._last_publication
+                self._last_publication = now
+                average = self._gap
+                if gap < interval:
+                    if average > interval:
+                        average = interval
+                    if gap < 0.0:  # taken in out of order (another process's, over a backplane)
+                        gap = 0.0
+                    self._gap = average + (gap - average) * _WEIGHT
+                elif average < interval:
+                    self._gap = average + (interval - average) * _WEIGHT
+                # Otherwise a sparse stream stays as sparse as it was: nothing to compute.
+            if (
+                # The direct path: straight to the socket, when nothing is queued, pending or
+                # dropped before it, the writer is idle (not closing, not waiting for the
+                # socket), the stream is not dense (it would be coalesced), and this outbox
+                # wrote none that way in this turn (a burst in one turn leaves in one write).
+                not self._frames
+                and self._ready_callback is not None
+                and self.writer is not None
+                and not self._flush_pending
+                and not self._skipped
+                and not self._interrupted
+                and self._gap >= flusher._dense_gap
+                and self._written_turn != flusher._turn
+                and size <= self.max_bytes
+                and self.writer.write_now(frame)
+            ):
+                self._written_turn = flusher._turn
+                if flusher._turn_handle is None:
+                    flusher._wrote_now()
+                return True
         # A reply (no channel) is let past the byte bound while the outbox is not already over
         # it: a recovery or history reply may be larger than the whole outbox, and refusing it
         # would drop a client that reads fine and could never recover.
@@ -305,24 +378,6 @@ class Outbox:
                 return False
         self._frames.append(frame)
         self._bytes += size
-        flusher = self.flusher
-        if flusher is not None and frame.channel is not None and flusher._interval:
-            # The gap, in the moving average (each gap and the average capped at the interval):
-            # inline, as this runs once per delivery.
-            now = frame.accepted or time.monotonic()
-            cap = flusher._interval
-            gap = now - self._last_publication
-            self._last_publication = now
-            average = self._gap
-            if gap < cap:
-                if average > cap:
-                    average = cap
-                if gap < 0.0:  # taken in out of order (another process's, over a backplane)
-                    gap = 0.0
-                self._gap = average + (gap - average) * _WEIGHT
-            elif average < cap:
-                self._gap = average + (cap - average) * _WEIGHT
-            # Otherwise a sparse stream stays as sparse as it was: nothing to compute.
         if self._waiter is not None or self._ready_callback is not None:
             if flusher is None or self.write_through is None:
                 self._wake()

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 #: Starlette's ``WebSocket.send``: an ASGI send that turns a lost socket into a disconnect.
 Send = Callable[[AsgiMessage], Awaitable[None]]
 
+#: ``State.OPEN``, looked up once: on Python 3.11 an attribute of an ``Enum`` class goes through
+#: ``EnumType.__getattr__`` (about 800 instructions), and this is read once per write.
+_OPEN = State.OPEN
+
 # What Starlette raises from ``send`` once the socket is gone or closing.
 _SEND_ERRORS = (OSError, RuntimeError, WebSocketDisconnect)
 
@@ -140,7 +144,7 @@ class TransportLink:
         if (
             protocol.disconnected
             or protocol.close_sent
-            or protocol.conn.state is not State.OPEN
+            or protocol.conn.state is not _OPEN
             or protocol.transport.is_closing()
         ):
             raise ClientGone
@@ -158,6 +162,36 @@ class TransportLink:
                 wire = frame.wire = server_frame(frame.data, text=text)
             wires.append(wire)
         protocol.transport.write(b"".join(wires))
+
+    def write_now(self, frame: Frame, *, text: bool) -> bool:
+        """Write ``frame`` if it goes out at once, as ``write_prepared`` does; whether it did.
+
+        Only when the socket is open and below its mark and no extension frames each connection
+        apart (the frame is framed once for all): otherwise it writes nothing and returns False,
+        and the caller queues the frame. Never raises.
+        """
+        protocol = self._protocol
+        conn = protocol.conn
+        if (
+            not protocol.writable._set  # type: ignore[attr-defined]
+            or protocol.disconnected
+            or protocol.close_sent
+            or conn.extensions
+            # ``conn.state is State.OPEN`` without the property (this runs once per delivery):
+            # the handshake is done (the writer runs after it), so OPEN is no close frame
+            # sent or received yet.
+            or conn.close_sent is not None
+            or conn.close_rcvd is not None
+        ):
+            return False
+        transport = protocol.transport
+        if transport.is_closing():
+            return False
+        wire = frame.wire
+        if wire is None:
+            wire = frame.wire = server_frame(frame.data, text=text)
+        transport.write(wire)
+        return True
 
     def close(self, code: int, reason: str) -> None:
         """Send the close frame now, as ASGI ``websocket.close`` would, without awaiting.
