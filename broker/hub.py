@@ -34,7 +34,6 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from broker.backplane.base import (
     Backplane,
@@ -64,6 +63,7 @@ from broker.hub_chat import CHAT_LEFT, CHAT_ROOM, ChatRoom
 from broker.hub_delivery import Delivery
 from broker.hub_reads import Reads
 from broker.logs import get_logger
+from broker.mailbox import Mailbox
 from broker.monitor.instruments import Instruments
 from broker.settings import NamespaceSettings, Settings
 from broker.subscriber import Reply, Subscriber
@@ -125,11 +125,7 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
     def __init__(self, settings: Settings, backplane: Backplane) -> None:
         self.settings = settings
         self.backplane = backplane
-        self._send: MemoryObjectSendStream[Command]
-        self._receive: MemoryObjectReceiveStream[Command]
-        self._send, self._receive = anyio.create_memory_object_stream[Command](
-            settings.hub.mailbox_size
-        )
+        self._mailbox: Mailbox[Command] = Mailbox(settings.hub.mailbox_size)
         self._channels: dict[str, ChannelState] = {}
         self._tasks: TaskGroup | None = None
         self._publications = 0
@@ -152,13 +148,13 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
         # hub then handles it in one turn, so the writers wake once for the lot (batch frames).
         # Order is kept: while senders wait, the buffer stays full, so a newcomer waits too.
         try:
-            self._send.send_nowait(command)
+            self._mailbox.send_nowait(command)
         except anyio.WouldBlock:
-            await self._send.send(command)
+            await self._mailbox.send(command)
 
     def submit_nowait(self, command: Command) -> None:
         """Queue ``command`` now; raises ``anyio.WouldBlock`` when the mailbox is full."""
-        self._send.send_nowait(command)
+        self._mailbox.send_nowait(command)
 
     @property
     def running(self) -> bool:
@@ -167,11 +163,11 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Handle commands until cancelled. Signals ``task_status`` once it takes commands."""
         try:
-            async with anyio.create_task_group() as tasks, self._receive:
+            async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
                 self._running = True
                 task_status.started()
-                receive = self._receive
+                receive = self._mailbox
                 while True:
                     command = await receive.receive()
                     # Then everything else already queued, in the same turn of the loop.
@@ -187,7 +183,7 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
             self._running = False
             self._tasks = None
             # Whoever still submits learns at once that the hub is gone (ClosedResourceError).
-            self._send.close()
+            self._mailbox.close()
 
     def _handle_safely(self, command: Command) -> None:
         try:
@@ -366,12 +362,11 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
     # --- observation ----------------------------------------------------------------------------
 
     def statistics(self) -> HubStatistics:
-        stream = self._send.statistics()
         return HubStatistics(
             channels=len(self._channels),
             subscriptions=sum(len(state) for state in self._channels.values()),
-            mailbox_queued=stream.current_buffer_used,
-            mailbox_size=int(stream.max_buffer_size),
+            mailbox_queued=len(self._mailbox),
+            mailbox_size=self._mailbox.size,
             publications=self._publications,
             deliveries=self._deliveries,
             gaps=self._gaps,
