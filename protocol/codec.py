@@ -27,6 +27,10 @@ class Encoding(enum.Enum):
     JSON = "broker.v1.json"
     MSGPACK = "broker.v1.msgpack"
 
+    #: By identity, as equality is: ``Enum.__hash__`` is a Python function on 3.11 (it hashes the
+    #: name), and encodings key the dicts a publication is looked up in several times.
+    __hash__ = object.__hash__
+
     @property
     def subprotocol(self) -> str:
         return self.value
