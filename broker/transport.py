@@ -31,6 +31,11 @@ Hostile clients. The protocol also holds every socket to bounds of memory and ti
   a client that keeps sending while its replies cannot leave is dropped as a slow consumer;
 * **fragments**: a message is gathered in one ``bytearray`` (no list entry per fragment), and a
   message in more than ``websocket.max_fragments`` frames closes the connection with 1009;
+* **client frames** after the handshake: a whole message in one frame (final, text or binary,
+  masked, within ``websocket.max_message_bytes``) is parsed by ``broker.client_frames``; every
+  other frame goes to ``websockets`` whole and in order, and what it refuses from a header
+  (1002, 1009) it still refuses at once; a partial frame waits in one ``bytearray`` bounded by
+  the size limit;
 * **the handshake**: what the frame parser refuses (a header line over 8 KiB, over 128 headers,
   a request line over 8 KiB) gets its 431 or 414 written and the socket closed, instead of
   neither; and the deadline from accept (``server.handshake_timeout``) carried over from
@@ -62,6 +67,7 @@ from websockets.protocol import Protocol as WebSocketProtocol
 from websockets.server import ServerProtocol
 
 from broker.client_faults import client_faults, peer
+from broker.client_frames import receive as receive_frames
 from broker.http_protocol import simple_response
 from broker.sockets import SocketTally, limits, reset
 from broker.transport_link import (
@@ -267,6 +273,10 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         self.pong_owed: bytes | None = None
         self.blocked_replies = 0
         self.blocked_bytes = 0
+        #: Whether whole-message frames are parsed here (``broker.client_frames``), from the
+        #: handshake on, and a partial frame waiting for the rest.
+        self.fast_frames = False
+        self.frames_pending: bytearray | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -320,6 +330,13 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         self.close_timer = self.loop.call_later(self.close_timeout, self.abort_connection)
 
     def data_received(self, data: bytes) -> None:
+        if self.fast_frames:
+            receive_frames(self, data)
+            return
+        self.parse_wire(data)
+
+    def parse_wire(self, data: bytes) -> None:
+        """Hand ``data`` to ``websockets``' parser and handle what it made of it."""
         conn = self.conn
         conn.receive_data(data)
         if conn.parser_exc is not None:
@@ -455,7 +472,7 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
             self.handshake_timer = None
         if self.tally is not None:
             self.tally.discard(self.transport)
-        self.fragments = self.pong_owed = None
+        self.fragments = self.pong_owed = self.frames_pending = None
         # No close frame came (a reset, a vanished peer): RFC 6455 §7.1.5 calls that 1006.
         # uvicorn reports 1005, which the RFC reserves for a close frame without a status code.
         lost = self.handshake_complete and self.conn.close_rcvd is None
@@ -498,6 +515,8 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
                 # the same point, holds nothing else.
                 conn.parser = WebSocketProtocol.parse(conn)
                 next(conn.parser)
+                # At a frame boundary: client frames can be parsed here from now on.
+                self.fast_frames = not conn.extensions
         if message["type"] == "websocket.close" and self.close_timer is not None:
             # uvicorn ends an unanswered close handshake with transport.close(), which waits for
             # the write buffer to drain: a client that stopped reading would keep its socket and
