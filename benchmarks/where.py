@@ -48,17 +48,27 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("outbox and flush scheduler (broker/outbox.py)", ("broker/outbox.py",)),
     (
         "hub: fan-out, channels (broker/hub.py, subscriber.py, channel_state.py)",
-        ("broker/hub.py", "broker/subscriber.py", "broker/channel_state.py", "broker/commands.py"),
+        (
+            "broker/hub.py",
+            "broker/subscriber.py",
+            "broker/channel_state.py",
+            "broker/commands.py",
+            "broker/mailbox.py",
+        ),
     ),
-    ("write path below ASGI, frame building (broker/transport.py)", ("broker/transport.py",)),
+    (
+        "write path below ASGI, frame building (broker/transport.py, transport_link.py, "
+        "link_writer.py)",
+        ("broker/transport.py", "broker/transport_link.py", "broker/link_writer.py"),
+    ),
     (
         "connection reader/writer (broker/connection.py, v1.py)",
         ("broker/connection.py", "broker/v1.py", "broker/websocket_routes.py"),
     ),
     ("encoding, protocol (msgspec, protocol/)", ("msgspec", "/protocol/")),
     (
-        "uvicorn, websocket parsing (uvicorn, websockets, wsproto, httptools)",
-        ("uvicorn/", "websockets/", "wsproto/", "httptools"),
+        "uvicorn, websocket parsing (uvicorn, websockets, broker/client_frames.py, httptools)",
+        ("uvicorn/", "websockets/", "wsproto/", "httptools", "broker/client_frames.py"),
     ),
     ("event loop (asyncio, uvloop)", ("asyncio/", "uvloop", "uv_run", "uv__run")),
 )
