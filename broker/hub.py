@@ -169,14 +169,11 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
                 task_status.started()
                 receive = self._mailbox
                 while True:
-                    command = await receive.receive()
+                    command: Command | None = await receive.receive()
                     # Then everything else already queued, in the same turn of the loop.
-                    while True:
+                    while command is not None:
                         self._handle_safely(command)
-                        try:
-                            command = receive.receive_nowait()
-                        except anyio.WouldBlock:
-                            break
+                        command = receive.poll()
         except anyio.EndOfStream:
             pass
         finally:

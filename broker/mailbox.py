@@ -12,7 +12,8 @@ The semantics are the stream's, as the hub relies on them:
 * ``send_nowait`` raises ``anyio.WouldBlock`` while the mailbox is full, and while senders wait
   for room (so that order is kept: a newcomer waits behind them); ``send`` waits for room, first
   come first served;
-* ``receive_nowait`` raises ``anyio.WouldBlock`` when it is empty; ``receive`` waits;
+* ``receive_nowait`` raises ``anyio.WouldBlock`` when it is empty (``poll`` returns None
+  instead: no exception for the usual answer); ``receive`` waits;
 * after ``close``, senders get ``anyio.ClosedResourceError`` (the waiting ones too); the
   receiver gets what was queued, then ``anyio.EndOfStream``.
 
@@ -92,14 +93,24 @@ class Mailbox(Generic[T]):
             waiter.set_result(None)
 
     def receive_nowait(self) -> T:
+        item = self.poll()
+        if item is None:
+            if self._closed:
+                raise anyio.EndOfStream
+            raise anyio.WouldBlock
+        return item
+
+    def poll(self) -> T | None:
+        """The next item, or None when there is none now (``receive_nowait`` without the
+        exception: the hub asks once per wake-up whether more came, and the answer is usually
+        no). Items must not be None."""
         items = self._items
         if not items:
-            if self._senders:
-                self._take_room()
+            if not self._senders:
+                return None
+            self._take_room()
             if not items:
-                if self._closed:
-                    raise anyio.EndOfStream
-                raise anyio.WouldBlock
+                return None
         item = items.popleft()
         if self._senders:
             self._take_room()
@@ -107,10 +118,11 @@ class Mailbox(Generic[T]):
 
     async def receive(self) -> T:
         while True:
-            try:
-                return self.receive_nowait()
-            except anyio.WouldBlock:
-                pass
+            item = self.poll()
+            if item is not None:
+                return item
+            if self._closed:
+                raise anyio.EndOfStream
             receiver = self._receiver = asyncio.get_running_loop().create_future()
             try:
                 await receiver

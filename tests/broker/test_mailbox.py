@@ -24,6 +24,9 @@ async def test_items_come_out_in_order_and_an_empty_mailbox_would_block() -> Non
     ]
     with pytest.raises(anyio.WouldBlock):
         mailbox.receive_nowait()
+    assert mailbox.poll() is None
+    mailbox.send_nowait(3)
+    assert mailbox.poll() == 3 and mailbox.poll() is None
 
 
 async def test_an_idle_receiver_is_woken_by_the_next_item() -> None:
