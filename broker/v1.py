@@ -59,6 +59,9 @@ from protocol import (
 
 log = get_logger("broker.v1")
 
+#: ``Action.PUBLISH``, looked up once: on Python 3.11 an attribute of an ``Enum`` class goes
+#: through ``EnumType.__getattr__`` (about 800 instructions), twice per publish otherwise.
+_PUBLISH = Action.PUBLISH
 _UNAVAILABLE = "the broker cannot publish right now; a retry with the same idempotency_key is safe"
 #: A publish whose result is not known yet (its future, ``id`` and channel), or a reply frame
 #: waiting for the replies to earlier publishes.
@@ -240,8 +243,8 @@ class V1Reader:
             return
         self.strikes = 0
         channel = message.channel
-        if not self.open_to(channel, Action.PUBLISH) and not await self.permitted(
-            message.id, channel, Action.PUBLISH
+        if not self.open_to(channel, _PUBLISH) and not await self.permitted(
+            message.id, channel, _PUBLISH
         ):
             return
         try:
@@ -284,7 +287,7 @@ class V1Reader:
             self.open_checks
             and "#" not in channel
             and (
-                action is not Action.PUBLISH
+                action is not _PUBLISH
                 or self.connection.settings.namespace(namespace_of(channel)).allow_publish
             )
         )
