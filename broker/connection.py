@@ -26,6 +26,7 @@ import structlog
 from starlette.websockets import WebSocket
 
 from broker.asgi_writer import AsgiWriter
+from broker.connection_encoding import FrameEncoder
 from broker.connection_reader import Reader
 from broker.connection_state import CloseRequest, ConnectionStatistics, new_client_id
 from broker.hub import DetachCommand, Hub, Subscriber
@@ -118,8 +119,12 @@ class Connection(Reader, LinkWriter):
             # Frames leave from the flusher's turn when the socket takes them at once.
             self.outbox.write_through = self._write_through
             self.outbox.flusher = flusher
-            # A publication for an idle connection goes straight to its socket (``write_now``).
-            self.outbox.writer = self
+            # A publication for an idle connection goes straight to its socket (``write_now``),
+            # as it is: not for a subclass that renders frames its own way on their way out
+            # (``CentrifugoConnection.encode``).
+            cls = type(self)
+            if cls.encode is FrameEncoder.encode and cls.take_frames is FrameEncoder.take_frames:
+                self.outbox.writer = self
         self.sink = (
             TransportFrameSink(self.link, websocket.send)
             if self.link is not None
