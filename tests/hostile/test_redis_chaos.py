@@ -12,8 +12,8 @@ import signal
 import pytest
 
 from broker.client import Backoff, Message, Subscription, connect
+from tests.broker.backplane.redis_helpers import on_redis, readyz, wait_readyz
 from tests.broker.backplane.test_behaviour import serve_ready
-from tests.broker.backplane.test_redis import on_redis, readyz, wait_readyz
 from tests.broker.test_cli import broker_process, free_port
 from tests.conftest import TIMEOUT, wait_until
 from tests.faultproxy import FaultProxy
