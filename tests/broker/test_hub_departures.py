@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from broker.hub import CHAT_LEFT, ChatJoinCommand, DetachCommand
-from tests.broker.test_hub import client, running_hub
+from tests.broker.hub_helpers import client, running_hub
 
 pytestmark = pytest.mark.anyio
 
