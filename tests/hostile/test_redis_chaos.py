@@ -1,4 +1,4 @@
-"""Chaos on Redis, beyond the outages tests/broker/backplane/test_redis.py covers (a Redis restart,
+"""Chaos on Redis, beyond the outages tests/broker/backplane/test_redis_outages.py covers (a Redis restart,
 ``CLIENT KILL TYPE pubsub``, a broker killed with SIGKILL for presence): Redis frozen with SIGSTOP
 for longer than ``backplane.timeout``, and a broker killed with SIGKILL under load while its
 clients move to another broker. Clients recover, every acknowledged publication arrives once and
