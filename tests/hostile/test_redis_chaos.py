@@ -1,8 +1,8 @@
-"""Chaos on Redis, beyond the outages tests/broker/backplane/test_redis_outages.py covers (a Redis restart,
-``CLIENT KILL TYPE pubsub``, a broker killed with SIGKILL for presence): Redis frozen with SIGSTOP
-for longer than ``backplane.timeout``, and a broker killed with SIGKILL under load while its
-clients move to another broker. Clients recover, every acknowledged publication arrives once and
-in order, nothing crashes, and readiness tells the truth meanwhile."""
+"""Chaos on Redis, beyond the outages tests/broker/backplane/test_redis_outages.py covers (a
+Redis restart, ``CLIENT KILL TYPE pubsub``, a broker killed with SIGKILL for presence): Redis
+frozen with SIGSTOP for longer than ``backplane.timeout``, and a broker killed with SIGKILL under
+load while its clients move to another broker. Clients recover, every acknowledged publication
+arrives once and in order, nothing crashes, and readiness tells the truth meanwhile."""
 
 from __future__ import annotations
 
