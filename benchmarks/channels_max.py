@@ -22,26 +22,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.fanout import GENERATOR_BUSY, FanoutSeries, Ladder, failure, step_up
 from benchmarks.fdlimit import raise_nofile
+from benchmarks.outputs import say, write_report
 from benchmarks.peers import nats, node
 from benchmarks.population import many_channels_params, with_room_for
 from benchmarks.stalled import wait_quiet
 from benchmarks.targets import Target, baseline_target, build_targets, peer_unavailable
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def say(line: str = "") -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -204,19 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         *step_table(series),
     ]
-    markdown = args.results / f"channels-max-{stamp}.md"
-    markdown.write_text("\n".join(lines) + "\n")
     record: dict[str, Any] = {
         "created": created.isoformat(timespec="seconds"),
-        "argv": list(argv if argv is not None else sys.argv[1:]),
         "load_average_before": load_before,
         "load_average_after": load_after,
         "series": [dataclasses.asdict(one) for one in series],
     }
-    markdown.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
-    say()
-    say("\n".join(lines))
-    say(f"\nmarkdown: {markdown}")
+    write_report(args.results, f"channels-max-{stamp}", lines, record, argv)
     return 0
 
 

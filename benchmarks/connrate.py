@@ -22,15 +22,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.generator.churn import ChurnSpec, run_churn
+from benchmarks.outputs import say, write_report
 from benchmarks.scenarios import MB
 from benchmarks.server import ServerProcess, ServerStartError, machine_busy_seconds
 from benchmarks.stats import LatencySummary, summarize
@@ -143,11 +142,6 @@ class Row:
     round: int
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
-
-
-def say(line: str = "") -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def row_line(row: Row) -> str:
@@ -371,17 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         *medians(rows),
     ]
-    args.results.mkdir(parents=True, exist_ok=True)
-    markdown = args.results / f"connrate-{stamp}.md"
-    markdown.write_text("\n".join(lines) + "\n")
     record = {
         "created": created.isoformat(timespec="seconds"),
-        "argv": list(argv if argv is not None else sys.argv[1:]),
         "rows": [dataclasses.asdict(row) for row in rows],
     }
-    markdown.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
-    say("\n".join(lines))
-    say(f"\nmarkdown: {markdown}")
+    write_report(args.results, f"connrate-{stamp}", lines, record, argv)
     return 0
 
 
