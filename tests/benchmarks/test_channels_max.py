@@ -14,7 +14,7 @@ from benchmarks import channels_max
 from benchmarks.fanout import FanoutSeries
 
 
-def test_a_small_step_up_sustains_the_rates_a_broker_easily_keeps_up_with(
+def test_a_small_step_up_sustains_a_rate_a_broker_easily_keeps_up_with(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = channels_max.main(
@@ -22,7 +22,7 @@ def test_a_small_step_up_sustains_the_rates_a_broker_easily_keeps_up_with(
             "--targets=broker-v1-json",
             "--channels=20",
             "--per-channel=2",
-            "--start=50",
+            "--start=100",
             "--max-rate=100",
             "--refinements=0",
             "--duration=1",
@@ -34,7 +34,7 @@ def test_a_small_step_up_sustains_the_rates_a_broker_easily_keeps_up_with(
     [record] = list(tmp_path.glob("channels-max-*.json"))
     [series] = json.loads(record.read_text())["series"]
     rates = [step["params"]["rate"] for step in series["steps"]]
-    assert rates == [50.0, 100.0]
+    assert rates == [100.0]
     # 20 channels x 2 subscribers: every publication reaches the 2 subscribers of its channel.
     assert all(step["lost"] == 0 and step["ok"] for step in series["steps"])
     assert series["stop_reason"] == "every rate up to 100/s passed"
