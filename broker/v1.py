@@ -27,6 +27,7 @@ from broker.auth.session import ConnectionAuth
 from broker.backplane import BackplaneUnavailable, Head
 from broker.connection import Connection
 from broker.conversion import UnconvertibleData, convert_for_subscribers
+from broker.handshake_memory import forget_handshake
 from broker.hub import (
     HistoryCommand,
     PresenceCommand,
@@ -129,7 +130,10 @@ class V1Reader:
         connection = self.connection
         websocket_settings = connection.settings.websocket
         try:
-            if await self.auth.open():
+            opened = await self.auth.open()
+            # The handshake's token was looked for: nothing reads its headers any more.
+            forget_handshake(connection.websocket)
+            if opened:
                 await self.welcome()
             await self._run(websocket_settings.heartbeat + websocket_settings.heartbeat_grace)
         finally:
