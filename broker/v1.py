@@ -127,6 +127,7 @@ class V1Reader:
             )
 
     async def run(self) -> None:
+        # One coroutine, not two: its frame stays suspended for as long as the connection lives.
         connection = self.connection
         websocket_settings = connection.settings.websocket
         try:
@@ -135,27 +136,21 @@ class V1Reader:
             forget_handshake(connection.websocket)
             if opened:
                 await self.welcome()
-            await self._run(websocket_settings.heartbeat + websocket_settings.heartbeat_grace)
-        finally:
-            self.auth.close()
-
-    async def _run(self, heartbeat: float) -> None:
-        connection = self.connection
-        idle_timeout = connection.settings.limits.idle_timeout
-        if idle_timeout > 0:
-            # A timer, not a task: a sleeping task per connection costs memory for nothing.
-            self.idle_timer = asyncio.get_running_loop().call_later(
-                idle_timeout, self.close_if_idle, idle_timeout
-            )
-        try:
+            idle_timeout = connection.settings.limits.idle_timeout
+            if idle_timeout > 0:
+                # A timer, not a task: a sleeping task per connection costs memory for nothing.
+                self.idle_timer = asyncio.get_running_loop().call_later(
+                    idle_timeout, self.close_if_idle, idle_timeout
+                )
             await connection.receive_loop(
                 self.on_text,
                 self.on_bytes,
-                heartbeat=heartbeat,
+                heartbeat=websocket_settings.heartbeat + websocket_settings.heartbeat_grace,
             )
         finally:
             if self.idle_timer is not None:
                 self.idle_timer.cancel()
+            self.auth.close()
 
     def close_if_idle(self, idle_timeout: float) -> None:
         """Close the connection once it has had no subscription for ``idle_timeout`` seconds;
