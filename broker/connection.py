@@ -28,6 +28,7 @@ from starlette.websockets import WebSocket
 from broker.asgi_writer import AsgiWriter
 from broker.connection_reader import Reader
 from broker.connection_state import CloseRequest, ConnectionStatistics, new_client_id
+from broker.handshake_memory import forget_handshake
 from broker.hub import DetachCommand, Hub, Subscriber
 from broker.link_writer import LinkWriter
 from broker.logs import get_logger
@@ -83,9 +84,11 @@ class Connection(Reader, LinkWriter):
         #: socket to take more, and the context (``client`` bound for logs) callbacks run in.
         self._write_timer = None
         self._context = None
-        #: The reader's heartbeat check (``receive_loop``) and when the client was last heard.
-        self._heartbeat_timer = None
+        #: The reader's heartbeat (``receive_loop``), when the client was last heard, and the
+        #: bucket of the process's sweep the check is in (``broker.heartbeats``).
+        self._heartbeat = 0.0
         self._last_heard = 0.0
+        self.sweep_tick = None
         encoding: Encoding | None = None if codec is None else codec.encoding
         #: The delivery latency histogram of this connection's encoding (``encode``).
         self._latency = (
@@ -138,6 +141,10 @@ class Connection(Reader, LinkWriter):
         accepted already."""
         structlog.contextvars.bind_contextvars(client=self.id)
         log.debug("connection.opened", remote=self.remote, endpoint=self.endpoint)
+        if self.codec is None:
+            # The plain endpoints read the handshake's headers while admitting it, not since;
+            # ``/v1/ws`` lets go of them once it has looked for a token (``V1Reader.run``).
+            forget_handshake(self.websocket)
         link = self.link
         try:
             if link is not None:

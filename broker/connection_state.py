@@ -58,7 +58,7 @@ class ConnectionState:
 
     __slots__ = (
         "_context",
-        "_heartbeat_timer",
+        "_heartbeat",
         "_last_heard",
         "_latency",
         "_log_budget",
@@ -81,13 +81,14 @@ class ConnectionState:
         "started",
         "stats",
         "subscriber",
+        "sweep_tick",
         "text",
         "websocket",
         "write_scope",
     )
 
     _context: contextvars.Context | None
-    _heartbeat_timer: asyncio.TimerHandle | None
+    _heartbeat: float
     _last_heard: float
     _latency: Histogram | None
     _log_budget: int
@@ -110,6 +111,7 @@ class ConnectionState:
     started: float
     stats: ConnectionStatistics
     subscriber: Subscriber
+    sweep_tick: int | None
     text: bool
     websocket: WebSocket
     write_scope: anyio.CancelScope | None

@@ -290,7 +290,7 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
         if state is None or channel == CHAT_ROOM:
             return 0
         members = [s for group in state.live.values() for s in group]
-        members += list(state.recovering) + [s for s, _ in state.joining + state.waiting]
+        members += list(state.recovering or ()) + [s for s, _ in state.waiting_on()]
         targets = {s: None for s in members if s.user == user and not s.detached}
         for subscriber in targets:
             self._leave(subscriber, channel)
@@ -307,8 +307,8 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
         if state is None:
             return
         was_live = subscriber in state.live.get(subscriber.encoding, {})
-        pending = [r for s, r in state.joining + state.waiting if s is subscriber]
-        recovery = state.recovering.get(subscriber)
+        pending = [r for s, r in state.waiting_on() if s is subscriber]
+        recovery = state.recovering.get(subscriber) if state.recovering else None
         if recovery is not None:
             pending.append(recovery.request)
         for request in pending:

@@ -52,7 +52,6 @@ from typing import Any
 from starlette.types import Message as AsgiMessage
 from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.exceptions import InvalidState
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
@@ -63,6 +62,7 @@ from websockets.server import ServerProtocol
 
 from broker.client_faults import client_faults, peer
 from broker.http_protocol import simple_response
+from broker.keepalive import SweptKeepalive
 from broker.sockets import SocketTally, limits, reset
 from broker.transport_link import (
     AsgiFrameSink,
@@ -191,9 +191,59 @@ class _Flag:
             await waiter
 
 
-class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
+class BrokerWebSocketProtocol(SweptKeepalive):
     """uvicorn's websockets-sansio protocol, plus the ``TransportLink`` extension, and lighter:
     an idle connection costs memory for as long as it lives (docs/performance.md)."""
+
+    # Slots for every attribute ``__init__`` sets, uvicorn's included: its instance dictionary
+    # of more than 30 keys could not share its keys and cost about 1.5 KiB per connection. What
+    # uvicorn sets later (``request``, ``response``, ``scope``) still goes in the dictionary.
+    __slots__ = (
+        "app",
+        "app_state",
+        "asgi_version",
+        "blocked_bytes",
+        "blocked_replies",
+        "client",
+        "close_sent",
+        "close_timeout",
+        "close_timer",
+        "config",
+        "conn",
+        "connections",
+        "curr_msg_data_type",
+        "default_headers",
+        "disconnected",
+        "fragment_count",
+        "fragments",
+        "frames",
+        "handshake_complete",
+        "handshake_initiated",
+        "handshake_timer",
+        "initial_response",
+        "last_ping_rtt",
+        "link",
+        "logger",
+        "loop",
+        "pending_ping_payload",
+        "ping_at",
+        "ping_interval",
+        "ping_sent_at",
+        "ping_timeout",
+        "ping_timer",
+        "pong_owed",
+        "pong_timer",
+        "queue",
+        "read_paused",
+        "root_path",
+        "scheme",
+        "server",
+        "sweep_tick",
+        "tally",
+        "tasks",
+        "transport",
+        "writable",
+    )
 
     def __init__(
         self,
@@ -253,6 +303,9 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         self.last_ping_rtt = 0.0
         self.frames = []
         self.curr_msg_data_type = "bytes"
+        # The keepalive's place in the process's sweep (``broker.keepalive``).
+        self.sweep_tick = None
+        self.ping_at = 0.0
         # The broker's own state.
         self.link = TransportLink(self)
         self.close_timeout = limits().close_timeout
