@@ -32,6 +32,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from broker.client_faults import client_faults, peer
+from broker.handshake import read_opening
 from broker.sockets import SocketTally, limits, refusal_at_accept, reset, tally_for
 
 
@@ -115,6 +116,8 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         # The broker's own state.
         self.tally: SocketTally = tally_for(server_state)
         self._deadline: asyncio.TimerHandle | None = None
+        #: The reset of a socket closed with an answer, if the client has not taken it by then.
+        self._reset_timer: asyncio.TimerHandle | None = None
         self._accepted_at = 0.0
         #: Bytes of the request head received so far, while it is not complete.
         self._head_open = True
@@ -148,6 +151,10 @@ class BrokerHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        if self._reset_timer is not None:
+            # Gone: its socket object is closed, and asking it for anything would raise.
+            self._reset_timer.cancel()
+            self._reset_timer = None
         self.tally.discard(self.transport)
         super().connection_lost(exc)
 
@@ -216,9 +223,11 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def handle_websocket_upgrade(self) -> None:
-        """uvicorn 0.54's upgrade (the request as received, handed to the WebSocket protocol
-        to parse and answer), passing on the addresses this protocol already has when the
-        WebSocket protocol is the broker's, and the socket's deadline and tally."""
+        """uvicorn 0.54's upgrade, passing on the addresses this protocol already has when the
+        WebSocket protocol is the broker's, and the socket's deadline and tally. The request is
+        checked here (``broker.handshake``) and handed over parsed (``open``); uvicorn's way
+        (the request as received, for the WebSocket protocol to parse and answer) is kept for
+        what the check leaves to ``websockets``."""
         self._cancel_deadline()
         protocol_class: Any = self.ws_protocol_class
         if protocol_class is None or not hasattr(protocol_class, "adopt"):
@@ -226,11 +235,19 @@ class BrokerHttpProtocol(HttpToolsProtocol):
             # Another WebSocket protocol: it counts the socket out itself, or not at all.
             self.tally.discard(self.transport)
             return
+        method: str = self.scope["method"]
+        # The request checked and answered from what httptools parsed (broker.handshake);
+        # anything unusual is handed to ``websockets`` to parse and answer, as uvicorn does.
+        opening = read_opening(method, self.url, self.headers)
+        if isinstance(opening, bytes):
+            client_faults.info(
+                "websocket.bad_handshake",
+                remote=peer(self.client),
+                detail="unsupported Sec-WebSocket-Version",
+            )
+            self._close_with(opening)
+            return
         self.connections.discard(self)
-        output = [self.scope["method"].encode(), b" ", self.url, b" HTTP/1.1\r\n"]
-        for name, value in self.scope["headers"]:
-            output += [name, b": ", value, b"\r\n"]
-        output.append(b"\r\n")
         # broker.transport.BrokerWebSocketProtocol (which imports this module).
         # The loop passed on: asyncio.get_event_loop() would ask for it again (a getpid(2)).
         protocol: Any = protocol_class(
@@ -241,7 +258,12 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         )
         transport = self.transport
         protocol.adopt(transport, self.server, self.client, self.scheme == "https")
-        protocol.data_received(b"".join(output))
+        if opening is None or not protocol.open(opening):
+            output = [method.encode(), b" ", self.url, b" HTTP/1.1\r\n"]
+            for name, value in self.headers:
+                output += [name, b": ", value, b"\r\n"]
+            output.append(b"\r\n")
+            protocol.data_received(b"".join(output))
         transport.set_protocol(protocol)
         protocol.start_handshake_deadline(
             self._accepted_at + limits().handshake_timeout, self.tally
@@ -287,8 +309,11 @@ class BrokerHttpProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
         transport.write(response)
         transport.close()
-        self.loop.call_later(limits().close_timeout, self._abort)
+        if self._reset_timer is None:
+            self._reset_timer = self.loop.call_later(limits().close_timeout, self._abort)
 
     def _abort(self) -> None:
-        # A no-op once the socket is gone; otherwise what the client would not take is dropped.
+        # The socket is still there (``connection_lost`` cancels this): what the client would
+        # not take is dropped.
+        self._reset_timer = None
         reset(self.transport)
