@@ -176,11 +176,19 @@ class Connection(Reader, LinkWriter):
                 self._write_timer.cancel()
                 self._write_timer = None
             self.outbox.close()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                try:
-                    await self.hub.submit(DetachCommand(self.subscriber))
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    pass  # The hub has stopped: there is nothing left to forget us in.
+            detach = DetachCommand(self.subscriber)
+            try:
+                # Almost always room in the mailbox: no wait, so no cancel scopes to enter (two
+                # per connection, each asking asyncio for its loop and task again).
+                self.hub.submit_nowait(detach)
+            except anyio.WouldBlock:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    try:
+                        await self.hub.submit(detach)
+                    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                        pass  # The hub has stopped: there is nothing left to forget us in.
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass  # The hub has stopped: there is nothing left to forget us in.
             self._log_closed()
 
     # --- the writer, without a task (TransportLink) ---------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 
 import httptools
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
@@ -69,6 +70,22 @@ class _QuietLogger:
 
 _UVICORN_ERROR = logging.getLogger("uvicorn.error")
 _UVICORN_ACCESS = logging.getLogger("uvicorn.access")
+
+
+def _local_address(info: Any) -> tuple[str, int | None] | None:
+    """``scope["server"]`` from the transport's ``sockname``, as uvicorn makes it from the
+    socket's ``getsockname()``."""
+    if isinstance(info, tuple):
+        return (str(info[0]), int(info[1]))
+    if isinstance(info, str):
+        return (info, None)
+    return None
+
+
+def _remote_address(info: Any) -> tuple[str, int] | None:
+    """``scope["client"]`` from the transport's ``peername``, as uvicorn makes it from the
+    socket's ``getpeername()``."""
+    return (str(info[0]), int(info[1])) if isinstance(info, tuple) else None
 
 
 class BrokerHttpProtocol(HttpToolsProtocol):
@@ -127,7 +144,15 @@ class BrokerHttpProtocol(HttpToolsProtocol):
     # --- accept ---------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # uvicorn 0.54's ``connection_made``, with the addresses the transport already has
+        # (uvloop reads them at accept): uvicorn asks a socket object made for the purpose,
+        # which costs a system call to make and one to ask, twice per connection.
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.server = _local_address(transport.get_extra_info("sockname"))
+        self.client = _remote_address(transport.get_extra_info("peername"))
+        self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
         current = limits()
         host = None if self.client is None else self.client[0]
         address = None if current.trusts(host) else host
