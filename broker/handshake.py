@@ -23,18 +23,27 @@ Required`` with ``Sec-WebSocket-Version: 13``, as RFC 6455 §4.4 asks (``websock
 400 without it).
 
 When the request passes, ``Opening`` holds what the answer and the scope need;
-``switching_protocols`` writes the 101 response when the app accepts.
+``switching_protocols`` writes the 101 response when the app accepts, and ``frame_protocol``
+makes the ``websockets`` protocol that frames the connection from there on.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Sequence
 from urllib.parse import unquote
 
+from websockets.extensions import ServerExtensionFactory
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
+from websockets.protocol import CONNECTING, SERVER
+from websockets.protocol import Protocol as WebSocketProtocol
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
+from websockets.typing import LoggerLike
 
 #: RFC 6455 §1.3.
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -213,3 +222,53 @@ def scope_path(root_path: str, target: str) -> tuple[str, bytes, bytes]:
         root_path.encode("ascii") + raw_path.encode("ascii"),
         query.encode("ascii"),
     )
+
+
+#: The ``id`` of every ``frame_protocol``: ``websockets`` uses it in its own logs only, which
+#: the broker's protocol does not write; a ``uuid4`` per connection costs a ``getrandom(2)``.
+NO_ID = uuid.UUID(int=0)
+
+
+def frame_protocol(
+    *,
+    extensions: Sequence[ServerExtensionFactory] | None,
+    max_size: int | None,
+    logger: LoggerLike,
+) -> ServerProtocol:
+    """A ``websockets`` ``ServerProtocol`` as ``ServerProtocol(extensions=..., max_size=...,
+    logger=...)`` makes it, for a handshake read by ``read_opening``: its parser starts with
+    frames instead of the request (as after ``websockets``' own parse of it), in state
+    CONNECTING until the 101 is written; without the ``uuid4`` (``NO_ID``) and the request
+    parser it would start and drop. The attributes are those of ``websockets`` 17.4's
+    constructors (tests/hostile/test_handshake_answers.py compares them)."""
+    conn = ServerProtocol.__new__(ServerProtocol)
+    conn.__dict__.update(
+        id=NO_ID,
+        logger=logger,
+        debug=logger.isEnabledFor(logging.DEBUG),
+        side=SERVER,
+        _state=CONNECTING,
+        max_message_size=max_size,
+        max_fragment_size=None,
+        current_size=None,
+        expect_continuation_frame=False,
+        origin=None,
+        extensions=[],
+        subprotocol=None,
+        close_rcvd=None,
+        close_sent=None,
+        close_rcvd_then_sent=None,
+        handshake_exc=None,
+        eof_sent=False,
+        reader=StreamReader(),
+        events=[],
+        writes=[],
+        parser_exc=None,
+        origins=None,
+        available_extensions=extensions,
+        available_subprotocols=None,
+        accept_called=False,
+    )
+    conn.parser = WebSocketProtocol.parse(conn)
+    next(conn.parser)
+    return conn

@@ -280,6 +280,7 @@ class BrokerHttpProtocol(HttpToolsProtocol):
             server_state=self.server_state,
             app_state=self.app_state,
             _loop=self.loop,
+            _parsed=opening is not None,
         )
         transport = self.transport
         protocol.adopt(transport, self.server, self.client, self.scheme == "https")

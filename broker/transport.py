@@ -64,7 +64,13 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from broker.client_faults import client_faults, peer
-from broker.handshake import Opening, response_head, scope_path, switching_protocols
+from broker.handshake import (
+    Opening,
+    frame_protocol,
+    response_head,
+    scope_path,
+    switching_protocols,
+)
 from broker.http_protocol import simple_response
 from broker.sockets import SocketTally, limits, reset
 from broker.transport_link import (
@@ -204,6 +210,7 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         server_state: ServerState,
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
+        _parsed: bool = False,
     ) -> None:
         # uvicorn 0.54's ``__init__``, minus what this class replaces at once (its
         # ``asyncio.Queue`` and ``asyncio.Event``) and two logger look-ups per connection: every
@@ -240,7 +247,8 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
                     compress_settings={"memLevel": 5},
                 )
             ]
-        self.conn = ServerProtocol(
+        # A handshake read by ``broker.handshake`` (``open``) needs no request parser.
+        self.conn = (frame_protocol if _parsed else ServerProtocol)(
             extensions=extensions,
             max_size=config.ws_max_size,
             logger=_WIRE_LOGGER,  # type: ignore[arg-type]
@@ -298,9 +306,10 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def open(self, opening: Opening) -> bool:
         """Start the app for a handshake request ``broker.handshake`` has checked: what
-        ``websockets``' parse and ``handle_connect`` do, from what httptools parsed. False (and
-        nothing done) when the extensions offered are for ``websockets`` to refuse: the request
-        then goes its way (``data_received``)."""
+        ``websockets``' parse and ``handle_connect`` do, from what httptools parsed. The protocol
+        was made with ``_parsed`` (its ``websockets`` protocol reads frames from the start).
+        False when the extensions offered are for ``websockets`` to refuse: the request then
+        goes its way (``data_received``), with a ``websockets`` protocol that reads it."""
         conn = self.conn
         offered = None
         if opening.extensions and conn.available_extensions:
@@ -309,12 +318,13 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
                     Headers([("Sec-WebSocket-Extensions", value) for value in opening.extensions])
                 )
             except InvalidHandshake:
+                self.conn = ServerProtocol(
+                    extensions=conn.available_extensions,
+                    max_size=conn.max_message_size,
+                    logger=conn.logger,
+                )
                 return False
             conn.extensions = accepted
-        # Frames from here on, as after ``websockets``' own parse of the request; the state
-        # stays CONNECTING until the 101 is written.
-        conn.parser = WebSocketProtocol.parse(conn)
-        next(conn.parser)
         self.handshake_initiated = True
         self.answer = response_head(opening.accept, offered)
         root_path = self.root_path

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -15,9 +16,13 @@ from typing import Any
 import pytest
 from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import connect as ws_connect
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Frame
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 from websockets.utils import accept_key
 
-from broker.handshake import Opening, read_opening
+from broker.handshake import Opening, frame_protocol, read_opening
 from broker.settings import Settings, WebSocketSettings
 from tests.conftest import TIMEOUT, RunningBroker, serve_broker
 from tests.hostile.rawhttp import close, connect, read_until_closed, send_quietly
@@ -328,3 +333,20 @@ def test_random_keys_that_decode_to_16_bytes_are_read() -> None:
         opening = parsed(key=key)
         assert isinstance(opening, Opening)
         assert opening.accept.decode() == accept_key(key)
+
+
+@pytest.mark.parametrize("deflate", [True, False])
+def test_the_frame_protocol_has_the_attributes_of_websockets_own(deflate: bool) -> None:
+    extensions = [ServerPerMessageDeflateFactory()] if deflate else []
+    made = frame_protocol(extensions=extensions, max_size=1000, logger=logging.getLogger("t"))
+    own = ServerProtocol(extensions=extensions, max_size=1000, logger=logging.getLogger("t"))
+    assert set(vars(made)) == set(vars(own))
+    for name, value in vars(own).items():
+        if name not in ("id", "reader", "parser", "events", "writes"):
+            assert getattr(made, name) == value, name
+    assert made.state is State.CONNECTING
+    # It reads frames from the start: a masked text frame is an event at once.
+    made.receive_data(b"\x81\x82abcd" + bytes([ord("h") ^ ord("a"), ord("i") ^ ord("b")]))
+    [event] = made.events_received()
+    assert isinstance(event, Frame)
+    assert event.data == b"hi"
