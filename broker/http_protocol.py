@@ -140,6 +140,9 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         self._head_open = True
         self._head_bytes = 0
         self._refused = False
+        #: ``_should_upgrade``'s answer, and the request (its header list) it is for.
+        self._upgrade_for: list[tuple[bytes, bytes]] | None = None
+        self._upgrade = False
 
     # --- accept ---------------------------------------------------------------------------------
 
@@ -237,6 +240,16 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         if self._deadline is None:
             # A later request on a keep-alive connection: its own deadline from its first byte.
             self._deadline = self.loop.call_later(limits().handshake_timeout, self._timed_out)
+
+    def _should_upgrade(self) -> bool:
+        # uvicorn asks this up to three times per request (headers complete, the parser's
+        # upgrade exception, message complete), each time a walk over the headers: answered
+        # once per request.
+        headers = self.headers
+        if self._upgrade_for is not headers:
+            self._upgrade_for = headers
+            self._upgrade = super()._should_upgrade()
+        return self._upgrade
 
     def on_headers_complete(self) -> None:
         self._head_open = False
