@@ -207,13 +207,21 @@ PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("accept4 (libc", "getsockname (libc", "getpeername (libc", "read (libc"),
     ),
     (
-        "handshake answered: websockets' checks, Sec-WebSocket-Accept, 101",
-        ("ServerProtocol.accept", "process_request", "send_response", "._accept"),
+        "handshake answered: checks, Sec-WebSocket-Accept, scope, 101",
+        (
+            "ServerProtocol.accept",
+            "process_request",
+            "send_response",
+            "._accept",
+            "read_opening",
+            "BrokerWebSocketProtocol.open",
+            "frame_protocol",
+        ),
     ),
-    ("handshake request parsed again by websockets", ("Request.parse", "Protocol.receive_data")),
+    ("handshake request parsed again by websockets (the unusual ones)", ("Request.parse",)),
     (
         "closing handshake and teardown (uvicorn, transport)",
-        ("handle_close", "connection_lost", "on_task_complete"),
+        ("handle_close", "connection_lost", "on_task_complete", "Protocol.receive_data"),
     ),
     (
         "log lines (connection.opened, connection.closed)",

@@ -183,12 +183,26 @@ class Connection(Reader, LinkWriter):
                 self._write_timer.cancel()
                 self._write_timer = None
             self.outbox.close()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                try:
-                    await self.hub.submit(DetachCommand(self.subscriber))
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    pass  # The hub has stopped: there is nothing left to forget us in.
+            await self._detach()
             self._log_closed()
+
+    async def _detach(self) -> None:
+        """Have the hub forget this connection: at once when it holds no channel
+        (``Hub.detach_unsubscribed``), else through the mailbox. There is almost always room:
+        then nothing waits and no cancel scope is entered (two per connection, each asking
+        asyncio for its loop and task again); a full mailbox is waited for, shielded, 5 s at
+        most."""
+        if self.hub.detach_unsubscribed(self.subscriber):
+            return
+        detach = DetachCommand(self.subscriber)
+        try:
+            try:
+                self.hub.submit_nowait(detach)
+            except anyio.WouldBlock:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await self.hub.submit(detach)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # The hub has stopped: there is nothing left to forget us in.
 
     # --- the writer, without a task (TransportLink) ---------------------------------------------
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
 from starlette.websockets import WebSocket
 
+from broker import client_ids
 from broker.hub import Hub, Subscriber
 from broker.monitor.histogram import Histogram
 from broker.outbox import Outbox
@@ -49,8 +49,8 @@ class ConnectionStatistics:
 
 
 def new_client_id() -> str:
-    """A client id: 72 random bits, URL-safe, 12 characters."""
-    return secrets.token_urlsafe(9)
+    """A client id: 72 random bits, URL-safe, 12 characters (``broker.client_ids``)."""
+    return client_ids.new_client_id()
 
 
 class ConnectionState:

@@ -160,6 +160,18 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
         """Queue ``command`` now; raises ``anyio.WouldBlock`` when the mailbox is full."""
         self._send.send_nowait(command)
 
+    def detach_unsubscribed(self, subscriber: Subscriber) -> bool:
+        """Detach ``subscriber`` now, without the mailbox, when it holds no channel: then
+        detaching is marking it and closing its outbox (``_detach_one``), and a command still
+        queued for it finds it detached, as it would behind a ``DetachCommand``. False when it
+        holds a channel: it must go through the mailbox. A connection that never subscribed
+        (most of those opened and closed at a high rate) spares the hub a turn."""
+        if subscriber.channels:
+            return False
+        subscriber.detached = True
+        subscriber.outbox.close()
+        return True
+
     @property
     def running(self) -> bool:
         return self._running
