@@ -208,6 +208,7 @@ class BrokerWebSocketProtocol(SweptKeepalive):
     # of more than 30 keys could not share its keys and cost about 1.5 KiB per connection. What
     # uvicorn sets later (``request``, ``response``, ``scope``) still goes in the dictionary.
     __slots__ = (
+        "answer",
         "app",
         "app_state",
         "asgi_version",
