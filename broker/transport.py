@@ -271,7 +271,10 @@ class BrokerWebSocketProtocol(SweptKeepalive):
         self.config = config
         self.app = config.loaded_app
         self.loop = _loop or asyncio.get_event_loop()
-        self.logger = _UVICORN_ERROR
+        # uvicorn's info lines (one per accepted or refused handshake) are silenced: a client
+        # could have one written per attempt. Refusals are logged, rate-limited, by the
+        # endpoint (``websocket_routes.deny``); warnings and errors still go through.
+        self.logger = _WIRE_LOGGER  # type: ignore[assignment]
         self.root_path = config.root_path
         self.asgi_version = config.asgi_version
         self.app_state = app_state
@@ -599,6 +602,11 @@ class BrokerWebSocketProtocol(SweptKeepalive):
             await self._accept(message)
         else:
             await super().send(message)
+            if message["type"] == "websocket.http.response.body" and self.close_sent:
+                # A refusal (the denial-response extension) was sent whole: the handshake ended
+                # as the app meant, and uvicorn would otherwise log "ASGI callable returned
+                # without completing handshake." at error level for every refused client.
+                self.handshake_complete = True
         if self.handshake_complete and self.handshake_timer is not None:
             self.handshake_timer.cancel()
             self.handshake_timer = None
