@@ -43,13 +43,16 @@ def collected(path: Path) -> int:
 
 
 class CallgrindServer:
-    """One ``broker serve`` on a free port, its counts written to ``out_dir``, with ``env``
-    added to this process's environment."""
+    """One ``broker serve`` (or ``module``, given ``--port``) on a free port, its counts written
+    to ``out_dir``, with ``env`` added to this process's environment."""
 
-    def __init__(self, out_dir: Path, name: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, out_dir: Path, name: str, env: Mapping[str, str], module: str | None = None
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.out = out_dir / f"callgrind-{name}.out"
+        command = ["broker.cli", "serve"] if module is None else [module]
         self.process = subprocess.Popen(
             [
                 "valgrind",
@@ -58,8 +61,7 @@ class CallgrindServer:
                 f"--callgrind-out-file={self.out}",
                 sys.executable,
                 "-m",
-                "broker.cli",
-                "serve",
+                *command,
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -22,15 +22,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.generator.churn import ChurnSpec, run_churn
+from benchmarks.outputs import say, write_report
 from benchmarks.scenarios import MB
 from benchmarks.server import ServerProcess, ServerStartError, machine_busy_seconds
 from benchmarks.stats import LatencySummary, summarize
@@ -145,11 +144,6 @@ class Row:
     load_after: tuple[float, float, float]
 
 
-def say(line: str = "") -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
 def row_line(row: Row) -> str:
     r = row.result
     if not r.ok:
@@ -213,13 +207,21 @@ PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("accept4 (libc", "getsockname (libc", "getpeername (libc", "read (libc"),
     ),
     (
-        "handshake answered: websockets' checks, Sec-WebSocket-Accept, 101",
-        ("ServerProtocol.accept", "process_request", "send_response", "._accept"),
+        "handshake answered: checks, Sec-WebSocket-Accept, scope, 101",
+        (
+            "ServerProtocol.accept",
+            "process_request",
+            "send_response",
+            "._accept",
+            "read_opening",
+            "BrokerWebSocketProtocol.open",
+            "frame_protocol",
+        ),
     ),
-    ("handshake request parsed again by websockets", ("Request.parse", "Protocol.receive_data")),
+    ("handshake request parsed again by websockets (the unusual ones)", ("Request.parse",)),
     (
         "closing handshake and teardown (uvicorn, transport)",
-        ("handle_close", "connection_lost", "on_task_complete"),
+        ("handle_close", "connection_lost", "on_task_complete", "Protocol.receive_data"),
     ),
     (
         "log lines (connection.opened, connection.closed)",
@@ -371,17 +373,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         *medians(rows),
     ]
-    args.results.mkdir(parents=True, exist_ok=True)
-    markdown = args.results / f"connrate-{stamp}.md"
-    markdown.write_text("\n".join(lines) + "\n")
     record = {
         "created": created.isoformat(timespec="seconds"),
-        "argv": list(argv if argv is not None else sys.argv[1:]),
         "rows": [dataclasses.asdict(row) for row in rows],
     }
-    markdown.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
-    say("\n".join(lines))
-    say(f"\nmarkdown: {markdown}")
+    write_report(args.results, f"connrate-{stamp}", lines, record, argv)
     return 0
 
 

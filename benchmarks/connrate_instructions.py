@@ -9,8 +9,14 @@ closed, one at a time, alternating between the servers, so that every tree sees 
 pace; the counts are dumped, then again after 10 s of idling, whose rate is subtracted.
 The kernel's work (sends, closes) is not in these counts.
 
+``--naive`` adds the tutorial's design (``benchmarks.peers.tutorial_chat``: uvicorn and FastAPI
+with their defaults), its ``/ws/chat`` connections opened (at the handshake: it sends nothing)
+and closed the same way, in the same alternation, so that the broker's count can be given as a
+ratio of the naive server's.
+
     git archive main broker protocol | tar -x -C /tmp/base
     .venv/bin/python -m benchmarks.connrate_instructions --connections 300 /tmp/base .
+    .venv/bin/python -m benchmarks.connrate_instructions --connections 300 --naive .
     .venv/bin/python -m benchmarks.connrate_instructions --log-level info /tmp/base .
 """
 
@@ -30,33 +36,52 @@ from benchmarks.callgrind_server import CallgrindServer, collected, wait_listeni
 
 IDLE_SECONDS = 10.0
 WARM_UP = 40
+#: This checkout, where ``benchmarks.peers`` is.
+CHECKOUT = Path(__file__).resolve().parents[1]
+NAIVE = "naive"
 
 
-def _one_connection(port: int) -> None:
+def _one_connection(port: int, naive: bool = False) -> None:
+    if naive:
+        with connect(f"ws://127.0.0.1:{port}/ws/chat", open_timeout=60):
+            return
     with connect(f"ws://127.0.0.1:{port}/v1/ws", open_timeout=60) as ws:
         ws.recv(timeout=60)  # welcome
 
 
-def measure(trees: Sequence[Path], connections: int, log_level: str) -> list[str]:
-    """One line per tree: instructions per connection, raw and less the idle loop's."""
+def measure(
+    trees: Sequence[Path], connections: int, log_level: str, naive: bool = False
+) -> list[str]:
+    """One line per tree (and the naive server): instructions per connection, raw and less the
+    idle loop's."""
     out_dir = Path(tempfile.mkdtemp(prefix="connrate-instructions-"))
     servers = [
         CallgrindServer(out_dir, str(i), {"BROKER_LOG__LEVEL": log_level, "PYTHONPATH": str(tree)})
         for i, tree in enumerate(trees)
     ]
-    trees_of = {server.name: tree for server, tree in zip(servers, trees, strict=True)}
+    labels = {server.name: str(tree) for server, tree in zip(servers, trees, strict=True)}
+    if naive:
+        servers.append(
+            CallgrindServer(
+                out_dir,
+                NAIVE,
+                {"PYTHONPATH": str(CHECKOUT)},
+                module="benchmarks.peers.tutorial_chat",
+            )
+        )
+        labels[NAIVE] = "naive (tutorial design)"
     try:
         for server in servers:
             wait_listening(server.port, 300)
         for _ in range(WARM_UP):
             for server in servers:
-                _one_connection(server.port)
+                _one_connection(server.port, server.name == NAIVE)
         for server in servers:
             server.control("-i", "on")
         began = time.monotonic()
         for _ in range(connections):
             for server in servers:
-                _one_connection(server.port)
+                _one_connection(server.port, server.name == NAIVE)
         busy = time.monotonic() - began
         for server in servers:
             server.control("--dump=connections")
@@ -64,15 +89,22 @@ def measure(trees: Sequence[Path], connections: int, log_level: str) -> list[str
         for server in servers:
             server.control("--dump=idle")
         lines = []
+        nets: dict[str, float] = {}
         for server in servers:
             *_, during, idle = server.dumps()
             total, idle_rate = collected(during), collected(idle) / IDLE_SECONDS
-            net = (total - idle_rate * busy) / connections
+            net = nets[server.name] = (total - idle_rate * busy) / connections
             lines.append(
-                f"{trees_of[server.name]}: {connections} connections in {busy:.1f} s;"
+                f"{labels[server.name]}: {connections} connections in {busy:.1f} s;"
                 f" {total / connections / 1e6:.4f} M instructions per connection"
                 f" ({net / 1e6:.4f} M less the idle loop's {idle_rate / 1e6:.2f} M/s)"
             )
+        if naive:
+            lines += [
+                f"{labels[name]} / naive: {nets[name] / nets[NAIVE]:.2f}x (less the idle loop)"
+                for name in nets
+                if name != NAIVE
+            ]
         return lines
     finally:
         for server in servers:
@@ -88,11 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("trees", nargs="+", type=Path, help="dirs with broker/ and protocol/")
     parser.add_argument("--connections", type=int, default=300)
     parser.add_argument("--log-level", default="warning", help="the servers' BROKER_LOG__LEVEL")
+    parser.add_argument(
+        "--naive", action="store_true", help="count the tutorial's design (/ws/chat) too"
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind (callgrind) is not installed")
     trees = [tree.resolve() for tree in args.trees]
-    for line in measure(trees, args.connections, args.log_level):
+    for line in measure(trees, args.connections, args.log_level, args.naive):
         sys.stdout.write(line + "\n")
     return 0
 

@@ -30,15 +30,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.fdlimit import raise_nofile
+from benchmarks.outputs import say, write_report
 from benchmarks.peers import nats, node
 from benchmarks.population import many_channels
 from benchmarks.scenarios import LoadParams, ScenarioResult, run_load
@@ -53,11 +52,6 @@ from benchmarks.targets import (
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def say(line: str = "") -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 @dataclasses.dataclass
@@ -346,21 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         *ratios(summary, chat_load, "broker-chat", ["naive", "node-ws"]),
         *ratios(summary, chat_load, "broker-chat@baseline", ["naive", "node-ws"]),
     ]
-    args.results.mkdir(parents=True, exist_ok=True)
-    markdown = args.results / f"moderate-{stamp}.md"
-    markdown.write_text("\n".join(lines) + "\n")
     record: dict[str, Any] = {
         "created": created.isoformat(timespec="seconds"),
-        "argv": list(argv if argv is not None else sys.argv[1:]),
         "load_average_before": overall_before,
         "load_average_after": overall_after,
         "rows": [dataclasses.asdict(row) for row in rows],
         "medians": [dataclasses.asdict(m) for m in summary],
     }
-    markdown.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
-    say()
-    say("\n".join(lines))
-    say(f"\nmarkdown: {markdown}")
+    write_report(args.results, f"moderate-{stamp}", lines, record, argv)
     return 0
 
 

@@ -26,14 +26,19 @@ from benchmarks.targets import Target, with_broker_env
 _HEADROOM = 100
 
 
+def with_room_for(target: Target, subscribers: int) -> Target:
+    """``target`` with its connection limit raised just above ``subscribers`` (broker targets)."""
+    limit = {"BROKER_LIMITS__MAX_CONNECTIONS": str(subscribers + _HEADROOM)}
+    return with_broker_env(target, limit)
+
+
 def _run(
     target: Target,
     params: LoadParams,
     log_path: Path,
     progress: Callable[[str], None],
 ) -> ScenarioResult:
-    limit = {"BROKER_LIMITS__MAX_CONNECTIONS": str(params.subscribers + _HEADROOM)}
-    target = with_broker_env(target, limit)
+    target = with_room_for(target, params.subscribers)
     server = ServerProcess(target.command, log_path=log_path, start_timeout=30)
     try:
         server.start()
@@ -60,7 +65,28 @@ def many_channels(
     progress: Callable[[str], None] = lambda _: None,
 ) -> ScenarioResult:
     """``channels`` x ``per_channel`` subscribers; ``rate`` publications/s spread over channels."""
-    params = LoadParams(
+    params = many_channels_params(
+        channels=channels,
+        per_channel=per_channel,
+        rate=rate,
+        duration=duration,
+        message_bytes=message_bytes,
+        workers=workers,
+    )
+    return _run(target, params, log_dir / f"{target.name}-channels.log", progress)
+
+
+def many_channels_params(
+    *,
+    channels: int,
+    per_channel: int,
+    rate: float,
+    duration: float,
+    message_bytes: int,
+    workers: int,
+) -> LoadParams:
+    """The load of the many-channels scenario (also stepped up by ``benchmarks.channels_max``)."""
+    return LoadParams(
         subscribers=channels * per_channel,
         rate=rate,
         duration=duration,
@@ -73,7 +99,6 @@ def many_channels(
         connect_timeout=120.0,
         connect_concurrency=50,
     )
-    return _run(target, params, log_dir / f"{target.name}-channels.log", progress)
 
 
 def c10k(

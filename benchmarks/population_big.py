@@ -218,7 +218,7 @@ class Run:
                     population=s.connections,
                     shared="everyone",
                     prefix="user",
-                    planned_broadcasts=math.ceil(s.duration) + 2,
+                    planned_broadcasts=math.ceil(s.duration * self.args.broadcast_rate) + 2,
                     heartbeat=self.args.heartbeat,
                     connect_timeout=self.args.connect_timeout,
                     open_timeout=self.args.open_timeout,
@@ -294,6 +294,7 @@ class Run:
             prefix="user",
             duration=s.duration,
             personal_rate=self.args.personal_rate,
+            broadcast_rate=self.args.broadcast_rate,
             message_bytes=self.args.message_bytes,
         )
         pub = self.spawn(publisher_main, pub_spec, "publisher")
@@ -395,6 +396,7 @@ class Run:
             workers=s.workers,
             duration_s=s.duration,
             personal_rate=self.args.personal_rate,
+            broadcast_rate=self.args.broadcast_rate,
             message_bytes=self.args.message_bytes,
             heartbeat_s=self.args.heartbeat,
             generators=len(reports),
@@ -477,6 +479,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="broker processes instead of the scenario's")
     parser.add_argument("--duration", type=float, help="seconds of steady load")
     parser.add_argument("--personal-rate", type=float, default=1000.0, help="publications/s")
+    parser.add_argument(
+        "--broadcast-rate",
+        type=float,
+        default=1.0,
+        help="broadcasts/s to everyone; below 1 (a reduced load) the targets are not judged",
+    )
     parser.add_argument("--message-bytes", type=int, default=200)
     parser.add_argument("--heartbeat", type=float, default=25.0, help="websocket.heartbeat (s)")
     parser.add_argument(

@@ -16,6 +16,7 @@ class Figures:
     workers: int
     duration_s: float
     personal_rate: float
+    broadcast_rate: float
     message_bytes: int
     heartbeat_s: float
     generators: int
@@ -77,6 +78,8 @@ class Figures:
 
 def targets_met(f: Figures) -> dict[str, bool]:
     """Each part of the target: every connection in, p99 of both kinds, nothing lost, RSS."""
+    if (f.broadcast_rate, f.personal_rate) != (1.0, 1000.0):
+        return {"full_load": False}
     met = {
         "all_connected": f.connected == f.connections and f.connect_failed == 0,
         "p99": all(
@@ -103,7 +106,8 @@ def markdown(f: Figures, meta: dict[str, Any]) -> str:
         f"# Population {f.scenario}: {f.connections:,} connections, {f.workers} worker(s)",
         "",
         f"{meta['created']}, {meta['cores']} cores, {meta['memory_gib']:.0f} GiB;"
-        f" {f.duration_s:g} s steady: 1 broadcast/s to everyone, {f.personal_rate:g} personal"
+        f" {f.duration_s:g} s steady: {f.broadcast_rate:g} broadcast/s to everyone,"
+        f" {f.personal_rate:g} personal"
         f" publications/s, {f.message_bytes}-byte payloads, heartbeat {f.heartbeat_s:g} s;"
         f" {f.generators} generator processes.",
         "",
@@ -153,7 +157,11 @@ def markdown(f: Figures, meta: dict[str, Any]) -> str:
         f"Target: p99 < {f.p99_target_ms:g} ms, nothing lost"
         + (f", <= {f.rss_target_kib:g} KiB RSS per connection" if f.rss_target_kib else "")
         + ": "
-        + ", ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in met.items()),
+        + (
+            "not judged (a reduced load: the target is for 1 broadcast/s and 1,000 personal/s)"
+            if "full_load" in met
+            else ", ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in met.items())
+        ),
         "",
     ]
     if f.connect_errors:

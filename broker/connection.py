@@ -29,6 +29,7 @@ from broker.asgi_writer import AsgiWriter
 from broker.connection_encoding import FrameEncoder
 from broker.connection_reader import Reader
 from broker.connection_state import CloseRequest, ConnectionStatistics, new_client_id
+from broker.handshake_memory import forget_handshake
 from broker.hub import DetachCommand, Hub, Subscriber
 from broker.link_writer import LinkWriter
 from broker.logs import get_logger
@@ -84,9 +85,11 @@ class Connection(Reader, LinkWriter):
         #: socket to take more, and the context (``client`` bound for logs) callbacks run in.
         self._write_timer = None
         self._context = None
-        #: The reader's heartbeat check (``receive_loop``) and when the client was last heard.
-        self._heartbeat_timer = None
+        #: The reader's heartbeat (``receive_loop``), when the client was last heard, and the
+        #: bucket of the process's sweep the check is in (``broker.heartbeats``).
+        self._heartbeat = 0.0
         self._last_heard = 0.0
+        self.sweep_tick = None
         encoding: Encoding | None = None if codec is None else codec.encoding
         #: The delivery latency histogram of this connection's encoding (``encode``).
         self._latency = (
@@ -145,6 +148,10 @@ class Connection(Reader, LinkWriter):
         accepted already."""
         structlog.contextvars.bind_contextvars(client=self.id)
         log.debug("connection.opened", remote=self.remote, endpoint=self.endpoint)
+        if self.codec is None:
+            # The plain endpoints read the handshake's headers while admitting it, not since;
+            # ``/v1/ws`` lets go of them once it has looked for a token (``V1Reader.run``).
+            forget_handshake(self.websocket)
         link = self.link
         try:
             if link is not None:
@@ -183,12 +190,26 @@ class Connection(Reader, LinkWriter):
                 self._write_timer.cancel()
                 self._write_timer = None
             self.outbox.close()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                try:
-                    await self.hub.submit(DetachCommand(self.subscriber))
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    pass  # The hub has stopped: there is nothing left to forget us in.
+            await self._detach()
             self._log_closed()
+
+    async def _detach(self) -> None:
+        """Have the hub forget this connection: at once when it holds no channel
+        (``Hub.detach_unsubscribed``), else through the mailbox. There is almost always room:
+        then nothing waits and no cancel scope is entered (two per connection, each asking
+        asyncio for its loop and task again); a full mailbox is waited for, shielded, 5 s at
+        most."""
+        if self.hub.detach_unsubscribed(self.subscriber):
+            return
+        detach = DetachCommand(self.subscriber)
+        try:
+            try:
+                self.hub.submit_nowait(detach)
+            except anyio.WouldBlock:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await self.hub.submit(detach)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # The hub has stopped: there is nothing left to forget us in.
 
     # --- the writer, without a task (TransportLink) ---------------------------------------------
 

@@ -9,10 +9,12 @@ client silent for that long (4009). Bad frames are counted and logged a bounded 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from broker.connection_closing import Closing
+from broker.heartbeats import sweep
 from broker.logs import get_logger
 from protocol import CloseCode
 
@@ -48,11 +50,18 @@ class Reader(Closing):
         stats = self.stats
         max_bytes = self.settings.websocket.max_message_bytes
         loop = asyncio.get_running_loop()
+        heartbeats = None
         if heartbeat is not None:
-            # A timer that looks at when the client was last heard, not a deadline moved on
-            # every message: nothing is allocated or rescheduled per frame.
+            # The process's sweep looks at when the client was last heard, once per heartbeat:
+            # nothing is allocated or rescheduled per frame, and no timer is kept per connection
+            # (``broker.heartbeats``).
+            self._heartbeat = heartbeat
             self._last_heard = loop.time()
-            self._heartbeat_timer = loop.call_later(heartbeat, self._check_heartbeat, heartbeat)
+            if self._context is None:
+                # The check runs from the sweep's timer: in this task's context (logs' ``client``).
+                self._context = contextvars.copy_context()
+            heartbeats = sweep(heartbeat)
+            heartbeats.schedule(self, self._last_heard + heartbeat)
         try:
             while True:
                 message = await receive()
@@ -82,21 +91,24 @@ class Reader(Closing):
                         continue
                     await on_bytes(data)
         finally:
-            if self._heartbeat_timer is not None:
-                self._heartbeat_timer.cancel()
-                self._heartbeat_timer = None
+            if heartbeats is not None:
+                heartbeats.cancel(self)
 
-    def _check_heartbeat(self, heartbeat: float) -> None:
-        loop = asyncio.get_running_loop()
-        silent = loop.time() - self._last_heard
-        if silent < heartbeat:
-            self._heartbeat_timer = loop.call_later(
-                heartbeat - silent, self._check_heartbeat, heartbeat
-            )
-            return
-        self._heartbeat_timer = None
+    def on_sweep(self, now: float) -> float | None:
+        """The heartbeat check (``broker.heartbeats``): the next deadline while the client was
+        heard within ``heartbeat``; otherwise close with 4009."""
+        due = self._last_heard + self._heartbeat
+        if now < due:
+            return due
         if self.close_request is None:
-            log.info("connection.heartbeat_timeout", heartbeat=heartbeat)
-            # The reader goes on reading (and dropping) until the close handshake ends or the
-            # writer gives up.
-            self.request_close(CloseCode.HEARTBEAT_TIMEOUT)
+            if self._context is not None:
+                self._context.run(self._heartbeat_timed_out)
+            else:  # pragma: no cover - receive_loop sets the context
+                self._heartbeat_timed_out()
+        return None
+
+    def _heartbeat_timed_out(self) -> None:
+        log.info("connection.heartbeat_timeout", heartbeat=self._heartbeat)
+        # The reader goes on reading (and dropping) until the close handshake ends or the
+        # writer gives up.
+        self.request_close(CloseCode.HEARTBEAT_TIMEOUT)

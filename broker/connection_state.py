@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
 from starlette.websockets import WebSocket
 
+from broker import client_ids
 from broker.hub import Hub, Subscriber
 from broker.monitor.histogram import Histogram
 from broker.outbox import Outbox
@@ -49,8 +49,8 @@ class ConnectionStatistics:
 
 
 def new_client_id() -> str:
-    """A client id: 72 random bits, URL-safe, 12 characters."""
-    return secrets.token_urlsafe(9)
+    """A client id: 72 random bits, URL-safe, 12 characters (``broker.client_ids``)."""
+    return client_ids.new_client_id()
 
 
 class ConnectionState:
@@ -58,7 +58,7 @@ class ConnectionState:
 
     __slots__ = (
         "_context",
-        "_heartbeat_timer",
+        "_heartbeat",
         "_last_heard",
         "_latency",
         "_log_budget",
@@ -81,13 +81,14 @@ class ConnectionState:
         "started",
         "stats",
         "subscriber",
+        "sweep_tick",
         "text",
         "websocket",
         "write_scope",
     )
 
     _context: contextvars.Context | None
-    _heartbeat_timer: asyncio.TimerHandle | None
+    _heartbeat: float
     _last_heard: float
     _latency: Histogram | None
     _log_budget: int
@@ -110,6 +111,7 @@ class ConnectionState:
     started: float
     stats: ConnectionStatistics
     subscriber: Subscriber
+    sweep_tick: int | None
     text: bool
     websocket: WebSocket
     write_scope: anyio.CancelScope | None

@@ -28,10 +28,12 @@ from typing import Any
 
 import httptools
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from broker.client_faults import client_faults, peer
+from broker.handshake import read_opening
 from broker.sockets import SocketTally, limits, refusal_at_accept, reset, tally_for
 
 
@@ -68,6 +70,22 @@ class _QuietLogger:
 
 _UVICORN_ERROR = logging.getLogger("uvicorn.error")
 _UVICORN_ACCESS = logging.getLogger("uvicorn.access")
+
+
+def _local_address(info: Any) -> tuple[str, int | None] | None:
+    """``scope["server"]`` from the transport's ``sockname``, as uvicorn makes it from the
+    socket's ``getsockname()``."""
+    if isinstance(info, tuple):
+        return (str(info[0]), int(info[1]))
+    if isinstance(info, str):
+        return (info, None)
+    return None
+
+
+def _remote_address(info: Any) -> tuple[str, int] | None:
+    """``scope["client"]`` from the transport's ``peername``, as uvicorn makes it from the
+    socket's ``getpeername()``."""
+    return (str(info[0]), int(info[1])) if isinstance(info, tuple) else None
 
 
 class BrokerHttpProtocol(HttpToolsProtocol):
@@ -115,16 +133,29 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         # The broker's own state.
         self.tally: SocketTally = tally_for(server_state)
         self._deadline: asyncio.TimerHandle | None = None
+        #: The reset of a socket closed with an answer, if the client has not taken it by then.
+        self._reset_timer: asyncio.TimerHandle | None = None
         self._accepted_at = 0.0
         #: Bytes of the request head received so far, while it is not complete.
         self._head_open = True
         self._head_bytes = 0
         self._refused = False
+        #: ``_should_upgrade``'s answer, and the request (its header list) it is for.
+        self._upgrade_for: list[tuple[bytes, bytes]] | None = None
+        self._upgrade = False
 
     # --- accept ---------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # uvicorn 0.54's ``connection_made``, with the addresses the transport already has
+        # (uvloop reads them at accept): uvicorn asks a socket object made for the purpose,
+        # which costs a system call to make and one to ask, twice per connection.
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.server = _local_address(transport.get_extra_info("sockname"))
+        self.client = _remote_address(transport.get_extra_info("peername"))
+        self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
         current = limits()
         host = None if self.client is None else self.client[0]
         address = None if current.trusts(host) else host
@@ -148,6 +179,10 @@ class BrokerHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        if self._reset_timer is not None:
+            # Gone: its socket object is closed, and asking it for anything would raise.
+            self._reset_timer.cancel()
+            self._reset_timer = None
         self.tally.discard(self.transport)
         super().connection_lost(exc)
 
@@ -206,6 +241,16 @@ class BrokerHttpProtocol(HttpToolsProtocol):
             # A later request on a keep-alive connection: its own deadline from its first byte.
             self._deadline = self.loop.call_later(limits().handshake_timeout, self._timed_out)
 
+    def _should_upgrade(self) -> bool:
+        # uvicorn asks this up to three times per request (headers complete, the parser's
+        # upgrade exception, message complete), each time a walk over the headers: answered
+        # once per request.
+        headers = self.headers
+        if self._upgrade_for is not headers:
+            self._upgrade_for = headers
+            self._upgrade = super()._should_upgrade()
+        return self._upgrade
+
     def on_headers_complete(self) -> None:
         self._head_open = False
         self._head_bytes = 0
@@ -216,9 +261,11 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def handle_websocket_upgrade(self) -> None:
-        """uvicorn 0.54's upgrade (the request as received, handed to the WebSocket protocol
-        to parse and answer), passing on the addresses this protocol already has when the
-        WebSocket protocol is the broker's, and the socket's deadline and tally."""
+        """uvicorn 0.54's upgrade, passing on the addresses this protocol already has when the
+        WebSocket protocol is the broker's, and the socket's deadline and tally. The request is
+        checked here (``broker.handshake``) and handed over parsed (``open``); uvicorn's way
+        (the request as received, for the WebSocket protocol to parse and answer) is kept for
+        what the check leaves to ``websockets``."""
         self._cancel_deadline()
         protocol_class: Any = self.ws_protocol_class
         if protocol_class is None or not hasattr(protocol_class, "adopt"):
@@ -226,11 +273,19 @@ class BrokerHttpProtocol(HttpToolsProtocol):
             # Another WebSocket protocol: it counts the socket out itself, or not at all.
             self.tally.discard(self.transport)
             return
+        method: str = self.scope["method"]
+        # The request checked and answered from what httptools parsed (broker.handshake);
+        # anything unusual is handed to ``websockets`` to parse and answer, as uvicorn does.
+        opening = read_opening(method, self.url, self.headers)
+        if isinstance(opening, bytes):
+            client_faults.info(
+                "websocket.bad_handshake",
+                remote=peer(self.client),
+                detail="unsupported Sec-WebSocket-Version",
+            )
+            self._close_with(opening)
+            return
         self.connections.discard(self)
-        output = [self.scope["method"].encode(), b" ", self.url, b" HTTP/1.1\r\n"]
-        for name, value in self.scope["headers"]:
-            output += [name, b": ", value, b"\r\n"]
-        output.append(b"\r\n")
         # broker.transport.BrokerWebSocketProtocol (which imports this module).
         # The loop passed on: asyncio.get_event_loop() would ask for it again (a getpid(2)).
         protocol: Any = protocol_class(
@@ -238,10 +293,16 @@ class BrokerHttpProtocol(HttpToolsProtocol):
             server_state=self.server_state,
             app_state=self.app_state,
             _loop=self.loop,
+            _parsed=opening is not None,
         )
         transport = self.transport
         protocol.adopt(transport, self.server, self.client, self.scheme == "https")
-        protocol.data_received(b"".join(output))
+        if opening is None or not protocol.open(opening):
+            output = [method.encode(), b" ", self.url, b" HTTP/1.1\r\n"]
+            for name, value in self.headers:
+                output += [name, b": ", value, b"\r\n"]
+            output.append(b"\r\n")
+            protocol.data_received(b"".join(output))
         transport.set_protocol(protocol)
         protocol.start_handshake_deadline(
             self._accepted_at + limits().handshake_timeout, self.tally
@@ -287,8 +348,11 @@ class BrokerHttpProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
         transport.write(response)
         transport.close()
-        self.loop.call_later(limits().close_timeout, self._abort)
+        if self._reset_timer is None:
+            self._reset_timer = self.loop.call_later(limits().close_timeout, self._abort)
 
     def _abort(self) -> None:
-        # A no-op once the socket is gone; otherwise what the client would not take is dropped.
+        # The socket is still there (``connection_lost`` cancels this): what the client would
+        # not take is dropped.
+        self._reset_timer = None
         reset(self.transport)

@@ -156,6 +156,18 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
         """Queue ``command`` now; raises ``anyio.WouldBlock`` when the mailbox is full."""
         self._mailbox.send_nowait(command)
 
+    def detach_unsubscribed(self, subscriber: Subscriber) -> bool:
+        """Detach ``subscriber`` now, without the mailbox, when it holds no channel: then
+        detaching is marking it and closing its outbox (``_detach_one``), and a command still
+        queued for it finds it detached, as it would behind a ``DetachCommand``. False when it
+        holds a channel: it must go through the mailbox. A connection that never subscribed
+        (most of those opened and closed at a high rate) spares the hub a turn."""
+        if subscriber.channels:
+            return False
+        subscriber.detached = True
+        subscriber.outbox.close()
+        return True
+
     @property
     def running(self) -> bool:
         return self._running
@@ -283,7 +295,7 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
         if state is None or channel == CHAT_ROOM:
             return 0
         members = [s for group in state.live.values() for s in group]
-        members += list(state.recovering) + [s for s, _ in state.joining + state.waiting]
+        members += list(state.recovering or ()) + [s for s, _ in state.waiting_on()]
         targets = {s: None for s in members if s.user == user and not s.detached}
         for subscriber in targets:
             self._leave(subscriber, channel)
@@ -300,8 +312,8 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
         if state is None:
             return
         was_live = subscriber in state.live.get(subscriber.encoding, {})
-        pending = [r for s, r in state.joining + state.waiting if s is subscriber]
-        recovery = state.recovering.get(subscriber)
+        pending = [r for s, r in state.waiting_on() if s is subscriber]
+        recovery = state.recovering.get(subscriber) if state.recovering else None
         if recovery is not None:
             pending.append(recovery.request)
         for request in pending:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from broker.backplane.base import Backplane, BackplaneUnavailable, Head, Page
-from broker.channel_state import ChannelState, Recovery
+from broker.channel_state import ChannelState
 from broker.commands import Command, HeadReadCommand, RecoveredCommand
 from broker.logs import get_logger
 from broker.settings import NamespaceSettings, Settings
@@ -88,7 +88,7 @@ class Admission:
         if state.watching:
             self._admit(state, subscriber, request)
         else:
-            state.joining.append((subscriber, request))
+            state.join(subscriber, request)
 
     def _watch(self, channel: str) -> ChannelState:
         state = self._channels.get(channel)
@@ -123,13 +123,13 @@ class Admission:
             and not checked
             and (since.epoch != state.epoch or since.offset > state.offset)
         ):
-            state.waiting.append((subscriber, request))
+            state.wait(subscriber, request)
             if not state.checking:
                 state.checking = True
                 self._spawn(self._read_head, state.name, state.options)
             return
         if since is not None and since.epoch == state.epoch and since.offset < state.offset:
-            state.recovering[subscriber] = Recovery(request)
+            state.recover(subscriber, request)
             self._spawn(self._read_missed, subscriber, request, state.offset, state.options)
             return
         recovered = (
@@ -195,8 +195,8 @@ class Admission:
             self._catch_up(state, target)
             return
         state.target = None
-        waiting, state.waiting = state.waiting, []
-        for subscriber, request in waiting:
+        waiting, state.waiting = state.waiting, None
+        for subscriber, request in waiting or ():
             if not subscriber.detached and state.name in subscriber.channels:
                 self._admit(state, subscriber, request, checked=True)
 
@@ -219,9 +219,11 @@ class Admission:
     def _recovered(self, command: RecoveredCommand) -> None:
         subscriber, request, upto = command.subscriber, command.request, command.upto
         state = self._channels.get(request.channel)
-        if state is None or subscriber not in state.recovering:
+        if state is None or not state.recovering or subscriber not in state.recovering:
             return  # It left (or was dropped) while the read was in flight.
         held = state.recovering.pop(subscriber).held
+        if not state.recovering:
+            state.recovering = None
         since = request.since
         assert since is not None and subscriber.encoding is not None
         missed: list[PublicationFrames] = []

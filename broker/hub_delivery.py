@@ -69,7 +69,7 @@ class Delivery:
         if state is None:
             return  # Nobody here wants it any more.
         if not state.watching or state.filling:
-            state.pending.append(publication)
+            state.hold(publication)
             return
         self._sequence(state, publication)
 
@@ -84,7 +84,7 @@ class Delivery:
             return  # Already delivered.
         if offset > state.offset + 1:
             state.filling = True
-            state.pending.append(publication)
+            state.hold(publication)
             self._spawn(
                 self._read_range, state.name, state.epoch, state.offset, offset - 1, state.options
             )
@@ -166,10 +166,10 @@ class Delivery:
 
     def _resequence(self, state: ChannelState) -> None:
         """Sequence the publications held back while a range was read."""
-        pending, state.pending = state.pending, []
-        for publication in pending:
+        pending, state.pending = state.pending, None
+        for publication in pending or ():
             if state.filling:
-                state.pending.append(publication)
+                state.hold(publication)
             else:
                 self._sequence(state, publication)
 
@@ -205,12 +205,12 @@ class Delivery:
             return
         if not state.watching:
             self._start(state, head)
-            joining, state.joining = state.joining, []
-            for subscriber, request in joining:
+            joining, state.joining = state.joining, None
+            for subscriber, request in joining or ():
                 if not subscriber.detached and channel in subscriber.channels:
                     self._admit(state, subscriber, request)
-            pending, state.pending = state.pending, []
-            for publication in pending:
+            pending, state.pending = state.pending, None
+            for publication in pending or ():
                 self._live(publication)
             return
         # Live delivery was re-established (after an outage): catch up on what was missed,

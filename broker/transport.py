@@ -57,18 +57,27 @@ from typing import Any
 from starlette.types import Message as AsgiMessage
 from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
-from websockets.exceptions import InvalidState
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHandshake, InvalidState
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame as WireFrame
 from websockets.http11 import Request
 from websockets.protocol import Protocol as WebSocketProtocol
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from broker.client_faults import client_faults, peer
 from broker.client_frames import receive as receive_frames
+from broker.handshake import (
+    Opening,
+    frame_protocol,
+    response_head,
+    scope_path,
+    switching_protocols,
+)
 from broker.http_protocol import simple_response
+from broker.keepalive import SweptKeepalive
 from broker.sockets import SocketTally, limits, reset
 from broker.transport_link import (
     AsgiFrameSink,
@@ -197,9 +206,62 @@ class _Flag:
             await waiter
 
 
-class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
+class BrokerWebSocketProtocol(SweptKeepalive):
     """uvicorn's websockets-sansio protocol, plus the ``TransportLink`` extension, and lighter:
     an idle connection costs memory for as long as it lives (docs/performance.md)."""
+
+    # Slots for every attribute ``__init__`` sets, uvicorn's included: its instance dictionary
+    # of more than 30 keys could not share its keys and cost about 1.5 KiB per connection. What
+    # uvicorn sets later (``request``, ``response``, ``scope``) still goes in the dictionary.
+    __slots__ = (
+        "answer",
+        "app",
+        "app_state",
+        "asgi_version",
+        "blocked_bytes",
+        "blocked_replies",
+        "client",
+        "close_sent",
+        "close_timeout",
+        "close_timer",
+        "config",
+        "conn",
+        "connections",
+        "curr_msg_data_type",
+        "default_headers",
+        "disconnected",
+        "fast_frames",
+        "fragment_count",
+        "fragments",
+        "frames",
+        "frames_pending",
+        "handshake_complete",
+        "handshake_initiated",
+        "handshake_timer",
+        "initial_response",
+        "last_ping_rtt",
+        "link",
+        "logger",
+        "loop",
+        "pending_ping_payload",
+        "ping_at",
+        "ping_interval",
+        "ping_sent_at",
+        "ping_timeout",
+        "ping_timer",
+        "pong_owed",
+        "pong_timer",
+        "queue",
+        "read_paused",
+        "root_path",
+        "scheme",
+        "server",
+        "sweep_tick",
+        "tally",
+        "tasks",
+        "transport",
+        "writable",
+    )
 
     def __init__(
         self,
@@ -207,6 +269,7 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         server_state: ServerState,
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
+        _parsed: bool = False,
     ) -> None:
         # uvicorn 0.54's ``__init__``, minus what this class replaces at once (its
         # ``asyncio.Queue`` and ``asyncio.Event``) and two logger look-ups per connection: every
@@ -216,7 +279,10 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         self.config = config
         self.app = config.loaded_app
         self.loop = _loop or asyncio.get_event_loop()
-        self.logger = _UVICORN_ERROR
+        # uvicorn's info lines (one per accepted or refused handshake) are silenced: a client
+        # could have one written per attempt. Refusals are logged, rate-limited, by the
+        # endpoint (``websocket_routes.deny``); warnings and errors still go through.
+        self.logger = _WIRE_LOGGER  # type: ignore[assignment]
         self.root_path = config.root_path
         self.asgi_version = config.asgi_version
         self.app_state = app_state
@@ -243,7 +309,8 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
                     compress_settings={"memLevel": 5},
                 )
             ]
-        self.conn = ServerProtocol(
+        # A handshake read by ``broker.handshake`` (``open``) needs no request parser.
+        self.conn = (frame_protocol if _parsed else ServerProtocol)(
             extensions=extensions,
             max_size=config.ws_max_size,
             logger=_WIRE_LOGGER,  # type: ignore[arg-type]
@@ -259,6 +326,9 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         self.last_ping_rtt = 0.0
         self.frames = []
         self.curr_msg_data_type = "bytes"
+        # The keepalive's place in the process's sweep (``broker.keepalive``).
+        self.sweep_tick = None
+        self.ping_at = 0.0
         # The broker's own state.
         self.link = TransportLink(self)
         self.close_timeout = limits().close_timeout
@@ -273,6 +343,9 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         self.pong_owed: bytes | None = None
         self.blocked_replies = 0
         self.blocked_bytes = 0
+        #: The start of the 101 response, when the handshake was read by ``open``, until the
+        #: app accepts.
+        self.answer: bytes | None = None
         #: Whether whole-message frames are parsed here (``broker.client_frames``), from the
         #: handshake on, and a partial frame waiting for the rest.
         self.fast_frames = False
@@ -299,6 +372,57 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         self.scheme = "wss" if secure else "ws"
         high = limits().transport_buffer_bytes
         transport.set_write_buffer_limits(high=high, low=high // 4)
+
+    def open(self, opening: Opening) -> bool:
+        """Start the app for a handshake request ``broker.handshake`` has checked: what
+        ``websockets``' parse and ``handle_connect`` do, from what httptools parsed. The protocol
+        was made with ``_parsed`` (its ``websockets`` protocol reads frames from the start).
+        False when the extensions offered are for ``websockets`` to refuse: the request then
+        goes its way (``data_received``), with a ``websockets`` protocol that reads it."""
+        conn = self.conn
+        offered = None
+        if opening.extensions and conn.available_extensions:
+            try:
+                offered, accepted = conn.process_extensions(
+                    Headers([("Sec-WebSocket-Extensions", value) for value in opening.extensions])
+                )
+            except InvalidHandshake:
+                self.conn = ServerProtocol(
+                    extensions=conn.available_extensions,
+                    max_size=conn.max_message_size,
+                    logger=conn.logger,
+                )
+                return False
+            conn.extensions = accepted
+        self.handshake_initiated = True
+        self.answer = response_head(opening.accept, offered)
+        root_path = self.root_path
+        path, raw_path, query_string = scope_path(root_path, opening.path)
+        extensions: dict[str, Any] = {"websocket.http.response": {}, TRANSPORT_EXTENSION: self.link}
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": root_path,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query_string,
+            "headers": opening.headers,
+            "subprotocols": opening.subprotocols,
+            "state": self.app_state.copy(),
+            "extensions": extensions,
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+        # Nothing after the request has reached ``websockets`` yet (the HTTP protocol forwards
+        # it once this returns): client frames can be parsed here from the first.
+        self.fast_frames = not conn.extensions
+        return True
 
     def start_handshake_deadline(self, deadline: float, tally: SocketTally) -> None:
         """Take over the socket's deadline (``loop.time()``) and tally from the HTTP protocol."""
@@ -500,10 +624,19 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
             await self._accept(message)
         else:
             await super().send(message)
+            if message["type"] == "websocket.http.response.body" and self.close_sent:
+                # A refusal (the denial-response extension) was sent whole: the handshake ended
+                # as the app meant, and uvicorn would otherwise log "ASGI callable returned
+                # without completing handshake." at error level for every refused client.
+                self.handshake_complete = True
         if self.handshake_complete and self.handshake_timer is not None:
             self.handshake_timer.cancel()
             self.handshake_timer = None
-        if message["type"] == "websocket.accept" and self.handshake_complete:
+        if (
+            message["type"] == "websocket.accept"
+            and self.handshake_complete
+            and hasattr(self, "request")  # not a handshake read by ``open``
+        ):
             # The handshake's request and response (with their headers) are not used again;
             # the app keeps what it needs from the scope.
             del self.request, self.response
@@ -536,17 +669,33 @@ class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.initial_response is not None:
             await super().send(message)  # a denial response started: uvicorn raises
             return
+        subprotocol = message.get("subprotocol")
+        answer = self.answer
+        transport = self.transport
+        if answer is not None:
+            # The handshake read by ``open``: the same response, without ``websockets``.
+            if transport.is_closing():
+                return
+            self.answer = None
+            self.handshake_complete = True
+            self.conn.state = State.OPEN
+            data = switching_protocols(
+                answer, (*self.default_headers, *message.get("headers", ())), subprotocol
+            )
+            if message.get(HOLD_RESPONSE):
+                self._cork()
+            transport.write(data)
+            self.start_keepalive()
+            return
         headers = [
             (name.decode("latin-1").lower(), value.decode("latin-1"))
             for name, value in (self.default_headers + list(message.get("headers", [])))
         ]
-        subprotocol = message.get("subprotocol")
         if subprotocol:
             headers.append(("Sec-WebSocket-Protocol", subprotocol))
         response = self.response
         del response.headers["Date"]
         response.headers.update(headers)
-        transport = self.transport
         if not transport.is_closing():
             self.handshake_complete = True
             self.conn.send_response(response)

@@ -27,6 +27,7 @@ from broker.auth.session import ConnectionAuth
 from broker.backplane import BackplaneUnavailable, Head
 from broker.connection import Connection
 from broker.conversion import UnconvertibleData, convert_for_subscribers
+from broker.handshake_memory import forget_handshake
 from broker.hub import (
     HistoryCommand,
     PresenceCommand,
@@ -129,32 +130,30 @@ class V1Reader:
             )
 
     async def run(self) -> None:
+        # One coroutine, not two: its frame stays suspended for as long as the connection lives.
         connection = self.connection
         websocket_settings = connection.settings.websocket
         try:
-            if await self.auth.open():
+            opened = await self.auth.open()
+            # The handshake's token was looked for: nothing reads its headers any more.
+            forget_handshake(connection.websocket)
+            if opened:
                 await self.welcome()
-            await self._run(websocket_settings.heartbeat + websocket_settings.heartbeat_grace)
-        finally:
-            self.auth.close()
-
-    async def _run(self, heartbeat: float) -> None:
-        connection = self.connection
-        idle_timeout = connection.settings.limits.idle_timeout
-        if idle_timeout > 0:
-            # A timer, not a task: a sleeping task per connection costs memory for nothing.
-            self.idle_timer = asyncio.get_running_loop().call_later(
-                idle_timeout, self.close_if_idle, idle_timeout
-            )
-        try:
+            idle_timeout = connection.settings.limits.idle_timeout
+            if idle_timeout > 0:
+                # A timer, not a task: a sleeping task per connection costs memory for nothing.
+                self.idle_timer = asyncio.get_running_loop().call_later(
+                    idle_timeout, self.close_if_idle, idle_timeout
+                )
             await connection.receive_loop(
                 self.on_text,
                 self.on_bytes,
-                heartbeat=heartbeat,
+                heartbeat=websocket_settings.heartbeat + websocket_settings.heartbeat_grace,
             )
         finally:
             if self.idle_timer is not None:
                 self.idle_timer.cancel()
+            self.auth.close()
 
     def close_if_idle(self, idle_timeout: float) -> None:
         """Close the connection once it has had no subscription for ``idle_timeout`` seconds;

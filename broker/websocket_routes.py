@@ -17,6 +17,7 @@ from starlette.websockets import WebSocketState
 
 from broker.auth import Refused
 from broker.centrifugo.endpoint import serve_centrifugo
+from broker.client_faults import client_faults, peer
 from broker.conformance import run_conformance_echo
 from broker.connection import Connection
 from broker.dependencies import BrokerDep, SettingsDep
@@ -41,10 +42,25 @@ log = get_logger("broker.websocket")
 CONFORMANCE_ECHO = "/conformance/echo"
 
 
-async def deny(websocket: WebSocket, status: int, reason: str) -> None:
+async def deny(
+    websocket: WebSocket,
+    status: int,
+    reason: str,
+    event: str = "connection.refused",
+    **fields: object,
+) -> None:
     """Refuse the handshake with an HTTP ``status`` and ``reason`` as a plain-text body, so that
     whoever reads it learns what was wrong. A server without the ASGI denial-response
-    extension answers 403 with no body instead."""
+    extension answers 403 with no body instead. Logged as ``connection.refused``, rate-limited
+    with the other client faults: a client may try again and again."""
+    client_faults.info(
+        event,
+        status=status,
+        path=websocket.url.path[:200],
+        remote=peer(websocket.scope.get("client")),
+        reason=reason[:200],
+        **fields,
+    )
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(PlainTextResponse(reason + "\n", status_code=status))
     else:
@@ -55,12 +71,13 @@ async def _admit(websocket: WebSocket, broker: Broker, codec: Codec | None) -> b
     """Accept the handshake, or refuse it; False when the connection must not go on."""
     origin = websocket.headers.get("origin")
     if not broker.origin_allowed(origin, websocket.headers.get("host")):
-        log.info("connection.origin_refused", origin=origin[:200] if origin else origin)
         await deny(
             websocket,
             403,
             f"origin {origin} is not allowed: server.allowed_origins (empty means the same "
             "origin as the broker's own address)",
+            event="connection.origin_refused",
+            origin=origin[:200] if origin else origin,
         )
         return False
     refusal: str | None = None
@@ -84,7 +101,7 @@ async def _admit(websocket: WebSocket, broker: Broker, codec: Codec | None) -> b
         accept[HOLD_RESPONSE] = True
     await websocket.send(accept)
     if refusal is not None:
-        log.info("auth.refused", reason=refusal, endpoint=websocket.url.path)
+        client_faults.info("auth.refused", reason=refusal, endpoint=websocket.url.path)
         await websocket.close(code=CloseCode.UNAUTHORIZED, reason=refusal[:120])
         return False
     refusal = broker.admission_refusal(websocket.scope)

@@ -153,6 +153,8 @@ def _msgpack_array_header(length: int) -> bytes:
 CODECS: Final = {encoding: Codec(encoding) for encoding in Encoding}
 JSON: Final = CODECS[Encoding.JSON]
 MSGPACK: Final = CODECS[Encoding.MSGPACK]
+#: The codecs by subprotocol name (looked up on every handshake).
+_BY_SUBPROTOCOL: Final = {encoding.subprotocol: CODECS[encoding] for encoding in Encoding}
 
 
 def codec_for_subprotocols(offered: Sequence[str]) -> Codec | None:
@@ -163,9 +165,9 @@ def codec_for_subprotocols(offered: Sequence[str]) -> Codec | None:
     if not offered:
         return JSON
     for name in offered:
-        for encoding in Encoding:
-            if name == encoding.subprotocol:
-                return CODECS[encoding]
+        codec = _BY_SUBPROTOCOL.get(name)
+        if codec is not None:
+            return codec
     return None
 
 

@@ -17,6 +17,7 @@ import structlog
 
 from broker.auth import Auth
 from broker.auth.identity import Identity, Refused
+from broker.client_faults import client_faults
 from broker.connection import Connection
 from broker.logs import get_logger
 from protocol import CloseCode, Codec, Connect, Error, ErrorCode, Refresh, Refreshed
@@ -138,7 +139,7 @@ class ConnectionAuth:
 
     def refuse(self, reason: str, *, reconnect: bool = False, flush: bool = False) -> None:
         """Close with 4001 for ``reason``; ``flush`` sends what is queued (a reply) first."""
-        log.info("auth.refused", reason=reason, remote=self.connection.remote)
+        client_faults.info("auth.refused", reason=reason, remote=self.connection.remote)
         self.connection.request_close(
             CloseCode.UNAUTHORIZED, reason=reason, reconnect=reconnect, flush=flush
         )

@@ -86,7 +86,9 @@ _HEAD_KEEP = 24 * 3600.0
 class Stream:
     epoch: str = field(default_factory=lambda: secrets.token_urlsafe(6))
     offset: int = 0
-    history: deque[Retained] = field(default_factory=deque)
+    #: Created with the first retained publication: an empty ``deque`` is 624 bytes, and most
+    #: channels (a personal channel per connection) retain nothing (docs/performance.md).
+    history: deque[Retained] | None = None
     #: ``time.monotonic()`` until which the record is kept while unwatched and empty.
     keep_until: float = 0.0
 
@@ -101,15 +103,17 @@ class Stream:
     def after(self, offset: int, limit: int | None) -> list[Retained]:
         """The retained publications above ``offset``, oldest first, at most ``limit``."""
         # Offsets rise along the deque: walk back from the newest only as far as needed.
-        newer = list(itertools.takewhile(lambda item: item.offset > offset, reversed(self.history)))
+        newer = list(
+            itertools.takewhile(lambda item: item.offset > offset, reversed(self.history or ()))
+        )
         newer.reverse()
         return newer if limit is None else newer[:limit]
 
     def latest(self, limit: int | None) -> list[Retained]:
         """The latest ``limit`` retained publications (all when None), oldest first."""
         if limit is None:
-            return list(self.history)
-        newest = list(itertools.islice(reversed(self.history), max(0, limit)))
+            return list(self.history or ())
+        newest = list(itertools.islice(reversed(self.history or ()), max(0, limit)))
         newest.reverse()
         return newest
 
@@ -207,6 +211,8 @@ class MemoryBackplane:
                 publication.add_payload(encoding, payload)
         if options.history_size:
             history = stream.history
+            if history is None:
+                history = stream.history = deque()
             history.append(Retained(stream.offset, now, bytes(data), codec, publisher))
             while len(history) > options.history_size:
                 history.popleft()

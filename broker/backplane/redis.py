@@ -85,6 +85,9 @@ log = get_logger("broker.backplane.redis")
 #: Delays between attempts to bring the pub/sub link back: up to 0.2 s after the first failure,
 #: never more than 5 s, however long Redis stays away.
 _RECONNECT = Backoff(base=0.1, cap=5.0)
+#: A health token's deadline noticed this much late or more was passed while this process's own
+#: event loop was blocked: not counted against the link (``_check_health``).
+STALL_GRACE = 0.25
 
 _announcement = msgspec.json.Decoder(Join | Leave)
 # What a broken connection, a timeout or a Redis that went away raise in redis-py.
@@ -143,6 +146,9 @@ class RedisShard(ShardHistory, ShardPresence):
         #: For metrics: pub/sub links established, live publications received over pub/sub,
         #: and seconds per history read (``read``, ``latest``).
         self.links = 0
+        #: Health tokens whose deadline passed while this process's loop was blocked (not
+        #: counted as a failure of the link).
+        self.stalled_health_checks = 0
         self.received = 0
         self.read_seconds = Histogram()
 
@@ -299,9 +305,21 @@ class RedisShard(ShardHistory, ShardPresence):
 
     async def _check_health(self) -> None:
         channel = self.keys.health(self.process)
+        timeout = self.settings.timeout
         while True:
-            with anyio.fail_after(self.settings.timeout):
-                await self.publish_raw(channel, str(time.monotonic()).encode())
+            began = time.monotonic()
+            with anyio.move_on_after(timeout) as waited:
+                await self.publish_raw(channel, str(began).encode())
+            if waited.cancelled_caught:
+                late = time.monotonic() - began - timeout
+                if late < STALL_GRACE:
+                    raise TimeoutError(f"no answer to the health token within {timeout:g} s")
+                # The deadline was noticed late: this process's own loop was blocked (starved of
+                # CPU, a long collection), not Redis. Tearing the link down would resubscribe
+                # every watched channel and read every head, more load on a loop that is already
+                # behind; try again instead (a Redis that is really gone fails the next round).
+                self.stalled_health_checks += 1
+                log.info("backplane.health_check_stalled", url=self.name, late=round(late, 3))
             await anyio.sleep(self.settings.health_interval)
 
     async def _on_message(self, message: dict[str, Any]) -> None:

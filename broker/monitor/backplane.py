@@ -32,6 +32,12 @@ def backplane_families(backplane: Backplane) -> Iterator[Metric]:
         "Pub/sub links re-established after a failure.",
         labels=["server"],
     )
+    stalled = CounterMetricFamily(
+        "broker_backplane_health_checks_stalled",
+        "Health tokens whose deadline passed while this process's event loop was blocked (not"
+        " counted as a link failure).",
+        labels=["server"],
+    )
     queued = GaugeMetricFamily(
         "broker_backplane_pipeline_queued",
         "Publishes waiting in the publish pipeline for their batch.",
@@ -66,6 +72,7 @@ def backplane_families(backplane: Backplane) -> Iterator[Metric]:
         server = redact_text(shard.url)
         ready.add_metric([server], 1.0 if shard.ready else 0.0)
         reconnects.add_metric([server], max(0, shard.links - 1))
+        stalled.add_metric([server], shard.stalled_health_checks)
         stats = shard.pipeline.statistics()
         queued.add_metric([server], stats.queued)
         in_flight.add_metric([server], stats.in_flight)
@@ -74,4 +81,4 @@ def backplane_families(backplane: Backplane) -> Iterator[Metric]:
         received.add_metric([server], shard.received)
         shard.pipeline.round_trip_seconds.add_to(seconds, [server, "publish"])
         shard.read_seconds.add_to(seconds, [server, "read"])
-    yield from (ready, reconnects, queued, in_flight, round_trips, sent, received, seconds)
+    yield from (ready, reconnects, stalled, queued, in_flight, round_trips, sent, received, seconds)

@@ -71,3 +71,36 @@ async def test_middleware_added_to_the_broker_app_still_sees_websocket_connectio
             message = await roundtrip(sub, pub, "watched")
             assert sub.data(message.data) == 7
     assert seen.count("websocket") == 2
+
+
+@pytest.mark.parametrize("path", ["/v1/ws", "/ws/chat"])
+async def test_an_open_connection_holds_no_timer_and_no_handshake_headers(
+    running: RunningBroker, path: str
+) -> None:
+    # The heartbeat and the server's pings are in the process's sweep (broker.heartbeats), not
+    # in a timer per connection; the scope lets go of the request's headers once admitted.
+    scheduled = getattr(asyncio.get_running_loop(), "_scheduled", None)
+    if scheduled is None:
+        pytest.skip("an event loop without asyncio's timer list")
+
+    def timers() -> int:
+        return sum(1 for handle in scheduled if not handle.cancelled())
+
+    timers_before = timers()
+    clients = [await subscribed_raw(running, path, "quiet") for _ in range(CLIENTS)]
+    await wait_until(lambda: len(running.broker.connections) == CLIENTS)
+    if path == "/v1/ws":
+        await wait_until(lambda: running.broker.hub.subscriber_count("quiet") == CLIENTS)
+    # At most the sweep's own timer (or two: the heartbeat's and the pings' resolutions).
+    assert timers() - timers_before <= 2
+    for connection in running.broker.connections.values():
+        assert not connection.websocket.scope["headers"]
+        assert not connection.websocket.headers
+    # uvicorn's protocol keeps its attributes in slots: only the scope is in its dictionary.
+    protocols = running.server.server_state.connections
+    assert len(protocols) == CLIENTS
+    for protocol in protocols:
+        assert set(vars(protocol)) == {"scope"}
+    for client in clients:
+        client.reset()
+    await wait_until(lambda: not running.broker.connections)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker.hub import CHAT_LEFT, ChatJoinCommand, DetachCommand
-from tests.broker.test_hub import client, running_hub
+from broker.hub import CHAT_LEFT, ChatJoinCommand, DetachCommand, SubscribeCommand
+from protocol import Subscribe
+from tests.broker.hub_helpers import client, running_hub
 
 pytestmark = pytest.mark.anyio
 
@@ -52,3 +53,29 @@ async def test_members_still_connected_hear_each_departure_once() -> None:
         assert len(left) == ROOM_SIZE
         assert set(left) == {CHAT_LEFT}
         assert not staying.detached
+
+
+async def test_a_subscriber_without_channels_is_detached_at_once() -> None:
+    async with running_hub() as running:
+        subscriber = client("never-subscribed")
+        assert running.hub.detach_unsubscribed(subscriber)
+        assert subscriber.detached
+        assert subscriber.outbox.closed
+        # A subscribe still in the mailbox (submitted before the connection ended) finds it
+        # detached, as it would behind a DetachCommand: no channel is left holding it.
+        await running.hub.submit(SubscribeCommand(subscriber, Subscribe(id=1, channel="news")))
+        assert await running.barrier() == []
+        assert not subscriber.channels
+
+
+async def test_a_subscriber_with_a_channel_goes_through_the_mailbox() -> None:
+    async with running_hub() as running:
+        member = client("member", None)
+        await running.hub.submit(ChatJoinCommand(member))
+        await running.barrier()
+        assert not running.hub.detach_unsubscribed(member)
+        assert not member.detached
+        member.outbox.close()
+        await running.hub.submit(DetachCommand(member))
+        assert await running.barrier() == []
+        assert member.detached

@@ -9,8 +9,8 @@ import json
 import httpx
 import pytest
 
+from tests.broker.backplane.redis_helpers import wait_readyz
 from tests.broker.backplane.test_processes import redis_env
-from tests.broker.backplane.test_redis import wait_readyz
 from tests.broker.test_cli import broker_process, free_port
 from tests.conftest import TIMEOUT
 from tests.redis_server import RedisServer

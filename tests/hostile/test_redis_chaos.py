@@ -1,8 +1,8 @@
-"""Chaos on Redis, beyond the outages tests/broker/backplane/test_redis.py covers (a Redis restart,
-``CLIENT KILL TYPE pubsub``, a broker killed with SIGKILL for presence): Redis frozen with SIGSTOP
-for longer than ``backplane.timeout``, and a broker killed with SIGKILL under load while its
-clients move to another broker. Clients recover, every acknowledged publication arrives once and
-in order, nothing crashes, and readiness tells the truth meanwhile."""
+"""Chaos on Redis, beyond the outages tests/broker/backplane/test_redis_outages.py covers (a
+Redis restart, ``CLIENT KILL TYPE pubsub``, a broker killed with SIGKILL for presence): Redis
+frozen with SIGSTOP for longer than ``backplane.timeout``, and a broker killed with SIGKILL under
+load while its clients move to another broker. Clients recover, every acknowledged publication
+arrives once and in order, nothing crashes, and readiness tells the truth meanwhile."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import signal
 import pytest
 
 from broker.client import Backoff, Message, Subscription, connect
+from tests.broker.backplane.redis_helpers import on_redis, readyz, wait_readyz
 from tests.broker.backplane.test_behaviour import serve_ready
-from tests.broker.backplane.test_redis import on_redis, readyz, wait_readyz
 from tests.broker.test_cli import broker_process, free_port
 from tests.conftest import TIMEOUT, wait_until
 from tests.faultproxy import FaultProxy

@@ -16,15 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from protocol import Encoding, Publication, StreamPosition
-from tests.broker.backplane.test_behaviour import (
-    assert_alive,
-    clients,
-    publish,
-    receive,
-    serve_ready,
-    subscribe,
-)
-from tests.broker.backplane.test_redis import (
+from tests.broker.backplane.redis_helpers import (
     USER,
     allow_cutoff_user,
     command,
@@ -32,6 +24,14 @@ from tests.broker.backplane.test_redis import (
     on_redis,
     redis_client,
     wait_readyz,
+)
+from tests.broker.backplane.test_behaviour import (
+    assert_alive,
+    clients,
+    publish,
+    receive,
+    serve_ready,
+    subscribe,
 )
 from tests.conftest import RunningBroker
 from tests.redis_server import RedisServer

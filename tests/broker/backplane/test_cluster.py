@@ -18,6 +18,7 @@ from broker.backplane.control import DisconnectClient
 from broker.client import Backoff, connect
 from broker.settings import BackplaneKind, BackplaneSettings, NamespaceSettings, Settings
 from protocol import Disconnect, Encoding, Join, Publication, Publish
+from tests.broker.backplane.redis_helpers import eventually, presence_of
 from tests.broker.backplane.test_behaviour import (
     client_id,
     clients,
@@ -27,7 +28,6 @@ from tests.broker.backplane.test_behaviour import (
     serve_ready,
     subscribe,
 )
-from tests.broker.backplane.test_redis import eventually, presence_of
 from tests.conftest import TIMEOUT
 from tests.redis_cluster import RedisClusterServers
 from tests.wsclient import ProtocolClient

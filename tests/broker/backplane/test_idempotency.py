@@ -18,6 +18,7 @@ import pytest
 from broker.client import Backoff, connect
 from broker.settings import BackplaneSettings, NamespaceSettings, Settings
 from protocol import Encoding, Error, ErrorCode, Publication, Publish, Published, StreamPosition
+from tests.broker.backplane.redis_helpers import on_redis, wait_readyz
 from tests.broker.backplane.test_behaviour import (
     assert_alive,
     backplane,
@@ -30,7 +31,6 @@ from tests.broker.backplane.test_behaviour import (
     serve_ready,
     subscribe,
 )
-from tests.broker.backplane.test_redis import on_redis, wait_readyz
 from tests.conftest import TIMEOUT, wait_until
 from tests.redis_server import RedisServer
 from tests.wsclient import ProtocolClient, open_client

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from broker.backplane.redis import RedisBackplane
-from tests.broker.backplane.test_redis import on_redis
+from tests.broker.backplane.redis_helpers import on_redis
 from tests.conftest import serve_broker, wait_until
 from tests.redis_server import RedisServer
 

@@ -8,8 +8,8 @@ import pytest
 from broker.backoff import Backoff
 from broker.backplane.redis import RedisBackplane
 from protocol import Encoding
+from tests.broker.backplane.redis_helpers import on_redis, wait_readyz
 from tests.broker.backplane.test_behaviour import clients, publish, receive, serve_ready, subscribe
-from tests.broker.backplane.test_redis import on_redis, wait_readyz
 from tests.conftest import wait_until
 from tests.redis_server import RedisServer
 

@@ -40,7 +40,9 @@ async def publish_as_client(backplane: MemoryBackplane, channel: str, text: str)
 async def test_a_retained_publication_holds_its_payload_once_as_bytes_of_its_own() -> None:
     backplane = MemoryBackplane(SETTINGS)
     await publish_as_client(backplane, "h:news", "hello")
-    (retained,) = backplane._streams["h:news"].history
+    history = backplane._streams["h:news"].history
+    assert history is not None
+    (retained,) = history
     fields = msgspec.structs.astuple(retained)
     payloads = [f for f in fields if isinstance(f, bytes | bytearray | memoryview | msgspec.Raw)]
     # Exactly the payload's bytes: not the frame it came in, not a second encoding.

@@ -31,6 +31,7 @@ from protocol import (
     Subscribed,
     Unsubscribed,
 )
+from tests.broker.backplane.redis_helpers import eventually, on_redis, presence_of
 from tests.broker.backplane.test_behaviour import (
     assert_alive,
     client_id,
@@ -40,7 +41,6 @@ from tests.broker.backplane.test_behaviour import (
     subscribe,
 )
 from tests.broker.backplane.test_processes import processes, ws_url
-from tests.broker.backplane.test_redis import eventually, on_redis, presence_of
 from tests.conftest import TIMEOUT, RunningBroker, serve_broker
 from tests.redis_server import RedisServer
 from tests.wsclient import ProtocolClient, open_client

@@ -15,8 +15,14 @@ import pytest
 
 from broker.client import Backoff, Message, Subscription, connect
 from protocol import Encoding
+from tests.broker.backplane.redis_helpers import (
+    Tally,
+    eventually,
+    numsub,
+    redis_client,
+    wait_readyz,
+)
 from tests.broker.backplane.test_behaviour import publish, receive, subscribe
-from tests.broker.backplane.test_redis import Tally, eventually, numsub, redis_client, wait_readyz
 from tests.broker.test_cli import broker_process, free_port
 from tests.conftest import TIMEOUT
 from tests.redis_server import RedisServer

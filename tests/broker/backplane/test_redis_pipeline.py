@@ -17,6 +17,14 @@ from broker.backplane.redis_pipeline import PipelineStatistics
 from broker.config import ConfigError, load_settings
 from broker.settings import NamespaceSettings, Settings
 from protocol import Encoding, Error, Publish, Published, ServerMessage
+from tests.broker.backplane.redis_helpers import (
+    PREFIX,
+    brokers,
+    command,
+    on_redis,
+    redis_client,
+    wait_readyz,
+)
 from tests.broker.backplane.test_behaviour import (
     assert_alive,
     clients,
@@ -25,14 +33,6 @@ from tests.broker.backplane.test_behaviour import (
     receive,
     serve_ready,
     subscribe,
-)
-from tests.broker.backplane.test_redis import (
-    PREFIX,
-    brokers,
-    command,
-    on_redis,
-    redis_client,
-    wait_readyz,
 )
 from tests.conftest import RunningBroker
 from tests.redis_server import RedisServer

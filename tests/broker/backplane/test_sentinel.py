@@ -11,8 +11,8 @@ from broker.client import Backoff, connect
 from broker.config import ConfigError, load_settings
 from broker.settings import BackplaneKind, BackplaneSettings, NamespaceSettings, Settings
 from protocol import StreamPosition
+from tests.broker.backplane.redis_helpers import wait_readyz
 from tests.broker.backplane.test_behaviour import history, receive, serve_ready, subscribe
-from tests.broker.backplane.test_redis import wait_readyz
 from tests.redis_sentinel import MASTER_NAME, ReplicatedRedis
 from tests.wsclient import open_client
 
