@@ -146,9 +146,11 @@ test("the token's subs survive a reconnection without a loss, and are announced 
     assert.deepEqual(seen, [1, 2, 3, 4]);
     assert.equal(announced, 1);
     const { counts } = client.subscriptions.get("feed:token");
-    // 2 and 3 were fetched with history from the position the subscription had.
+    // 2 and 3 were fetched with history from the position the subscription had. 4 may be
+    // fetched too, when it was published before that read (its live copy is then not delivered).
     assert.equal(counts.resyncs, 0);
-    assert.equal(counts.fetched, 2, JSON.stringify(counts));
+    assert.ok(counts.fetched === 2 || counts.fetched === 3, JSON.stringify(counts));
+    assert.equal(counts.live + counts.fetched, 4, JSON.stringify(counts));
   } finally {
     client.close();
   }
