@@ -91,14 +91,18 @@ async def next_turn() -> None:
 BURST = 3
 
 
-async def stream(links: tuple[Link, ...], offset: int) -> int:
+async def stream(links: tuple[Link, ...], offset: int, *, until_write: int | None = None) -> int:
     """One wake-up of a dense stream to ``links``: ``BURST`` publications from ``offset + 1``,
-    each in a turn of its own, then a sleep of a tenth of an interval. Returns the last offset."""
+    each in a turn of its own, then a sleep of a tenth of an interval. Returns the last offset.
+    With ``until_write``, it stops as soon as the first link has more writes than that, so that
+    nothing offered is left waiting for the next one."""
     for _ in range(BURST):
         offset += 1
         for link in links:
             link.offer(publication(offset))
         await next_turn()
+        if until_write is not None and len(links[0].writes) > until_write:
+            return offset
     await asyncio.sleep(INTERVAL / 10)
     return offset
 
@@ -120,7 +124,7 @@ async def make_dense(*links: Link) -> int:
             # one offered waits too.
             async with asyncio.timeout(TIMEOUT):
                 while len(links[0].writes) == writes[0]:
-                    offset = await stream(links, offset)
+                    offset = await stream(links, offset, until_write=writes[0])
             # (Two, if a busy machine ran the timer so late that the next publication found
             # its connection's interval over.)
             assert all(len(link.writes) > count for link, count in zip(links, writes, strict=True))
