@@ -33,7 +33,7 @@ from benchmarks.outputs import say, write_report
 from benchmarks.peers import nats, node
 from benchmarks.population import many_channels_params, with_room_for
 from benchmarks.stalled import wait_quiet
-from benchmarks.targets import Target, baseline_target, build_targets, peer_unavailable
+from benchmarks.targets import build_targets, chosen_targets
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -68,20 +68,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
-
-
-def _targets(names: str, baseline: Path | None) -> list[Target]:
-    known = build_targets()
-    chosen: list[Target] = []
-    for name in [part.strip() for part in names.split(",") if part.strip()]:
-        why = peer_unavailable(name)
-        if why is not None:
-            say(f"{name} skipped: {why}")
-            continue
-        chosen.append(known[name])
-        if baseline is not None and name.startswith("broker"):
-            chosen.append(baseline_target(known[name], baseline))
-    return chosen
 
 
 def _f(value: float | None, digits: int = 1) -> str:
@@ -164,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"  {message}")
 
     series: list[FanoutSeries] = []
-    for target in _targets(args.targets, args.baseline):
+    for target in chosen_targets(args.targets, build_targets(), args.baseline, say):
         if args.wait_quiet > 0:
             wait_quiet(args.wait_quiet, progress)
         say(f"{target.name}: stepping up from {args.start:g}/s (load {os.getloadavg()[0]:.2f})")

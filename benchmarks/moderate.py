@@ -45,9 +45,8 @@ from benchmarks.server import ServerProcess, ServerStartError
 from benchmarks.stalled import wait_quiet
 from benchmarks.targets import (
     Target,
-    baseline_target,
     build_targets,
-    peer_unavailable,
+    chosen_targets,
     with_broker_env,
 )
 
@@ -244,19 +243,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _targets(names: str, known: dict[str, Target], baseline: Path | None) -> list[Target]:
-    chosen: list[Target] = []
-    for name in [part.strip() for part in names.split(",") if part.strip()]:
-        why = peer_unavailable(name)
-        if why is not None:
-            say(f"{name} skipped: {why}")
-            continue
-        chosen.append(known[name])
-        if baseline is not None and name.startswith("broker"):
-            chosen.append(baseline_target(known[name], baseline))
-    return chosen
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     raise_nofile()
@@ -284,9 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     channels_load = f"{args.channels} x {args.per_channel}, {args.channels_rate:g}/s"
     chat_load = f"/ws/chat {args.chat_subscribers} subs, {args.chat_rate:g}/s"
     channels_targets = (
-        _targets(args.channels_targets, known, args.baseline) if "channels" in loads else []
+        chosen_targets(args.channels_targets, known, args.baseline, say)
+        if "channels" in loads
+        else []
     )
-    chat_targets = _targets(args.chat_targets, known, args.baseline) if "chat" in loads else []
+    chat_targets = (
+        chosen_targets(args.chat_targets, known, args.baseline, say) if "chat" in loads else []
+    )
     chat_params = LoadParams(
         subscribers=args.chat_subscribers,
         rate=args.chat_rate,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from benchmarks.peerwire import SOCKETIO_PATH
@@ -176,3 +176,23 @@ def peer_unavailable(name: str) -> str | None:
     if name == "nats" and nats.nats_server() is None:
         return "nats-server is not installed"
     return None
+
+
+def chosen_targets(
+    names: str,
+    known: Mapping[str, Target],
+    baseline: Path | None,
+    say: Callable[[str], None],
+) -> list[Target]:
+    """The targets named in ``names`` (comma-separated), leaving out, and saying so, a peer that
+    is not installed; each broker target followed by its ``@baseline`` twin when ``baseline``."""
+    chosen: list[Target] = []
+    for name in [part.strip() for part in names.split(",") if part.strip()]:
+        why = peer_unavailable(name)
+        if why is not None:
+            say(f"{name} skipped: {why}")
+            continue
+        chosen.append(known[name])
+        if baseline is not None and name.startswith("broker"):
+            chosen.append(baseline_target(known[name], baseline))
+    return chosen

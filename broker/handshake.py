@@ -35,6 +35,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable, Sequence
+from typing import Any
 from urllib.parse import unquote
 
 from websockets.extensions import ServerExtensionFactory
@@ -222,6 +223,37 @@ def scope_path(root_path: str, target: str) -> tuple[str, bytes, bytes]:
         root_path.encode("ascii") + raw_path.encode("ascii"),
         query.encode("ascii"),
     )
+
+
+def websocket_scope(
+    opening: Opening,
+    *,
+    asgi_version: str,
+    scheme: str,
+    server: tuple[str, int | None] | None,
+    client: tuple[str, int] | None,
+    root_path: str,
+    state: dict[str, Any],
+    extensions: dict[str, Any],
+) -> dict[str, Any]:
+    """The ASGI scope of the connection, as uvicorn's websockets protocol makes it."""
+    path, raw_path, query_string = scope_path(root_path, opening.path)
+    return {
+        "type": "websocket",
+        "asgi": {"version": asgi_version, "spec_version": "2.4"},
+        "http_version": "1.1",
+        "scheme": scheme,
+        "server": server,
+        "client": client,
+        "root_path": root_path,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query_string,
+        "headers": opening.headers,
+        "subprotocols": opening.subprotocols,
+        "state": state,
+        "extensions": extensions,
+    }
 
 
 #: The ``id`` of every ``frame_protocol``: ``websockets`` uses it in its own logs only, which

@@ -5,43 +5,22 @@ The hub's design pays off only when a writer hands the socket every queued frame
 syscall) and can cut a stuck client loose (docs/stack-findings.md). ASGI offers neither: ``send``
 takes one message at a time, and nothing in it can abort a transport. So
 ``BrokerWebSocketProtocol``, a small subclass of uvicorn's websockets-sansio protocol, publishes
-a ``TransportLink`` in the ASGI scope's ``extensions`` under ``"broker.transport"``:
+a ``TransportLink`` in the ASGI scope's ``extensions`` under ``"broker.transport"``: frames for
+many messages in one ``transport.write``, an ``abort`` that resets the socket (``SO_LINGER`` 0)
+instead of leaving megabytes in FIN-WAIT-1, and a transport buffer capped at
+``websocket.transport_buffer_bytes``, above which writers wait, so one client's hold is bounded.
 
-* ``write_frames`` frames several messages with the same RFC 6455 framer uvicorn uses
-  (``websockets``' ``ServerProtocol``) and writes them with one ``transport.write``;
-* ``abort`` sets ``SO_LINGER`` (on, 0) and aborts the transport, so the kernel resets the socket
-  and frees its buffers at once instead of lingering in FIN-WAIT-1 with megabytes queued;
-* the transport's write buffer is capped at ``websocket.transport_buffer_bytes``, above which
-  writers wait (``wait_writable``), so what one client can hold stays bounded.
+Without the extension (the app mounted under another server), ``AsgiFrameSink`` falls back to
+ASGI ``send``, and a stuck client is still dropped by the writer's deadline, without the reset.
+docs/design.md ("The write path below ASGI") has every override and the alternatives rejected.
 
-Alternatives rejected: per-frame ASGI ``send`` (one trip through Starlette and uvicorn per
-message: measured 50 µs/delivery against the tutorial's 33 µs); writing raw bytes to the
-transport behind ``websockets``' back (it would break the protocol state machine's close
-handling). Without the extension (the app mounted under another server), ``AsgiFrameSink`` falls
-back to ASGI ``send``, and a stuck client is still dropped by the writer's deadline, just without
-the socket reset.
-
-Hostile clients. The protocol also holds every socket to bounds of memory and time (settings in
-``broker.sockets.SocketLimits``, docs/hostile-clients.md):
-
-* **replies that cannot leave**: uvicorn writes a pong for every ping, whatever the socket's
-  buffer holds. Here, while the transport's buffer is above its mark, only the latest pong is
-  kept (RFC 6455 §5.5.3 allows answering the latest ping only) and every ping counts, with what
-  the outbox holds, against the outbox's bounds (``queue.max_messages``, ``queue.max_bytes``):
-  a client that keeps sending while its replies cannot leave is dropped as a slow consumer;
-* **fragments**: a message is gathered in one ``bytearray`` (no list entry per fragment), and a
-  message in more than ``websocket.max_fragments`` frames closes the connection with 1009;
-* **client frames** after the handshake: a whole message in one frame (final, text or binary,
-  masked, within ``websocket.max_message_bytes``) is parsed by ``broker.client_frames``; every
-  other frame goes to ``websockets`` whole and in order, and what it refuses from a header
-  (1002, 1009) it still refuses at once; a partial frame waits in one ``bytearray`` bounded by
-  the size limit;
-* **the handshake**: what the frame parser refuses (a header line over 8 KiB, over 128 headers,
-  a request line over 8 KiB) gets its 431 or 414 written and the socket closed, instead of
-  neither; and the deadline from accept (``server.handshake_timeout``) carried over from
-  ``BrokerHttpProtocol`` ends with 408 and a close when the app has not answered by then;
-* **invalid UTF-8** in a text message is closed with 1007 and logged once, at ``info``, through
-  the rate-limited ``client_faults``, not with uvicorn's traceback.
+Hostile clients: the protocol holds every socket to bounds of memory and time (settings in
+``broker.sockets.SocketLimits``; each case, its answer and its test in docs/hostile-clients.md):
+pongs owed while the buffer is above its mark count against the outbox's bounds (only the latest
+is kept); a message in more than ``websocket.max_fragments`` frames is closed with 1009; client
+frames go through ``broker.client_frames`` (a partial frame bounded by the size limit); what the
+handshake parser refuses gets its 431 or 414, and ``server.handshake_timeout`` its 408; invalid
+UTF-8 is closed with 1007 and logged once, rate-limited, through ``client_faults``.
 
 Verified on uvicorn 0.54 with websockets 17.4 (pinned in pyproject.toml).
 """
@@ -49,12 +28,8 @@ Verified on uvicorn 0.54 with websockets 17.4 (pinned in pyproject.toml).
 from __future__ import annotations
 
 import asyncio
-import logging
-import socket
-from collections import deque
 from typing import Any
 
-from starlette.types import Message as AsgiMessage
 from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.server import ServerState
@@ -73,12 +48,13 @@ from broker.handshake import (
     Opening,
     frame_protocol,
     response_head,
-    scope_path,
     switching_protocols,
+    websocket_scope,
 )
 from broker.http_protocol import simple_response
 from broker.keepalive import SweptKeepalive
 from broker.sockets import SocketTally, limits, reset
+from broker.tcp_cork import cork, corked
 from broker.transport_link import (
     AsgiFrameSink,
     ClientGone,
@@ -88,6 +64,7 @@ from broker.transport_link import (
     TransportLink,
     server_frame,
 )
+from broker.transport_parts import WIRE_LOGGER, Flag, ReceiveQueue
 
 __all__ = [
     "HOLD_RESPONSE",
@@ -106,104 +83,6 @@ TRANSPORT_EXTENSION = "broker.transport"
 #: A key of the ASGI ``websocket.accept`` message: true when the app writes its first frame in
 #: the same turn of the loop (``/v1/ws``'s ``welcome``), so that the 101 response is held for it.
 HOLD_RESPONSE = "broker.hold_response"
-
-#: ``TCP_CORK`` where the platform has it (Linux), else None.
-_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
-_UVICORN_ERROR = logging.getLogger("uvicorn.error")
-
-
-class _WireLogger:
-    """The logger ``websockets`` gets for a connection: ``uvicorn.error``, minus its ``info``
-    ("connection open" for every connection; the broker logs one line per connection)."""
-
-    __slots__ = ()
-
-    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_UVICORN_ERROR, name)
-
-
-_WIRE_LOGGER = _WireLogger()
-
-
-class _ReceiveQueue:
-    """What uvicorn needs of its per-connection ``asyncio.Queue``, in a fraction of the memory.
-
-    An ``asyncio.Queue`` holds three deques (about 2.5 KiB with its object) for the life of the
-    connection; there is one reader, and messages rarely wait, so a list made on demand and one
-    future do.
-    """
-
-    __slots__ = ("_items", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: deque[AsgiMessage] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put_nowait(self, item: AsgiMessage) -> None:
-        if self._items is None:
-            self._items = deque()
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def get(self) -> AsgiMessage:
-        while not self._items:
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                if self._waiter is waiter:
-                    self._waiter = None
-        item = self._items.popleft()
-        if not self._items:
-            self._items = None
-        return item
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def relabel_last_disconnect(self, code: int, reason: str) -> None:
-        """Give the last queued ``websocket.disconnect`` message ``code`` and ``reason``."""
-        if self._items and self._items[-1].get("type") == "websocket.disconnect":
-            self._items[-1] = {**self._items[-1], "code": code, "reason": reason}
-
-
-class _Flag:
-    """What uvicorn needs of its per-connection ``asyncio.Event`` (``writable``), without the
-    deque of waiters an ``asyncio.Event`` keeps for the life of the connection."""
-
-    __slots__ = ("_set", "_waiters")
-
-    def __init__(self) -> None:
-        self._set = True
-        self._waiters: list[asyncio.Future[None]] | None = None
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        self._set = True
-        waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._set = False
-
-    async def wait(self) -> None:
-        while not self._set:
-            waiter = asyncio.get_running_loop().create_future()
-            if self._waiters is None:
-                self._waiters = []
-            self._waiters.append(waiter)
-            await waiter
 
 
 class BrokerWebSocketProtocol(SweptKeepalive):
@@ -282,7 +161,7 @@ class BrokerWebSocketProtocol(SweptKeepalive):
         # uvicorn's info lines (one per accepted or refused handshake) are silenced: a client
         # could have one written per attempt. Refusals are logged, rate-limited, by the
         # endpoint (``websocket_routes.deny``); warnings and errors still go through.
-        self.logger = _WIRE_LOGGER  # type: ignore[assignment]
+        self.logger = WIRE_LOGGER  # type: ignore[assignment]
         self.root_path = config.root_path
         self.asgi_version = config.asgi_version
         self.app_state = app_state
@@ -293,7 +172,7 @@ class BrokerWebSocketProtocol(SweptKeepalive):
         self.server = None
         self.client = None
         self.scheme = None  # type: ignore[assignment]
-        self.queue = _ReceiveQueue()  # type: ignore[assignment]
+        self.queue = ReceiveQueue()  # type: ignore[assignment]
         self.handshake_initiated = False
         self.handshake_complete = False
         self.close_sent = False
@@ -313,10 +192,10 @@ class BrokerWebSocketProtocol(SweptKeepalive):
         self.conn = (frame_protocol if _parsed else ServerProtocol)(
             extensions=extensions,
             max_size=config.ws_max_size,
-            logger=_WIRE_LOGGER,  # type: ignore[arg-type]
+            logger=WIRE_LOGGER,  # type: ignore[arg-type]
         )
         self.read_paused = False
-        self.writable = _Flag()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
         self.ping_interval = config.ws_ping_interval
         self.ping_timeout = config.ws_ping_timeout
         self.ping_timer = None
@@ -396,25 +275,16 @@ class BrokerWebSocketProtocol(SweptKeepalive):
             conn.extensions = accepted
         self.handshake_initiated = True
         self.answer = response_head(opening.accept, offered)
-        root_path = self.root_path
-        path, raw_path, query_string = scope_path(root_path, opening.path)
-        extensions: dict[str, Any] = {"websocket.http.response": {}, TRANSPORT_EXTENSION: self.link}
-        self.scope = {
-            "type": "websocket",
-            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
-            "http_version": "1.1",
-            "scheme": self.scheme,
-            "server": self.server,
-            "client": self.client,
-            "root_path": root_path,
-            "path": path,
-            "raw_path": raw_path,
-            "query_string": query_string,
-            "headers": opening.headers,
-            "subprotocols": opening.subprotocols,
-            "state": self.app_state.copy(),
-            "extensions": extensions,
-        }
+        self.scope = websocket_scope(  # type: ignore[assignment]
+            opening,
+            asgi_version=self.asgi_version,
+            scheme=self.scheme,
+            server=self.server,
+            client=self.client,
+            root_path=self.root_path,
+            state=self.app_state.copy(),
+            extensions={"websocket.http.response": {}, TRANSPORT_EXTENSION: self.link},
+        )
         self.queue.put_nowait({"type": "websocket.connect"})
         task = self.loop.create_task(self.run_asgi())
         task.add_done_callback(self.on_task_complete)
@@ -683,7 +553,7 @@ class BrokerWebSocketProtocol(SweptKeepalive):
                 answer, (*self.default_headers, *message.get("headers", ())), subprotocol
             )
             if message.get(HOLD_RESPONSE):
-                self._cork()
+                cork(self.transport, self.loop)
             transport.write(data)
             self.start_keepalive()
             return
@@ -700,46 +570,15 @@ class BrokerWebSocketProtocol(SweptKeepalive):
             self.handshake_complete = True
             self.conn.send_response(response)
             if message.get(HOLD_RESPONSE):
-                self._cork()
+                cork(self.transport, self.loop)
             transport.write(b"".join(self.conn.data_to_send()))
             self.start_keepalive()
-
-    def _cork(self) -> None:
-        """Hold what is written to the socket until the next turn of the loop (``TCP_CORK``,
-        Linux): the app's first frames, written in this turn, join the handshake's response.
-        A no-op where ``TCP_CORK`` does not exist."""
-        sock = self._corked()
-        if sock is not None:
-            self.loop.call_soon(self._uncork, sock)
-
-    def _corked(self) -> socket.socket | None:
-        """Set ``TCP_CORK`` on the socket; the socket, or None when that cannot be done."""
-        if _TCP_CORK is None:
-            return None
-        sock: socket.socket | None = self.transport.get_extra_info("socket")
-        if sock is None:
-            return None
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
-        except OSError:
-            return None
-        return sock
-
-    def _uncork(self, sock: socket.socket) -> None:
-        # Once the transport is closing its socket may be closed already (and its number taken
-        # by another): closing sends what is held anyway.
-        if self.transport.is_closing() or _TCP_CORK is None:
-            return
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
-        except OSError:
-            pass
 
     def handle_close(self, event: WireFrame) -> None:
         if not self.close_sent and not self.transport.is_closing():
             # The client closes first: the close frame that answers it and the FIN that follows
             # at once leave in one TCP segment (the socket is closed corked, which sends all).
-            self._corked()
+            corked(self.transport)
         super().handle_close(event)
 
     def handle_parser_exception(self) -> None:

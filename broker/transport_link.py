@@ -93,7 +93,7 @@ class TransportLink:
         """Whether a write would go out at once: connected, not closing, buffer below its mark."""
         protocol = self._protocol
         return (
-            # ``writable.is_set()`` without a call (it is a ``_Flag``): this runs once per write.
+            # ``writable.is_set()`` without a call (a ``transport_parts.Flag``): once per write.
             protocol.writable._set  # type: ignore[attr-defined]
             and not protocol.disconnected
             and not protocol.close_sent
