@@ -30,7 +30,7 @@ from typing import Any
 from benchmarks.fanout import GENERATOR_BUSY, FanoutSeries, Ladder, failure, step_up
 from benchmarks.fdlimit import raise_nofile
 from benchmarks.outputs import say, write_report
-from benchmarks.peers import nats, node
+from benchmarks.peers.versions import peer_versions
 from benchmarks.population import many_channels_params, with_room_for
 from benchmarks.stalled import wait_quiet
 from benchmarks.targets import build_targets, chosen_targets
@@ -172,8 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"{os.cpu_count()} cores; load average (1 min) {load_before[0]:.2f} before,"
         f" {load_after[0]:.2f} after; {args.duration:g} s per step, {args.message_bytes}-byte"
-        f" payloads, broker defaults; nats-server {nats.nats_version() or '-'};"
-        f" socket.io {node.socketio_version() or '-'}; node {node.node_version() or '-'}.",
+        f" payloads, broker defaults; {peer_versions()}.",
         "",
         *summary_table(series),
         "",

@@ -38,7 +38,7 @@ from typing import Any
 
 from benchmarks.fdlimit import raise_nofile
 from benchmarks.outputs import say, write_report
-from benchmarks.peers import nats, node
+from benchmarks.peers.versions import peer_versions
 from benchmarks.population import many_channels
 from benchmarks.scenarios import LoadParams, ScenarioResult, run_load
 from benchmarks.server import ServerProcess, ServerStartError
@@ -318,8 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{os.cpu_count()} cores; load average (1 min) {overall_before[0]:.2f} before the run,"
         f" {overall_after[0]:.2f} after; {args.duration:g} s per target, {args.rounds} round(s);"
         f" {args.message_bytes}-byte payloads; broker environment {broker_env or 'default'};"
-        f" nats-server {nats.nats_version() or '-'};"
-        f" socket.io {node.socketio_version() or '-'}; node {node.node_version() or '-'}.",
+        f" {peer_versions()}.",
         "",
         *table(rows),
         "",
