@@ -127,7 +127,8 @@ class Connection(Reader, LinkWriter):
             # (``CentrifugoConnection.encode``).
             cls = type(self)
             if cls.encode is FrameEncoder.encode and cls.take_frames is FrameEncoder.take_frames:
-                self.outbox.writer = self
+                self.link.direct(self.stats, self._latency, text=self.text)
+                self.outbox.writer = self.link
         self.sink = (
             TransportFrameSink(self.link, websocket.send)
             if self.link is not None

@@ -11,13 +11,12 @@ holds (``_reply_blocked``, set as ``TransportLink.on_reply_blocked``).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 from broker.connection_closing import Closing
 from broker.connection_state import CloseRequest
 from broker.transport import ClientGone
-from protocol import CloseCode, Frame
+from protocol import CloseCode
 
 
 class LinkWriter(Closing):
@@ -102,27 +101,6 @@ class LinkWriter(Closing):
         ):
             self.overflow_cause = "replies_blocked"
             outbox.overflow()
-
-    def write_now(self, frame: Frame) -> bool:
-        """Write one publication straight to the socket if it takes it at once (the outbox's
-        direct path, ``Outbox.writer``), counted as ``encode`` counts a write; whether it did.
-
-        Called from the hub's fan-out: it never raises and never closes anything; when the
-        socket cannot take the frame now, the outbox queues it and the writer does as usual.
-        """
-        link = self.link
-        if link is None or not link.write_now(frame, text=self.text and not frame.binary):
-            return False
-        stats = self.stats
-        stats.messages_out += 1
-        stats.bytes_out += len(frame.data)
-        latency = self._latency
-        if latency is not None:
-            latency.countdown -= 1
-            if latency.countdown <= 0 and frame.accepted:
-                latency.observe(time.monotonic() - frame.accepted)
-                latency.countdown = latency.every
-        return True
 
     def _write_through(self) -> bool:
         """Write everything queued now, in the flusher's turn, if the socket takes it at once.

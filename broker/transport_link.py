@@ -11,6 +11,7 @@ module's docstring.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -23,6 +24,8 @@ from broker.sockets import limits
 from protocol import Frame
 
 if TYPE_CHECKING:
+    from broker.connection_state import ConnectionStatistics
+    from broker.monitor.histogram import Histogram
     from broker.transport import BrokerWebSocketProtocol
 
 
@@ -44,7 +47,16 @@ class ClientGone(Exception):
 class TransportLink:
     """What the app may do with a connection's transport, handed over in ``scope["extensions"]``."""
 
-    __slots__ = ("_protocol", "close_notice", "on_reply_blocked", "on_shutdown", "on_writable")
+    __slots__ = (
+        "_latency",
+        "_protocol",
+        "_stats",
+        "_text",
+        "close_notice",
+        "on_reply_blocked",
+        "on_shutdown",
+        "on_writable",
+    )
 
     def __init__(self, protocol: BrokerWebSocketProtocol) -> None:
         self._protocol = protocol
@@ -63,6 +75,11 @@ class TransportLink:
         #: Called with the number and size of the protocol's own replies (pongs) held back since
         #: the socket last took everything: the app counts them against its outbox's bounds.
         self.on_reply_blocked: Callable[[int, int], None] | None = None
+        #: The connection's accounting for ``write_now`` (``direct``): its statistics, its
+        #: encoding's latency histogram, and whether its frames are text.
+        self._stats: ConnectionStatistics | None = None
+        self._latency: Histogram | None = None
+        self._text = True
 
     @property
     def disconnected(self) -> bool:
@@ -163,17 +180,27 @@ class TransportLink:
             wires.append(wire)
         protocol.transport.write(b"".join(wires))
 
-    def write_now(self, frame: Frame, *, text: bool) -> bool:
-        """Write ``frame`` if it goes out at once, as ``write_prepared`` does; whether it did.
+    def direct(self, stats: ConnectionStatistics, latency: Histogram | None, *, text: bool) -> None:
+        """Let the outbox write publications straight to this link (``write_now``), counted in
+        ``stats`` and, one write in the histogram's ``every``, in ``latency``."""
+        self._stats, self._latency, self._text = stats, latency, text
 
-        Only when the socket is open and below its mark and no extension frames each connection
-        apart (the frame is framed once for all): otherwise it writes nothing and returns False,
-        and the caller queues the frame. Never raises.
+    def write_now(self, frame: Frame) -> bool:
+        """Write one publication if it goes out at once, as ``write_prepared`` does, counted as
+        the connection's writer counts a write (``direct``); whether it did.
+
+        The outbox's direct path (``Outbox.writer``), called from the hub's fan-out once per
+        delivery: one call does the checks, the write and the accounting. Only when the socket
+        is open and below its mark and no extension frames each connection apart (the frame is
+        framed once for all): otherwise it writes nothing and returns False, and the outbox
+        queues the frame for the writer. Never raises, never closes anything.
         """
         protocol = self._protocol
         conn = protocol.conn
+        stats = self._stats
         if (
-            not protocol.writable._set  # type: ignore[attr-defined]
+            stats is None
+            or not protocol.writable._set  # type: ignore[attr-defined]
             or protocol.disconnected
             or protocol.close_sent
             or conn.extensions
@@ -189,8 +216,16 @@ class TransportLink:
             return False
         wire = frame.wire
         if wire is None:
-            wire = frame.wire = server_frame(frame.data, text=text)
+            wire = frame.wire = server_frame(frame.data, text=self._text and not frame.binary)
         transport.write(wire)
+        stats.messages_out += 1
+        stats.bytes_out += len(frame.data)
+        latency = self._latency
+        if latency is not None:
+            latency.countdown -= 1
+            if latency.countdown <= 0 and frame.accepted:
+                latency.observe(time.monotonic() - frame.accepted)
+                latency.countdown = latency.every
         return True
 
     def close(self, code: int, reason: str) -> None:

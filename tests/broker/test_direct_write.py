@@ -1,6 +1,7 @@
-"""The outbox's direct path (``Outbox.offer`` -> ``write_now``), over real sockets: a publication
-for an idle connection goes straight to its socket, a stalled client on that path is still
-dropped with bounded memory, and order holds where direct and queued writes interleave."""
+"""The outbox's direct path (``Outbox.offer`` -> ``TransportLink.write_now``), over real
+sockets: a publication for an idle connection goes straight to its socket, a stalled client on
+that path is still dropped with bounded memory, and order holds where direct and queued writes
+interleave."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from broker.connection import Connection
 from broker.settings import QueueSettings, Settings
+from broker.transport_link import TransportLink
 from protocol import JSON, Frame, Ping, Pong, Publication, Publish, Published, Subscribe, Subscribed
 from tests.conftest import serve_broker, wait_until
 from tests.rawclient import RawClient, masked_frame, open_raw, server_holds
@@ -24,31 +26,31 @@ COUNT, PAD = 2000, "x" * 4000
 
 
 @pytest.fixture
-def paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[tuple[str, str]]]:
-    """Counts, per connection id, the publications written straight (``direct``) and the
-    writes of what was queued (``queued``)."""
-    counts: Counter[tuple[str, str]] = Counter()
-    write_now = Connection.write_now
+def paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[tuple[object, str]]]:
+    """Counts, per connection (by its ``TransportLink``), the publications written straight
+    (``direct``) and the writes of what was queued (``queued``)."""
+    counts: Counter[tuple[object, str]] = Counter()
+    write_now = TransportLink.write_now
     write_through = Connection._write_through
     service = Connection._service
 
-    def counting_write_now(self: Connection, frame: Frame) -> bool:
+    def counting_write_now(self: TransportLink, frame: Frame) -> bool:
         wrote = write_now(self, frame)
         if wrote:
-            counts[self.id, "direct"] += 1
+            counts[self, "direct"] += 1
         return wrote
 
     def counting_write_through(self: Connection) -> bool:
         if len(self.outbox):
-            counts[self.id, "queued"] += 1
+            counts[self.link, "queued"] += 1
         return write_through(self)
 
     def counting_service(self: Connection) -> None:
         if len(self.outbox):
-            counts[self.id, "queued"] += 1
+            counts[self.link, "queued"] += 1
         service(self)
 
-    monkeypatch.setattr(Connection, "write_now", counting_write_now)
+    monkeypatch.setattr(TransportLink, "write_now", counting_write_now)
     monkeypatch.setattr(Connection, "_write_through", counting_write_through)
     monkeypatch.setattr(Connection, "_service", counting_service)
     yield counts
@@ -63,7 +65,7 @@ def server_side(broker_connections: dict[str, Connection], port: int) -> Connect
 
 @pytest.mark.parametrize("flush_interval", [0.0, 0.005])
 async def test_a_stalled_client_on_the_direct_path_is_dropped_with_bounded_memory(
-    paths: Counter[tuple[str, str]], flush_interval: float
+    paths: Counter[tuple[object, str]], flush_interval: float
 ) -> None:
     queue = QueueSettings(max_messages=200, max_bytes=512 * 1024, flush_interval=flush_interval)
     settings = Settings(queue=queue)
@@ -97,7 +99,7 @@ async def test_a_stalled_client_on_the_direct_path_is_dropped_with_bounded_memor
                 # The stalled client was written to directly until its socket pushed back, then
                 # queued for, and dropped; what the server held for it stayed within the mark
                 # plus one frame (direct writes only when below it) plus the outbox's bound.
-                assert paths[stalled.id, "direct"] > 0
+                assert paths[stalled.link, "direct"] > 0
                 assert max(buffered) <= mark + queue.max_bytes + 5000
                 await wait_until(lambda: broker.hub.subscriber_count("busy") == 1)
                 await wait_until(lambda: not server_holds(running.port, raw.local_port))
@@ -106,13 +108,14 @@ async def test_a_stalled_client_on_the_direct_path_is_dropped_with_bounded_memor
                 healthy_side = server_side(broker.connections, healthy.ws.local_address[1])
                 # Without coalescing every one of them can go straight out; with it, at least the
                 # first (a stream this fast may count as dense, and be coalesced, afterwards).
-                assert paths[healthy_side.id, "direct"] > (COUNT // 2 if not flush_interval else 0)
+                least = COUNT // 2 if not flush_interval else 0
+                assert paths[healthy_side.link, "direct"] > least
         finally:
             raw.reset()
 
 
 async def test_order_holds_where_direct_and_queued_writes_interleave(
-    paths: Counter[tuple[str, str]],
+    paths: Counter[tuple[object, str]],
 ) -> None:
     """Single publications go straight out; a burst handled in one turn goes out as one
     straight write and then one queued write; replies in between keep their place."""
@@ -159,7 +162,7 @@ async def test_order_holds_where_direct_and_queued_writes_interleave(
                         == [g for g in expected if isinstance(g, int)][-len(publications) :]
                     )
                 assert offset == rounds // 2 * burst + rounds // 2
-                direct, queued = paths[side.id, "direct"], paths[side.id, "queued"]
+                direct, queued = paths[side.link, "direct"], paths[side.link, "queued"]
                 # Every single one straight; each burst's first straight, its rest queued
                 # (one write), never one write per publication.
                 assert direct <= rounds
@@ -170,7 +173,7 @@ async def test_order_holds_where_direct_and_queued_writes_interleave(
 
 
 async def test_a_publication_waits_behind_a_queued_reply(
-    paths: Counter[tuple[str, str]],
+    paths: Counter[tuple[object, str]],
 ) -> None:
     """Nothing overtakes what is queued: with a reply queued in the same turn, the publication
     after it is queued too, and both leave in order."""
@@ -186,9 +189,9 @@ async def test_a_publication_waits_behind_a_queued_reply(
             assert side.outbox.offer(publication) and len(side.outbox) == 2
             assert await subscriber.recv() == Pong(id=7)
             assert await subscriber.recv() == message
-            assert paths[side.id, "direct"] == 0
+            assert paths[side.link, "direct"] == 0
             # Once it is all written, the next one goes straight out.
             await wait_until(lambda: not len(side.outbox))
             assert side.outbox.offer(Frame(JSON.encode(message), "c", 2))
-            assert not len(side.outbox) and paths[side.id, "direct"] == 1
+            assert not len(side.outbox) and paths[side.link, "direct"] == 1
             assert await subscriber.recv() == message
