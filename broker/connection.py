@@ -122,9 +122,9 @@ class Connection(Reader, LinkWriter):
             # Frames leave from the flusher's turn when the socket takes them at once.
             self.outbox.write_through = self._write_through
             self.outbox.flusher = flusher
-            # A publication for an idle connection goes straight to its socket (``write_now``),
-            # as it is: not for a subclass that renders frames its own way on their way out
-            # (``CentrifugoConnection.encode``).
+            # A publication or a reply for an idle connection goes straight to its socket
+            # (``write_now``), as it is: not for a subclass that renders frames its own way on
+            # their way out (``CentrifugoConnection.encode``).
             cls = type(self)
             if cls.encode is FrameEncoder.encode and cls.take_frames is FrameEncoder.take_frames:
                 self.link.direct(self.stats, self._latency, text=self.text)

@@ -2,11 +2,15 @@
 
 Everything that changes subscription state arrives as a command through one bounded mailbox
 (``submit`` waits for room, which is how a flood pushes back on its reader) and is handled to
-completion before the next, so no lock is needed. The hub never awaits a client: delivering is
-``outbox.offer(frame)``, and a subscriber whose outbox refuses a frame is detached at once (its
-writer then drops it with 4008). Each publication is encoded at most once per encoding
-(``PublicationFrames``), and subscribers are grouped by encoding, so the per-subscriber work of a
-fan-out is one ``offer``.
+completion before the next, so no lock is needed. A command sent while the hub waits on an
+empty mailbox is handled at once, on the sender's stack, in the hub's context (``_hand_over``):
+it would have been the next one taken anyway, and waking the hub's task for it cost about a
+tenth of the instructions of a publication to ten subscribers (docs/design.md, "The hub actor").
+
+The hub never awaits a client: delivering is ``outbox.offer(frame)``, and a subscriber whose
+outbox refuses a frame is detached at once (its writer then drops it with 4008). Each
+publication is encoded at most once per encoding (``PublicationFrames``), and subscribers are
+grouped by encoding, so the per-subscriber work of a fan-out is one ``offer``.
 
 Offsets, epochs, history and presence belong to the backplane (``broker.backplane``); the hub
 watches the channels its subscribers want and sequences what the backplane delivers. The hub's
@@ -26,6 +30,7 @@ text, under a name no client can use, and on Redis they reach the members on eve
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -134,6 +139,10 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
         #: Histograms and counters for metrics, fed here and by the connections.
         self.instruments = Instruments()
         self._running = False
+        #: The hub task's context while it runs, for commands handled on their sender's stack
+        #: (``_hand_over``), and whether one is being handled so.
+        self._context: contextvars.Context | None = None
+        self._handing_over = False
         #: Subscribers waiting to be detached, and whether a detach is under way: detaching one
         #: broadcasts its departure, which may find more departed subscribers, so detaching is a
         #: loop over this queue rather than a recursion as deep as the room is large.
@@ -147,6 +156,8 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
         # Without the yield of a plain send(): a reader handling a burst queues it all, and the
         # hub then handles it in one turn, so the writers wake once for the lot (batch frames).
         # Order is kept: while senders wait, the buffer stays full, so a newcomer waits too.
+        if self._hand_over(command):
+            return
         try:
             self._mailbox.send_nowait(command)
         except anyio.WouldBlock:
@@ -154,7 +165,25 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
 
     def submit_nowait(self, command: Command) -> None:
         """Queue ``command`` now; raises ``anyio.WouldBlock`` when the mailbox is full."""
-        self._mailbox.send_nowait(command)
+        if not self._hand_over(command):
+            self._mailbox.send_nowait(command)
+
+    def _hand_over(self, command: Command) -> bool:
+        """Handle ``command`` now if the hub is idle: its task waits on an empty mailbox, so this
+        command would be the next it takes. It runs to completion here, on the sender's stack
+        and in the hub's context (its logs are the hub's, not the sender's connection's), as
+        it would in the hub's task, which stays asleep. Not from inside a command being handled
+        this way (one sent by the hub to itself is queued and handled after it): False then,
+        and when the hub is busy, not running, or has commands queued."""
+        context = self._context
+        if context is None or self._handing_over or not self._mailbox.waiting():
+            return False
+        self._handing_over = True
+        try:
+            context.run(self._handle_safely, command)
+        finally:
+            self._handing_over = False
+        return True
 
     def detach_unsubscribed(self, subscriber: Subscriber) -> bool:
         """Detach ``subscriber`` now, without the mailbox, when it holds no channel: then
@@ -178,6 +207,7 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
                 self._running = True
+                self._context = contextvars.copy_context()
                 task_status.started()
                 receive = self._mailbox
                 while True:
@@ -190,6 +220,7 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
             pass
         finally:
             self._running = False
+            self._context = None
             self._tasks = None
             # Whoever still submits learns at once that the hub is gone (ClosedResourceError).
             self._mailbox.close()

@@ -48,6 +48,12 @@ class Mailbox(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def waiting(self) -> bool:
+        """Whether the receiver is waiting on an empty mailbox: an item sent now would be the
+        next it takes, with nothing before it."""
+        receiver = self._receiver
+        return receiver is not None and not receiver.done() and not self._items
+
     def send_nowait(self, item: T) -> None:
         if self._closed:
             raise anyio.ClosedResourceError

@@ -320,9 +320,9 @@ class Outbox:
             return False
         size = len(frame.data)
         flusher = self.flusher
-        if flusher is not None and frame.channel is not None:
+        if flusher is not None:
             interval = flusher._interval
-            if interval:
+            if interval and frame.channel is not None:
                 # The gap, in the moving average (each gap and the average capped at the
                 # interval): inline, as this runs once per delivery.
                 now = frame.accepted or time.monotonic()
@@ -341,8 +341,9 @@ class Outbox:
             if (
                 # The direct path: straight to the socket, when nothing is queued, pending or
                 # dropped before it, the writer is idle (not closing, not waiting for the
-                # socket), the stream is not dense (it would be coalesced), and this outbox
-                # wrote none that way in this turn (a burst in one turn leaves in one write).
+                # socket), the stream is not dense (it would be coalesced; a reply's gap is not
+                # counted, it is never held), and this outbox wrote none that way in this turn
+                # (a burst in one turn leaves in one write).
                 not self._frames
                 and self._ready_callback is not None
                 and self.writer is not None

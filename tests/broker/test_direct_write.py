@@ -175,8 +175,9 @@ async def test_order_holds_where_direct_and_queued_writes_interleave(
 async def test_a_publication_waits_behind_a_queued_reply(
     paths: Counter[tuple[object, str]],
 ) -> None:
-    """Nothing overtakes what is queued: with a reply queued in the same turn, the publication
-    after it is queued too, and both leave in order."""
+    """Nothing overtakes what is queued: the first reply of a turn goes straight out, the second
+    is queued (one direct write per turn), the publication after it is queued too, and all
+    leave in order."""
     async with serve_broker() as running:
         async with open_client(running.url()) as subscriber:
             await subscriber.send(Subscribe(id=1, channel="c"))
@@ -185,13 +186,17 @@ async def test_a_publication_waits_behind_a_queued_reply(
             (side,) = broker.connections.values()
             message = Publication(channel="c", offset=1, epoch="e", data=msgspec.Raw(b"1"))
             publication = Frame(JSON.encode(message), "c", 1)
+            before = paths[side.link, "direct"]  # the replies so far went straight out too
             assert side.send_frame(JSON.encode(Pong(id=7)))
+            assert not len(side.outbox) and paths[side.link, "direct"] == before + 1
+            assert side.send_frame(JSON.encode(Pong(id=8)))
             assert side.outbox.offer(publication) and len(side.outbox) == 2
             assert await subscriber.recv() == Pong(id=7)
+            assert await subscriber.recv() == Pong(id=8)
             assert await subscriber.recv() == message
-            assert paths[side.link, "direct"] == 0
+            assert paths[side.link, "direct"] == before + 1
             # Once it is all written, the next one goes straight out.
             await wait_until(lambda: not len(side.outbox))
             assert side.outbox.offer(Frame(JSON.encode(message), "c", 2))
-            assert not len(side.outbox) and paths[side.link, "direct"] == 1
+            assert not len(side.outbox) and paths[side.link, "direct"] == before + 2
             assert await subscriber.recv() == message
