@@ -2,12 +2,20 @@
 
 uvicorn 0.54's websockets-sansio protocol keeps a ``TimerHandle`` per connection for its next
 keepalive ping and another for the pong it waits for. ``SweptKeepalive`` does the same with one
-entry in the process's ``broker.heartbeats`` sweep, on the same schedule: a ping
-``ws_ping_interval`` seconds after the handshake and then after each ping was sent (uvicorn
-subtracts the last round trip from the wait after a pong: the same), and when no pong with the
-ping's payload comes within ``ws_ping_timeout``, close 1011 ``keepalive ping timeout``, then a
-reset (uvicorn's close would wait for a write buffer that a stuck client never drains). Each
-deadline is met up to one tick of the sweep late (at most 1 s), never early.
+entry in the process's ``broker.heartbeats`` sweep: a ping once ``ws_ping_interval`` seconds
+have passed since the handshake, since the last ping (uvicorn subtracts the last round trip
+from the wait after a pong: the same) and since anything was last received from the client
+(``heard_at``, set by the protocol's ``data_received``); when no pong with the ping's payload
+comes within ``ws_ping_timeout``, close 1011 ``keepalive ping timeout``, then a reset (uvicorn's
+close would wait for a write buffer that a stuck client never drains). Each deadline is met up
+to one tick of the sweep late (at most 1 s), never early.
+
+A client heard from within the interval is alive: it is not pinged, as the NATS server does not
+ping a client active within its ping interval ("Delaying PING due to client activity"). uvicorn
+pings every interval whatever the client sends; at 10,000 ``/v1/ws`` clients, which send their
+own ``ping`` every 17.5 s, that was 400 WebSocket pings written and 400 pongs parsed (by
+``websockets``' generator parser, control frames not being on the fast path) every second for
+nothing (docs/design.md, "Liveness deadlines: one sweep per process").
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ class SweptKeepalive(WebSocketsSansIOProtocol):
     sweep_tick: int | None
     #: When the next ping is due (``loop.time()``), while no ping waits for its pong.
     ping_at: float
+    #: When something last came from the client (``loop.time()``, set by ``data_received``).
+    heard_at: float
 
     def _sweep(self) -> Sweep | None:
         interval = self.ping_interval
@@ -85,6 +95,12 @@ class SweptKeepalive(WebSocketsSansIOProtocol):
             return None
         if now < self.ping_at:
             return self.ping_at
+        assert self.ping_interval is not None
+        quiet_from = self.heard_at + self.ping_interval
+        if now < quiet_from:
+            # Heard from within the interval: no ping before a whole interval of silence.
+            self.ping_at = quiet_from
+            return quiet_from
         self.send_keepalive_ping()
         if timeout is None:
             assert self.ping_interval is not None

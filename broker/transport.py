@@ -117,6 +117,7 @@ class BrokerWebSocketProtocol(SweptKeepalive):
         "handshake_complete",
         "handshake_initiated",
         "handshake_timer",
+        "heard_at",
         "initial_response",
         "last_ping_rtt",
         "link",
@@ -178,6 +179,7 @@ class BrokerWebSocketProtocol(SweptKeepalive):
         self.close_sent = False
         self.disconnected = False
         self.close_timer = None
+        self.heard_at = 0.0
         self.initial_response = None
         extensions = []
         if config.ws_per_message_deflate:
@@ -324,6 +326,7 @@ class BrokerWebSocketProtocol(SweptKeepalive):
         self.close_timer = self.loop.call_later(self.close_timeout, self.abort_connection)
 
     def data_received(self, data: bytes) -> None:
+        self.heard_at = self.loop.time()  # for the keepalive: no ping for a client heard from
         if self.fast_frames:
             receive_frames(self, data)
             return

@@ -144,8 +144,8 @@ async def test_one_sweep_per_loop_and_resolution() -> None:
 
 # --- over real sockets ------------------------------------------------------------------------
 
-#: 0.4 s heartbeat and 0.2 s grace: 0.6 s of silence closes; server pings every 0.4 s, and a pong
-#: must come within 0.6 s.
+#: 0.4 s heartbeat and 0.2 s grace: 0.6 s of silence closes; the server pings after 0.4 s without
+#: hearing from the client, and a pong must come within 0.6 s.
 FAST = Settings(websocket=WebSocketSettings(heartbeat=0.4, heartbeat_grace=0.2))
 
 
@@ -238,22 +238,56 @@ async def next_frame(client: RawClient, buffer: bytearray) -> tuple[int, bytes] 
     return frame
 
 
-async def test_the_server_pings_and_closes_1011_when_no_pong_comes() -> None:
+#: Server pings after 0.4 s without hearing from the client; 1.4 s for the pong, and 1.4 s of
+#: silence (data frames only) before 4009: room for a client that is pinged and then talks.
+PATIENT = Settings(websocket=WebSocketSettings(heartbeat=0.4, heartbeat_grace=1.0))
+
+
+def app_ping(request_id: int) -> bytes:
+    return masked_frame(json.dumps({"type": "ping", "id": request_id}).encode())
+
+
+async def test_a_client_heard_from_within_the_interval_is_not_pinged() -> None:
+    """As the NATS server does: a client that talks is alive; pings are for silent ones."""
     async with serve_broker(FAST) as running:
+        client = await open_raw(running.port, "/v1/ws", rcvbuf=1 << 16)
+        buffer = bytearray()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                welcome = await next_frame(client, buffer)
+                assert welcome is not None and b'"welcome"' in welcome[1]
+                until = loop.time() + 1.5  # nearly four intervals
+                request_id = 0
+                while loop.time() < until:
+                    request_id += 1
+                    await client.send(app_ping(request_id))
+                    frame = await next_frame(client, buffer)
+                    assert frame is not None and frame[0] == 0x1, frame  # a pong, no ping
+                    await asyncio.sleep(0.1)  # the behaviour under test is a client's pace
+            assert len(running.broker.connections) == 1
+        finally:
+            client.reset()
+
+
+async def test_the_server_pings_a_silent_client_and_closes_1011_when_no_pong_comes() -> None:
+    async with serve_broker(PATIENT) as running:
         client = await open_raw(running.port, "/v1/ws", rcvbuf=1 << 16)
         loop = asyncio.get_running_loop()
         opened = loop.time()
         buffer = bytearray()
         frames: list[tuple[int, bytes]] = []
         pings_at: list[float] = []
+        pinged = asyncio.Event()
 
         async def keep_talking() -> None:
-            # Application pings keep the heartbeat (4009) away; WebSocket pings go unanswered.
+            # Silent until pinged; then application pings keep the heartbeat (4009) away while
+            # the WebSocket ping goes unanswered.
+            await pinged.wait()
             request_id = 0
             while True:
                 request_id += 1
-                message = json.dumps({"type": "ping", "id": request_id}).encode()
-                await client.send(masked_frame(message))
+                await client.send(app_ping(request_id))
                 await asyncio.sleep(0.1)  # the behaviour under test is a client's pace
 
         talking = asyncio.create_task(keep_talking())
@@ -263,6 +297,7 @@ async def test_the_server_pings_and_closes_1011_when_no_pong_comes() -> None:
                     frames.append(frame)
                     if frame[0] == 0x9:
                         pings_at.append(loop.time())
+                        pinged.set()
                     if frame[0] == 0x8:
                         # Nothing comes after the close frame but the end of the connection.
                         ended = await next_frame(client, buffer)
@@ -283,27 +318,31 @@ async def test_the_server_pings_and_closes_1011_when_no_pong_comes() -> None:
 
 
 async def test_a_client_that_answers_pings_is_pinged_again_and_stays() -> None:
-    async with serve_broker(FAST) as running:
+    async with serve_broker(PATIENT) as running:
         client = await open_raw(running.port, "/v1/ws", rcvbuf=1 << 16)
         buffer = bytearray()
+        loop = asyncio.get_running_loop()
         pings = 0
         try:
             async with asyncio.timeout(TIMEOUT):
                 welcome = await next_frame(client, buffer)
                 assert welcome is not None and b'"welcome"' in welcome[1]
                 request_id = 0
-                while pings < 4:
-                    request_id += 1
-                    message = json.dumps({"type": "ping", "id": request_id}).encode()
-                    await client.send(masked_frame(message))
-                    frame = await next_frame(client, buffer)
+                talk_at = loop.time() + 0.6
+                while pings < 3:
+                    # Quiet for 0.6 s at a time: pinged in between, and its pong answered.
+                    try:
+                        async with asyncio.timeout(max(0.0, talk_at - loop.time())):
+                            frame = await next_frame(client, buffer)
+                    except TimeoutError:
+                        request_id += 1
+                        await client.send(app_ping(request_id))
+                        talk_at = loop.time() + 0.6
+                        continue
                     assert frame is not None and frame[0] in (0x1, 0x9), frame
                     if frame[0] == 0x9:
                         pings += 1
                         await client.send(masked_frame(frame[1], opcode=0xA))
-                        pong = await next_frame(client, buffer)
-                        assert pong is not None and b'"pong"' in pong[1]
-                    await asyncio.sleep(0.1)  # the behaviour under test is a client's pace
             assert len(running.broker.connections) == 1
             assert running.broker.close_codes == {}
         finally:

@@ -204,23 +204,25 @@ async def test_a_client_that_cannot_reconnect_gives_up_after_max_attempts() -> N
 
 async def test_a_client_dropped_as_a_slow_consumer_reconnects_and_recovers() -> None:
     """Overflow policy ``disconnect`` promises "the client reconnects and recovers"
-    (broker/settings.py). A one-message outbox overflows when the hub queues a client both a
-    publication and the reply to its own publish: the broker drops it with 4008. The publish,
-    whose reply was lost, is sent again with its idempotency key: published once."""
+    (broker/settings.py). A publication larger than the outbox's byte bound overflows it: the
+    broker drops the client with 4008 before the reply to its own publish leaves. The publish,
+    whose reply was lost, is sent again with its idempotency key: published once; the
+    publication comes back in the recovery (a reply, which may pass the bound)."""
     settings = Settings(
-        queue=QueueSettings(max_messages=1),
+        queue=QueueSettings(max_bytes=1024),
         namespaces={"h": NamespaceSettings(history_size=100)},
     )
+    mine = "mine" + "." * 2000
     async with (
         serve_broker(settings) as running,
         connect(running.url(), backoff=FAST) as client,
     ):
         sub = await client.subscribe("h:self")
-        reply = await client.publish("h:self", "mine")  # its first reply is what overflows
+        reply = await client.publish("h:self", mine)  # its own delivery is what overflows
         assert reply.offset == 1
         async with asyncio.timeout(TIMEOUT):
             message = await anext(sub)
-        assert (message.offset, message.data) == (1, "mine")
+        assert (message.offset, message.data) == (1, mine)
         assert client.connections == 2
         second = await client.publish("h:self", "next")
         assert second.offset == 2  # the retry published nothing
