@@ -4,6 +4,14 @@
 endpoint's handlers, enforces ``websocket.max_message_bytes``, and with a heartbeat closes a
 client silent for that long (4009). Bad frames are counted and logged a bounded number of times
 (``protocol_error``).
+
+Under ``broker serve`` (``broker.transport.BrokerWebSocketProtocol``) frames are taken from the
+protocol's queue directly (``TransportLink.messages``), not through Starlette's
+``WebSocket.receive`` and uvicorn's ``receive``, each a coroutine per message, a third for the
+queue's ``get``: what those do on the way (resume reading once the queue is empty, the
+WebSocket's ``client_state`` on ``websocket.disconnect``) is done here or in the protocol. When
+anything wraps the ASGI ``receive`` (a middleware), or under another server, frames come through
+``WebSocket.receive`` as before.
 """
 
 from __future__ import annotations
@@ -13,12 +21,18 @@ import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.websockets import WebSocketState
+
 from broker.connection_closing import Closing
 from broker.heartbeats import sweep
 from broker.logs import get_logger
 from protocol import CloseCode
 
 log = get_logger("broker.connection")
+
+#: ``WebSocketState.DISCONNECTED``, looked up once (an ``Enum`` class attribute costs about 800
+#: instructions on Python 3.11).
+_DISCONNECTED = WebSocketState.DISCONNECTED
 
 
 class Reader(Closing):
@@ -46,7 +60,11 @@ class Reader(Closing):
         "Liveness"). Frames arriving after a close was requested are read and dropped, so that the
         client's close reply is still seen.
         """
-        receive = self.websocket.receive
+        websocket = self.websocket
+        receive = websocket.receive
+        # Under ``broker serve`` the protocol's queue is read directly (``TransportLink.messages``),
+        # doing what Starlette's ``receive`` would (below): no coroutine per message.
+        source = None if self.link is None else self.link.messages(websocket._receive)
         stats = self.stats
         max_bytes = self.settings.websocket.max_message_bytes
         loop = asyncio.get_running_loop()
@@ -64,9 +82,18 @@ class Reader(Closing):
             heartbeats.schedule(self, self._last_heard + heartbeat)
         try:
             while True:
-                message = await receive()
+                if source is not None:
+                    message = source.next_message()
+                    while message is None:
+                        await source.message_arrival()
+                        message = source.next_message()
+                else:
+                    message = await receive()
                 kind = message["type"]
                 if kind == "websocket.disconnect":
+                    if source is not None:
+                        # As Starlette's ``receive`` does: nothing more can be read.
+                        websocket.client_state = _DISCONNECTED
                     self.client_closed(message.get("code", 1005), message.get("reason") or "")
                     return
                 if heartbeat is not None:

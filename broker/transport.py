@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from starlette.types import Message as AsgiMessage
 from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.server import ServerState
@@ -173,7 +174,7 @@ class BrokerWebSocketProtocol(SweptKeepalive):
         self.server = None
         self.client = None
         self.scheme = None  # type: ignore[assignment]
-        self.queue = ReceiveQueue()  # type: ignore[assignment]
+        self.queue = ReceiveQueue(self.loop)  # type: ignore[assignment]
         self.handshake_initiated = False
         self.handshake_complete = False
         self.close_sent = False
@@ -425,6 +426,35 @@ class BrokerWebSocketProtocol(SweptKeepalive):
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
         self.frames = []
         self._deliver(data)
+
+    # --- the app's reads -----------------------------------------------------------------------
+
+    def next_message(self) -> AsgiMessage | None:
+        """uvicorn 0.54's ``receive`` without its wait: the next message for the app, or None
+        while none is queued. Reading from the socket, paused with each message queued
+        (``_deliver``), resumes once the app has taken them all, as there.
+
+        The connection's reader calls this, and ``message_arrival``, directly when nothing
+        wraps the ASGI ``receive`` (``TransportLink.messages``): a message then costs it no
+        coroutine (Starlette's ``WebSocket.receive``, this protocol's ``receive``, the queue's
+        ``get``) and, when it is queued already, no future."""
+        queue: ReceiveQueue = self.queue  # type: ignore[assignment]
+        message = queue.pop()
+        if message is not None and self.read_paused and queue.empty():
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message
+
+    def message_arrival(self) -> asyncio.Future[None]:
+        """A future that ends once a message is queued for the app (``next_message``)."""
+        return self.queue.arrival()  # type: ignore[attr-defined,no-any-return]
+
+    async def receive(self) -> Any:
+        message = self.next_message()
+        while message is None:
+            await self.message_arrival()
+            message = self.next_message()
+        return message
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 §7.1.7) with ``code``: close frame, then close."""

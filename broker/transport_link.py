@@ -10,6 +10,7 @@ module's docstring.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,6 +39,17 @@ _OPEN = State.OPEN
 
 # What Starlette raises from ``send`` once the socket is gone or closing.
 _SEND_ERRORS = (OSError, RuntimeError, WebSocketDisconnect)
+
+
+class MessageSource(Protocol):
+    """The app's messages, read from the protocol's queue (``TransportLink.messages``)."""
+
+    def next_message(self) -> AsgiMessage | None:
+        """The next ASGI message (``websocket.receive`` or ``websocket.disconnect``), or None
+        while none is queued: then wait for ``message_arrival()`` and ask again."""
+
+    def message_arrival(self) -> asyncio.Future[None]:
+        """A future that ends once a message is queued."""
 
 
 class ClientGone(Exception):
@@ -84,6 +96,15 @@ class TransportLink:
     @property
     def disconnected(self) -> bool:
         return self._protocol.disconnected
+
+    def messages(self, receive: Callable[[], Awaitable[AsgiMessage]]) -> MessageSource | None:
+        """Where the app may read its messages without the ASGI layers: the protocol itself,
+        when ``receive`` (the ASGI ``receive`` the app was handed) is the protocol's own.
+        None when something wraps it (an ASGI middleware that may change what it reads): the
+        app then reads through ``receive``."""
+        protocol = self._protocol
+        # Bound methods are equal when their object and function are.
+        return protocol if receive == protocol.receive else None
 
     def admission_refusal(self, address: str | None) -> str | None:
         """Why this WebSocket client must be told to come back later (1013), or None.

@@ -37,15 +37,21 @@ class ReceiveQueue:
     """What uvicorn needs of its per-connection ``asyncio.Queue``, in a fraction of the memory.
 
     An ``asyncio.Queue`` holds three deques (about 2.5 KiB with its object) for the life of the
-    connection; there is one reader, and messages rarely wait, so a list made on demand and one
-    future do.
+    connection; there is one reader, and messages rarely wait, so a deque made on demand and one
+    future do. The loop is kept (given at construction) rather than asked of asyncio for every
+    future: ``asyncio.get_running_loop()`` checks the process id, a system call, each time.
+
+    ``pop`` and ``arrival`` are the reader's (``BrokerWebSocketProtocol.next_message``): one
+    future per wait, and none when a message is queued already, instead of a coroutine per
+    message.
     """
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_items", "_loop", "_waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._items: deque[AsgiMessage] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._loop = loop
 
     def put_nowait(self, item: AsgiMessage) -> None:
         if self._items is None:
@@ -57,17 +63,32 @@ class ReceiveQueue:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def pop(self) -> AsgiMessage | None:
+        """The next message, or None when none is queued."""
+        items = self._items
+        if not items:
+            return None
+        item = items.popleft()
+        if not items:
+            self._items = None
+        return item
+
+    def arrival(self) -> asyncio.Future[None]:
+        """A future that ends once a message is queued: what the one reader awaits while the
+        queue is empty. (Cancelled, it is dropped by the next ``put_nowait`` or ``arrival``.)"""
+        waiter = self._waiter = self._loop.create_future()
+        return waiter
+
     async def get(self) -> AsgiMessage:
         while not self._items:
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            waiter = self.arrival()
             try:
                 await waiter
             finally:
                 if self._waiter is waiter:
                     self._waiter = None
-        item = self._items.popleft()
-        if not self._items:
-            self._items = None
+        item = self.pop()
+        assert item is not None
         return item
 
     def empty(self) -> bool:

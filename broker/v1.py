@@ -174,7 +174,8 @@ class V1Reader:
             self.connection.protocol_error("protocol.wrong_frame_kind", received="text")
             self.connection.request_close(CloseCode.UNSUPPORTED_DATA)
             return
-        await self.handle(text.encode())
+        # Decoded from the ``str`` as it is: no copy to ``bytes`` (``Codec.decode_client``).
+        await self.handle(text)
 
     async def on_bytes(self, data: bytes) -> None:
         if self.codec.text:
@@ -183,7 +184,7 @@ class V1Reader:
             return
         await self.handle(data)
 
-    async def handle(self, frame: bytes) -> None:
+    async def handle(self, frame: bytes | str) -> None:
         message = self.codec.decode_client(frame)
         if self.auth.identity is None:
             if await self.auth.on_first(message):

@@ -98,10 +98,14 @@ class Codec:
         """The frame for one client message (used by the Python client and tests)."""
         return self._encoder.encode(message)
 
-    def decode_client(self, frame: bytes) -> ClientMessage | DecodeFailure:
-        """One client message, or a ``DecodeFailure`` saying what is wrong with the frame."""
+    def decode_client(self, frame: bytes | str) -> ClientMessage | DecodeFailure:
+        """One client message, or a ``DecodeFailure`` saying what is wrong with the frame.
+
+        A text frame may be given to the JSON codec as it was read (``str``): msgspec decodes
+        JSON from it as from its UTF-8 bytes, with the same messages on failure, and no copy to
+        ``bytes`` is made. (MessagePack frames are binary: always ``bytes``.)"""
         try:
-            return self._client.decode(frame)  # type: ignore[no-any-return]
+            return self._client.decode(frame)  # type: ignore[no-any-return,arg-type]
         except msgspec.ValidationError as exc:
             return DecodeFailure(self._request_id(frame), explain_channel_errors(str(exc)))
         except _DECODE_ERRORS as exc:
@@ -115,9 +119,9 @@ class Codec:
         decoded = self._server.decode(frame)
         return decoded if isinstance(decoded, list) else [decoded]
 
-    def _request_id(self, frame: bytes) -> int | None:
+    def _request_id(self, frame: bytes | str) -> int | None:
         try:
-            probe: _RequestIdProbe = self._probe.decode(frame)
+            probe: _RequestIdProbe = self._probe.decode(frame)  # type: ignore[arg-type]
         except (msgspec.ValidationError, *_DECODE_ERRORS):
             return None
         return probe.id

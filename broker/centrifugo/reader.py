@@ -137,8 +137,10 @@ class CentrifugoReader(V1Reader):
         self.connection.protocol_error("centrifugo.binary_frame", detail="Protobuf not supported")
         self.close(BAD_REQUEST)
 
-    async def handle(self, frame: bytes) -> None:
-        for command in decode_commands(frame):
+    async def handle(self, frame: bytes | str) -> None:
+        # A text frame comes as it was read (``V1Reader.on_text``); its lines are split as bytes.
+        data = frame.encode() if isinstance(frame, str) else frame
+        for command in decode_commands(data):
             if self.connection.close_request is not None:
                 return
             await self.dispatch(command)

@@ -180,6 +180,30 @@ def test_bad_channel_name(codec: Codec, channel: str, tag: str) -> None:
     assert "$.channel" in failure.message
 
 
+TEXT_FRAMES = [
+    *(json.dumps(message).encode() for message, _, _ in INVALID_MESSAGES),
+    *(
+        json.dumps({"type": "subscribe", "id": 20, "channel": p.values[0]}).encode()
+        for p in BAD_CHANNELS
+    ),
+    json.dumps({"type": "publish", "id": 1, "channel": "news", "data": {"é": ["ü", 1.5]}}).encode(),
+    rb'{"type":"publish","id":2,"channel":"news","data":"\u00e9\ud83d\ude00"}',
+    '{"type":"publish","id":3,"channel":"news","data":"😀"}'.encode(),
+    '{"type":"publish","id":4,"channel":"é","data":1}'.encode(),
+    b'{"type": "ping", "id": 1',
+    b'{"type": "ping", "id": 01}',
+    rb'{"type":"ping","id":5,"x":"\ud800"}',
+    b"ping",
+    b"",
+]
+
+
+@pytest.mark.parametrize("frame", TEXT_FRAMES)
+def test_a_json_text_frame_decodes_from_str_as_from_its_bytes(frame: bytes) -> None:
+    # ``/v1/ws`` hands the text of a frame to ``decode_client`` as it was read (``V1Reader``).
+    assert JSON.decode_client(frame.decode()) == JSON.decode_client(frame)
+
+
 @pytest.mark.parametrize("codec", BOTH)
 def test_longest_channel_name_is_accepted(codec: Codec) -> None:
     message = codec.decode_client(
