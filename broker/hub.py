@@ -156,11 +156,7 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
         # Without the yield of a plain send(): a reader handling a burst queues it all, and the
         # hub then handles it in one turn, so the writers wake once for the lot (batch frames).
         # Order is kept: while senders wait, the buffer stays full, so a newcomer waits too.
-        if self._hand_over(command):
-            return
-        try:
-            self._mailbox.send_nowait(command)
-        except anyio.WouldBlock:
+        if not (self._hand_over(command) or self._mailbox.offer(command)):
             await self._mailbox.send(command)
 
     def submit_nowait(self, command: Command) -> None:
@@ -184,6 +180,12 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
         finally:
             self._handing_over = False
         return True
+
+    def offer(self, command: Command) -> bool:
+        """``submit`` if it needs no wait: handled now (``_hand_over``) or queued when the
+        mailbox has room and nobody waits for it; whether it was. The memory backplane's
+        ``deliver_now`` (``Backplane.publish_now``)."""
+        return self._hand_over(command) or self._mailbox.offer(command)
 
     def detach_unsubscribed(self, subscriber: Subscriber) -> bool:
         """Detach ``subscriber`` now, without the mailbox, when it holds no channel: then

@@ -11,7 +11,8 @@ The semantics are the stream's, as the hub relies on them:
 
 * ``send_nowait`` raises ``anyio.WouldBlock`` while the mailbox is full, and while senders wait
   for room (so that order is kept: a newcomer waits behind them); ``send`` waits for room, first
-  come first served;
+  come first served; ``offer`` is ``send_nowait`` answering with a bool instead (no exception for
+  the usual answer, as ``poll``);
 * ``receive_nowait`` raises ``anyio.WouldBlock`` when it is empty (``poll`` returns None
   instead: no exception for the usual answer); ``receive`` waits;
 * after ``close``, senders get ``anyio.ClosedResourceError`` (the waiting ones too); the
@@ -54,24 +55,28 @@ class Mailbox(Generic[T]):
         receiver = self._receiver
         return receiver is not None and not receiver.done() and not self._items
 
-    def send_nowait(self, item: T) -> None:
-        if self._closed:
-            raise anyio.ClosedResourceError
-        if len(self._items) >= self.size or self._senders:
-            raise anyio.WouldBlock
+    def offer(self, item: T) -> bool:
+        """``send_nowait`` without the exception: whether ``item`` was queued (not while the
+        mailbox is full or senders wait, nor once it is closed). The usual answer is yes."""
+        if self._closed or len(self._items) >= self.size or self._senders:
+            return False
         self._items.append(item)
         receiver = self._receiver
         if receiver is not None:
             self._receiver = None
             if not receiver.done():
                 receiver.set_result(None)
+        return True
+
+    def send_nowait(self, item: T) -> None:
+        if not self.offer(item):
+            raise anyio.ClosedResourceError if self._closed else anyio.WouldBlock
 
     async def send(self, item: T) -> None:
-        try:
-            self.send_nowait(item)
+        if self.offer(item):
             return
-        except anyio.WouldBlock:
-            pass
+        if self._closed:
+            raise anyio.ClosedResourceError
         # Wait for room; ``_take_room`` moves the item in when there is.
         waiter = asyncio.get_running_loop().create_future()
         entry = (waiter, item)

@@ -10,6 +10,7 @@ half-alive.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -104,7 +105,11 @@ class Broker:
             await tasks.start(self._essential, "hub", self.hub.run)
             await tasks.start(self._essential, "control", self.control.run)
             await tasks.start(
-                self._essential, "backplane", self.backplane.run, self.control.deliver
+                self._essential,
+                "backplane",
+                # Live publications made here go to the hub without a wait when it has room.
+                functools.partial(self.backplane.run, deliver_now=self.hub.offer),
+                self.control.deliver,
             )
             await tasks.start(self.loopwatch.run)
             self._started = True
@@ -173,6 +178,23 @@ class Broker:
         ``BackplaneUnavailable``."""
         options = self.settings.namespace(namespace_of(channel))
         return await self.backplane.publish(
+            channel, data, codec, publisher, options, converted, idempotency_key
+        )
+
+    def publish_now(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Head | None:
+        """``publish_submit`` when the backplane completes it at once (in memory, with room in
+        the hub's mailbox): the head. None when it would wait, and then nothing was done: the
+        caller goes on with ``publish_submit`` (``Backplane.publish_now``)."""
+        options = self.settings.namespace(namespace_of(channel))
+        return self.backplane.publish_now(
             channel, data, codec, publisher, options, converted, idempotency_key
         )
 

@@ -14,6 +14,8 @@ no ``authorize`` hook, no user-limited channel): that check is a few attribute r
 On the Redis backplane the reader does not wait for a publish's result before it reads the next
 frame (``Broker.publish_submit``, docs/scaleout.md): the reply follows from a callback, and the
 replies to publishes, with the errors the reader makes itself, leave in the order of the requests.
+In memory a publish is done at once, without a coroutine on the way to the hub
+(``Broker.publish_now``), unless it would wait for room in the hub's mailbox.
 """
 
 from __future__ import annotations
@@ -252,16 +254,22 @@ class V1Reader:
         except UnconvertibleData as exc:
             self.error(message.id, ErrorCode.BAD_REQUEST, str(exc))
             return
+        publisher = self.connection.subscriber.user or self.connection.id
         try:
-            outcome = await self.broker.publish_submit(
-                channel,
-                message.data,
-                self.codec,
-                self.connection.subscriber.user or self.connection.id,
-                converted,
-                self.settle,
-                message.idempotency_key,
+            # At once when it can be (in memory: no coroutine on the way to the hub).
+            outcome: Head | asyncio.Future[Head] | None = self.broker.publish_now(
+                channel, message.data, self.codec, publisher, converted, message.idempotency_key
             )
+            if outcome is None:
+                outcome = await self.broker.publish_submit(
+                    channel,
+                    message.data,
+                    self.codec,
+                    publisher,
+                    converted,
+                    self.settle,
+                    message.idempotency_key,
+                )
         except BackplaneUnavailable:
             self.error(message.id, ErrorCode.UNAVAILABLE, _UNAVAILABLE)
             return

@@ -5,6 +5,7 @@ a script it serves a broker on it (``python -m tests.broken_backplane PORT``), t
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 
@@ -13,7 +14,7 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from broker.backplane import Head
-from broker.backplane.base import Deliver
+from broker.backplane.base import Deliver, DeliverNow
 from broker.backplane.memory import MemoryBackplane
 from broker.settings import NamespaceSettings
 from protocol import Codec, Encoding
@@ -26,9 +27,15 @@ class BrokenBackplane(MemoryBackplane):
         super().__init__()
         self._broken = anyio.Event()
 
-    async def run(self, deliver: Deliver, *, task_status: TaskStatus[None]) -> None:
+    async def run(
+        self,
+        deliver: Deliver,
+        *,
+        task_status: TaskStatus[None],
+        deliver_now: DeliverNow | None = None,
+    ) -> None:
         async with anyio.create_task_group() as tasks:
-            await tasks.start(super().run, deliver)
+            await tasks.start(functools.partial(super().run, deliver_now=deliver_now), deliver)
             task_status.started()
             await self._broken.wait()
             raise RuntimeError("a bug in the backplane")
@@ -46,6 +53,22 @@ class BrokenBackplane(MemoryBackplane):
         if channel == TRIGGER:
             self._broken.set()
         return await super().publish(
+            channel, data, codec, publisher, options, converted, idempotency_key
+        )
+
+    def publish_now(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        options: NamespaceSettings,
+        converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Head | None:
+        if channel == TRIGGER:
+            self._broken.set()
+        return super().publish_now(
             channel, data, codec, publisher, options, converted, idempotency_key
         )
 

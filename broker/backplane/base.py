@@ -105,7 +105,12 @@ class ControlEvent:
 
 
 BackplaneEvent = LivePublication | ChannelHead | RemoteAnnouncement | RoomFrame | ControlEvent
+#: Hands an event to the broker, waiting while the hub's mailbox is full.
 Deliver = Callable[[BackplaneEvent], Awaitable[None]]
+#: Hands a live publication to the hub without waiting, if it can take it now (handles it at
+#: once, or queues it with room in its mailbox and nobody waiting for room), and says whether it
+#: did; when not, nothing was done (``Deliver`` is the way then).
+DeliverNow = Callable[[LivePublication], bool]
 
 
 class Backplane(Protocol):
@@ -117,9 +122,17 @@ class Backplane(Protocol):
     def ready(self) -> bool:
         """Whether publishing and live delivery work right now (``/readyz``)."""
 
-    async def run(self, deliver: Deliver, *, task_status: TaskStatus[None]) -> None:
+    async def run(
+        self,
+        deliver: Deliver,
+        *,
+        task_status: TaskStatus[None],
+        deliver_now: DeliverNow | None = None,
+    ) -> None:
         """Run until cancelled, handing events to ``deliver``; ``task_status.started()`` once
-        the backplane takes requests."""
+        the backplane takes requests. ``deliver_now`` hands live publications over without
+        waiting (``publish_now``); a backplane that never completes a publish at once ignores
+        it."""
 
     async def publish(
         self,
@@ -154,6 +167,22 @@ class Backplane(Protocol):
         task that ends it. Waits only for room in the backplane's bounded queue. Publications of
         successive calls get their offsets in the order of the calls. Raises
         ``BackplaneUnavailable`` when it refuses the publication at once."""
+
+    def publish_now(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        options: NamespaceSettings,
+        converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Head | None:
+        """``publish_submit`` when it completes at once, without waiting for anything: the head.
+        None when it would have to wait (for a server, for room in the hub's mailbox, for an
+        earlier publish waiting for it), and then nothing was done: the caller goes on with
+        ``publish_submit``, which keeps the order. Spares the publisher a coroutine per layer
+        on the way to the hub. Redis: always None."""
 
     def watch(self, channel: str) -> Head | None:
         """Start live delivery of ``channel`` to this process. Returns its head when the

@@ -20,8 +20,12 @@ retained publication costs its payload plus a small constant (docs/operations.md
 memory"); ``benchmarks/history_memory.py`` measures it.
 
 ``publish`` assigns the offset and hands the publication to the hub before it returns, in the
-caller's task. Offsets reach the hub in order even when the mailbox is full: anyio's memory
-streams keep waiting senders in FIFO order and never let a newcomer pass one that waits.
+caller's task. Offsets reach the hub in order even when the mailbox is full: the hub's mailbox
+(``broker.mailbox``) keeps waiting senders in FIFO order and never lets a newcomer pass one that
+waits. ``publish_now`` is the same publish (``_publish``) for a caller that would rather not
+wait: the publication goes to the hub without a wait (``deliver_now``) or not at all, and then
+nothing is recorded and the caller goes the awaited way; a newcomer finds the mailbox full for
+as long as a publish waits for room, so it cannot pass one either.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from broker.backplane.base import (
     BackplaneUnavailable,
     ControlEvent,
     Deliver,
+    DeliverNow,
     Head,
     LivePublication,
     Page,
@@ -127,6 +132,7 @@ class MemoryBackplane:
         self._watched: set[str] = set()
         self._presence: dict[str, dict[str, ClientInfo]] = {}
         self._deliver: Deliver | None = None
+        self._deliver_now: DeliverNow | None = None
         #: (channel, idempotency key) -> the head it was published at, and the order of expiry.
         self._keys: dict[tuple[str, str], Head] = {}
         self._key_expiry: deque[tuple[float, tuple[str, str]]] = deque()
@@ -136,15 +142,22 @@ class MemoryBackplane:
     def ready(self) -> bool:
         return self._deliver is not None
 
-    async def run(self, deliver: Deliver, *, task_status: TaskStatus[None]) -> None:
+    async def run(
+        self,
+        deliver: Deliver,
+        *,
+        task_status: TaskStatus[None],
+        deliver_now: DeliverNow | None = None,
+    ) -> None:
         self._deliver = deliver
+        self._deliver_now = deliver_now
         task_status.started()
         try:
             while True:
                 await anyio.sleep(60)
                 self._sweep(time.monotonic())
         finally:
-            self._deliver = None
+            self._deliver = self._deliver_now = None
 
     def _sweep(self, now: float) -> None:
         """Forget the records kept past their time, and expired idempotency keys."""
@@ -178,6 +191,70 @@ class MemoryBackplane:
         ):
             del self._streams[channel]
 
+    def _publish(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        options: NamespaceSettings,
+        converted: dict[Encoding, msgspec.Raw] | None,
+        idempotency_key: str | None,
+        deliver_now: DeliverNow | None,
+    ) -> tuple[Head, LivePublication | None] | None:
+        """A publish, but for the wait: the head, and the live publication for the hub when
+        this process watches the channel (for the caller to deliver). With ``deliver_now``, that
+        goes to it first, before anything is recorded: if it takes it, nothing is left to
+        deliver; if not, None is returned, and nothing was done (``publish_now``)."""
+        now = time.monotonic()
+        if idempotency_key is not None:
+            self._expire_keys(now)
+            seen = self._keys.get((channel, idempotency_key))
+            if seen is not None:
+                return seen, None
+        stream = self._stream(channel)
+        offset = stream.offset + 1
+        publication = PublicationFrames(
+            channel=channel,
+            offset=offset,
+            epoch=stream.epoch,
+            publisher=publisher,
+            data=data,
+            source=codec,
+            accepted=now,
+        )
+        if converted:
+            for encoding, payload in converted.items():
+                publication.add_payload(encoding, payload)
+        live = None
+        watched = channel in self._watched and self._deliver is not None
+        if watched:
+            live = LivePublication(publication)
+            if deliver_now is not None:
+                # Handed over before the offset is taken: refused, there is nothing to undo.
+                # Nothing runs in between, so the hub sees it in the order of offsets.
+                if not deliver_now(live):
+                    return None
+                live = None
+        self._keep(stream, options, now)
+        stream.offset = offset
+        if options.history_size:
+            history = stream.history
+            if history is None:
+                history = stream.history = deque()
+            history.append(Retained(offset, now, bytes(data), codec, publisher))
+            while len(history) > options.history_size:
+                history.popleft()
+            stream.evict(now, options.history_ttl)
+        head = Head(stream.epoch, offset)
+        if idempotency_key is not None:
+            key = (channel, idempotency_key)
+            self._keys[key] = head
+            self._key_expiry.append((now + self._settings.backplane.idempotency_window, key))
+        if not watched:
+            self._forget_if_unused(channel)
+        return head, live
+
     async def publish(
         self,
         channel: str,
@@ -188,46 +265,33 @@ class MemoryBackplane:
         converted: dict[Encoding, msgspec.Raw] | None = None,
         idempotency_key: str | None = None,
     ) -> Head:
-        now = time.monotonic()
-        if idempotency_key is not None:
-            self._expire_keys(now)
-            seen = self._keys.get((channel, idempotency_key))
-            if seen is not None:
-                return seen
-        stream = self._stream(channel)
-        self._keep(stream, options, now)
-        stream.offset += 1
-        publication = PublicationFrames(
-            channel=channel,
-            offset=stream.offset,
-            epoch=stream.epoch,
-            publisher=publisher,
-            data=data,
-            source=codec,
-            accepted=now,
+        published = self._publish(
+            channel, data, codec, publisher, options, converted, idempotency_key, None
         )
-        if converted:
-            for encoding, payload in converted.items():
-                publication.add_payload(encoding, payload)
-        if options.history_size:
-            history = stream.history
-            if history is None:
-                history = stream.history = deque()
-            history.append(Retained(stream.offset, now, bytes(data), codec, publisher))
-            while len(history) > options.history_size:
-                history.popleft()
-            stream.evict(now, options.history_ttl)
-        head = Head(stream.epoch, stream.offset)
-        if idempotency_key is not None:
-            key = (channel, idempotency_key)
-            self._keys[key] = head
-            self._key_expiry.append((now + self._settings.backplane.idempotency_window, key))
+        assert published is not None  # only ``deliver_now`` refuses
+        head, live = published
         deliver = self._deliver
-        if channel in self._watched and deliver is not None:
-            await deliver(LivePublication(publication))
-        else:
-            self._forget_if_unused(channel)
+        if live is not None and deliver is not None:
+            await deliver(live)
         return head
+
+    def publish_now(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        options: NamespaceSettings,
+        converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Head | None:
+        deliver_now = self._deliver_now
+        if deliver_now is None:
+            return None
+        published = self._publish(
+            channel, data, codec, publisher, options, converted, idempotency_key, deliver_now
+        )
+        return None if published is None else published[0]
 
     async def publish_submit(
         self,

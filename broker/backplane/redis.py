@@ -54,6 +54,7 @@ from broker.backplane.base import (
     BackplaneUnavailable,
     ChannelHead,
     Deliver,
+    DeliverNow,
     Head,
     LivePublication,
     Page,
@@ -471,7 +472,14 @@ class RedisBackplane:
     def ready(self) -> bool:
         return all(shard.ready for shard in self.shards)
 
-    async def run(self, deliver: Deliver, *, task_status: TaskStatus[None]) -> None:
+    async def run(
+        self,
+        deliver: Deliver,
+        *,
+        task_status: TaskStatus[None],
+        deliver_now: DeliverNow | None = None,
+    ) -> None:
+        # ``deliver_now`` is for ``publish_now``: never here, where Redis has the last word.
         self.bus.deliver = deliver
         async with anyio.create_task_group() as tasks:
             for shard in self.shards:
@@ -507,6 +515,18 @@ class RedisBackplane:
         return await self.shard(channel).publish_submit(
             channel, data, codec, publisher, options, on_settled, idempotency_key
         )
+
+    def publish_now(
+        self,
+        channel: str,
+        data: msgspec.Raw,
+        codec: Codec,
+        publisher: str | None,
+        options: NamespaceSettings,
+        converted: dict[Encoding, msgspec.Raw] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Head | None:
+        return None  # Redis assigns the offset: a publish always waits (``publish_submit``).
 
     def watch(self, channel: str) -> Head | None:
         self.shard(channel).watch(channel)

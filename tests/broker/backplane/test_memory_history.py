@@ -27,11 +27,12 @@ OPTIONS = SETTINGS.namespace("h")
 
 
 async def publish_as_client(backplane: MemoryBackplane, channel: str, text: str) -> None:
-    """Publish as ``/v1/ws`` does: ``data`` is a view into the decoded client frame."""
+    """Publish as ``/v1/ws`` does: ``data`` is a view into the client's text frame, decoded
+    from the ``str`` it was read as."""
     frame = JSON.encode_client(
         Publish(id=7, channel=channel, data=msgspec.Raw(msgspec.json.encode({"text": text})))
     )
-    message = JSON.decode_client(frame)
+    message = JSON.decode_client(frame.decode())
     assert isinstance(message, Publish)
     converted = convert_for_subscribers(message.data, JSON)
     await backplane.publish(channel, message.data, JSON, "alice", OPTIONS, converted)
