@@ -181,23 +181,6 @@ class Broker:
             channel, data, codec, publisher, options, converted, idempotency_key
         )
 
-    def publish_now(
-        self,
-        channel: str,
-        data: msgspec.Raw,
-        codec: Codec,
-        publisher: str | None,
-        converted: dict[Encoding, msgspec.Raw] | None = None,
-        idempotency_key: str | None = None,
-    ) -> Head | None:
-        """``publish_submit`` when the backplane completes it at once (in memory, with room in
-        the hub's mailbox): the head. None when it would wait, and then nothing was done: the
-        caller goes on with ``publish_submit`` (``Backplane.publish_now``)."""
-        options = self.settings.namespace(namespace_of(channel))
-        return self.backplane.publish_now(
-            channel, data, codec, publisher, options, converted, idempotency_key
-        )
-
     async def publish_submit(
         self,
         channel: str,

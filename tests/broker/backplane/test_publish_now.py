@@ -16,7 +16,7 @@ from broker.backplane import Head, LivePublication
 from broker.backplane.redis import RedisBackplane
 from broker.runtime import Broker
 from broker.settings import BackplaneSettings, HubSettings, NamespaceSettings, Settings
-from protocol import JSON, Publication, Publish, Published, Subscribe, Subscribed
+from protocol import JSON, Publication, Publish, Published, Subscribe, Subscribed, namespace_of
 from tests.conftest import TIMEOUT, serve_broker
 from tests.wsclient import open_client
 
@@ -59,7 +59,8 @@ def drain(broker: Broker) -> list[int]:
 
 
 def publish_now(broker: Broker, n: int, key: str | None = None) -> Head | None:
-    return broker.publish_now(CHANNEL, data(n), JSON, "alice", idempotency_key=key)
+    options = SETTINGS.namespace(namespace_of(CHANNEL))
+    return broker.backplane.publish_now(CHANNEL, data(n), JSON, "alice", options, None, key)
 
 
 async def test_a_publish_with_room_in_the_mailbox_is_done_at_once(broker: Broker) -> None:
