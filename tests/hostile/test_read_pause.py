@@ -37,7 +37,7 @@ def counting(connection: Connection) -> CountingTransport:
     assert connection.link is not None
     protocol = connection.link._protocol
     counter = CountingTransport(protocol.transport)
-    protocol.transport = counter
+    protocol.transport = counter  # type: ignore[assignment]
     return counter
 
 
