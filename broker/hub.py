@@ -153,9 +153,11 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
 
     async def submit(self, command: Command) -> None:
         """Queue ``command`` for the hub, waiting only while the mailbox is full."""
-        # Without the yield of a plain send(): a reader handling a burst queues it all, and the
-        # hub then handles it in one turn, so the writers wake once for the lot (batch frames).
-        # Order is kept: while senders wait, the buffer stays full, so a newcomer waits too.
+        # Handled now if the hub is idle (``_hand_over``), else queued without the yield of a
+        # plain send() while there is room: a burst that finds the hub busy is handled in one
+        # turn. Either way a subscriber gets at most one direct write per turn and the rest of
+        # the turn in one batch (``Outbox.offer``, ``FlushScheduler``). Order is kept: while
+        # senders wait, the buffer stays full, so a newcomer waits too.
         if not (self._hand_over(command) or self._mailbox.offer(command)):
             await self._mailbox.send(command)
 

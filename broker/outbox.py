@@ -204,7 +204,8 @@ _WEIGHT = 1.0 / FlushScheduler.SMOOTHING
 
 
 class DirectWriter(Protocol):
-    """What writes a publication straight to a connection's socket (``Outbox.writer``)."""
+    """What writes a publication or a reply straight to a connection's socket (``Outbox.writer``:
+    ``TransportLink``)."""
 
     def write_now(self, frame: Frame) -> bool:
         """Write ``frame`` now if the socket takes it at once, else nothing; whether it did."""

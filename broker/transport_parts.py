@@ -41,9 +41,9 @@ class ReceiveQueue:
     future do. The loop is kept (given at construction) rather than asked of asyncio for every
     future: ``asyncio.get_running_loop()`` checks the process id, a system call, each time.
 
-    ``pop`` and ``arrival`` are the reader's (``BrokerWebSocketProtocol.next_message``): one
-    future per wait, and none when a message is queued already, instead of a coroutine per
-    message.
+    ``pop`` and ``arrival`` are all the app's side needs (``ClientMessages.next_message`` and
+    ``receive``, which replace uvicorn's ``receive`` and so its ``get``): one future per wait,
+    and none when a message is queued already, instead of a coroutine per message.
     """
 
     __slots__ = ("_items", "_loop", "_waiter")
@@ -78,18 +78,6 @@ class ReceiveQueue:
         queue is empty. (Cancelled, it is dropped by the next ``put_nowait`` or ``arrival``.)"""
         waiter = self._waiter = self._loop.create_future()
         return waiter
-
-    async def get(self) -> AsgiMessage:
-        while not self._items:
-            waiter = self.arrival()
-            try:
-                await waiter
-            finally:
-                if self._waiter is waiter:
-                    self._waiter = None
-        item = self.pop()
-        assert item is not None
-        return item
 
     def empty(self) -> bool:
         return not self._items
