@@ -194,6 +194,7 @@ class FlushScheduler:
         except RuntimeError:  # no loop: nothing can be written now; let the outboxes go
             for outbox in dirty:
                 outbox._flush_pending = outbox._flush_soon = False
+                outbox._refresh()
             return
         for outbox in dirty:
             outbox.flush()
@@ -240,6 +241,7 @@ class Outbox:
         "_bytes",
         "_closed",
         "_coalesce_until",
+        "_direct",
         "_dropped",
         "_flush_pending",
         "_flush_soon",
@@ -253,6 +255,7 @@ class Outbox:
         "_released",
         "_skipped",
         "_waiter",
+        "_writer",
         "_written_turn",
         "flusher",
         "max_bytes",
@@ -260,7 +263,6 @@ class Outbox:
         "on_overflow",
         "policy",
         "write_through",
-        "writer",
     )
 
     def __init__(self, *, max_messages: int, max_bytes: int, policy: OverflowPolicy) -> None:
@@ -291,10 +293,16 @@ class Outbox:
         #: flushes them right after it, or after ``queue.flush_interval`` under a sustained
         #: stream to this connection (``FlushScheduler``).
         self.flusher: FlushScheduler | None = None
-        #: Set by the connection (with ``flusher``): writes one publication straight to the
-        #: socket, in the caller's turn, when nothing is queued or pending before it and the
-        #: connection's stream is not dense (``offer``): no queueing, no flush per delivery.
-        self.writer: DirectWriter | None = None
+        #: Set by the connection (with ``flusher``, through ``writer``): writes one publication
+        #: straight to the socket, in the caller's turn, when nothing is queued or pending
+        #: before it and the connection's stream is not dense (``offer``): no queueing, no
+        #: flush per delivery.
+        self._writer: DirectWriter | None = None
+        #: ``_writer`` while the outbox's side of the direct path is clear (``_direct_now``),
+        #: else None: one attribute read per delivery instead of eight. Set to None wherever
+        #: one of those conditions stops holding, recomputed (``_refresh``) wherever one may
+        #: start to.
+        self._direct: DirectWriter | None = None
         #: The flusher's turn in which ``writer`` last wrote a publication: one per turn.
         self._written_turn = -1
         self._flush_pending = False
@@ -317,7 +325,8 @@ class Outbox:
         Returns False when the outbox is closed or has overflowed under the ``DISCONNECT`` policy:
         the connection is being dropped, and the caller should stop feeding it.
         """
-        if self._closed or self._overflowed:
+        direct = self._direct
+        if direct is None and (self._closed or self._overflowed):
             return False
         size = len(frame.data)
         flusher = self.flusher
@@ -341,20 +350,15 @@ class Outbox:
                 # Otherwise a sparse stream stays as sparse as it was: nothing to compute.
             if (
                 # The direct path: straight to the socket, when nothing is queued, pending or
-                # dropped before it, the writer is idle (not closing, not waiting for the
-                # socket), the stream is not dense (it would be coalesced; a reply's gap is not
-                # counted, it is never held), and this outbox wrote none that way in this turn
-                # (a burst in one turn leaves in one write).
-                not self._frames
-                and self._ready_callback is not None
-                and self.writer is not None
-                and not self._flush_pending
-                and not self._skipped
-                and not self._interrupted
+                # dropped before it and the writer is idle (not closing, not waiting for the
+                # socket): ``_direct``; the stream is not dense (it would be coalesced; a
+                # reply's gap is not counted, it is never held), and this outbox wrote none
+                # that way in this turn (a burst in one turn leaves in one write).
+                direct is not None
                 and self._gap >= flusher._dense_gap
                 and self._written_turn != flusher._turn
                 and size <= self.max_bytes
-                and self.writer.write_now(frame)
+                and direct.write_now(frame)
             ):
                 self._written_turn = flusher._turn
                 if flusher._turn_handle is None:
@@ -380,6 +384,7 @@ class Outbox:
                 return False
         self._frames.append(frame)
         self._bytes += size
+        self._direct = None
         if self._waiter is not None or self._ready_callback is not None:
             if flusher is None or self.write_through is None:
                 self._wake()
@@ -432,6 +437,7 @@ class Outbox:
     def _record_skip(self, frame: Frame) -> None:
         assert frame.channel is not None
         self._dropped += 1
+        self._direct = None
         skipped = self._skipped.get(frame.channel)
         if skipped is None:
             self._skipped[frame.channel] = SkippedRange(frame.channel, frame.offset, frame.offset)
@@ -445,6 +451,7 @@ class Outbox:
         if self._overflowed:
             return
         self._overflowed = True
+        self._direct = None
         self._wake()
         if self.on_overflow is not None:
             self.on_overflow()
@@ -454,6 +461,7 @@ class Outbox:
         if not self._closed:
             self._released = (len(self._frames), self._bytes)
         self._closed = True
+        self._direct = None
         self._frames.clear()
         self._bytes = 0
         self._skipped.clear()
@@ -465,6 +473,7 @@ class Outbox:
         Returns whether there was anything for this flush to do.
         """
         self._flush_pending = self._flush_soon = False
+        self._refresh()
         if self._waiter is None and self._ready_callback is None:
             return False  # The writer is awake: it takes everything queued anyway.
         if not self._frames and not self._skipped:
@@ -486,12 +495,14 @@ class Outbox:
     def interrupt(self) -> None:
         """Make ``wait_ready`` return now and from now on, so the writer looks at its state."""
         self._interrupted = True
+        self._direct = None
         self._wake()
 
     def _wake(self) -> None:
         callback = self._ready_callback
         if callback is not None:
             self._ready_callback = None
+            self._direct = None
             asyncio.get_running_loop().call_soon(callback, context=self._ready_context)
             return
         waiter = self._waiter
@@ -539,6 +550,34 @@ class Outbox:
             return
         self._ready_callback = callback
         self._ready_context = context
+        self._refresh()
+
+    @property
+    def writer(self) -> DirectWriter | None:
+        return self._writer
+
+    @writer.setter
+    def writer(self, writer: DirectWriter | None) -> None:
+        self._writer = writer
+        self._refresh()
+
+    def _direct_now(self) -> DirectWriter | None:
+        """What ``_direct`` must be: the writer while nothing is queued, pending or dropped,
+        the outbox is open and the writer is idle, else None."""
+        if (
+            self._frames
+            or self._ready_callback is None
+            or self._flush_pending
+            or self._skipped
+            or self._interrupted
+            or self._closed
+            or self._overflowed
+        ):
+            return None
+        return self._writer
+
+    def _refresh(self) -> None:
+        self._direct = self._direct_now()
 
     def take_skipped(self) -> list[SkippedRange]:
         """The publications dropped since the last call, one range per channel."""
@@ -546,12 +585,15 @@ class Outbox:
             return []
         skipped = list(self._skipped.values())
         self._skipped.clear()
+        self._refresh()
         return skipped
 
     def drain(self) -> list[Frame]:
         """Everything queued, oldest first; the outbox is empty afterwards."""
         frames, self._frames = self._frames, []
         self._bytes = 0
+        # Drained by ``write_through`` (the writer still idle), the direct path may be open.
+        self._refresh()
         return frames
 
     def statistics(self) -> OutboxStatistics:

@@ -382,8 +382,13 @@ class BrokerWebSocketProtocol(SweptKeepalive, ClientMessages):
         if scope is not None:
             scope["extensions"][TRANSPORT_EXTENSION] = self.link
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.link.refresh()
+
     def resume_writing(self) -> None:
         super().resume_writing()
+        self.link.refresh()
         self.blocked_replies = self.blocked_bytes = 0
         pong, self.pong_owed = self.pong_owed, None
         if pong is not None and not self.transport.is_closing():
@@ -401,6 +406,7 @@ class BrokerWebSocketProtocol(SweptKeepalive, ClientMessages):
         # uvicorn reports 1005, which the RFC reserves for a close frame without a status code.
         lost = self.handshake_complete and self.conn.close_rcvd is None
         super().connection_lost(exc)
+        self.link.refresh()
         if lost:
             self.queue.relabel_last_disconnect(1006, "connection lost")  # type: ignore[attr-defined]
         self._notify_writable()

@@ -1,7 +1,8 @@
 """The outbox's direct path (``Outbox.offer`` -> ``TransportLink.write_now``), over real
 sockets: a publication for an idle connection goes straight to its socket, a stalled client on
-that path is still dropped with bounded memory, and order holds where direct and queued writes
-interleave."""
+that path is still dropped with bounded memory, order holds where direct and queued writes
+interleave, and the link's ``_open`` flag decides as the whole condition would at every
+delivery."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from broker.settings import QueueSettings, Settings
 from broker.transport_link import TransportLink
 from protocol import JSON, Frame, Ping, Pong, Publication, Publish, Published, Subscribe, Subscribed
 from tests.conftest import serve_broker, wait_until
-from tests.rawclient import RawClient, masked_frame, open_raw, server_holds
+from tests.rawclient import (
+    RawClient,
+    close_frame,
+    masked_frame,
+    open_raw,
+    read_frames,
+    server_holds,
+)
 from tests.wsclient import open_client
 
 pytestmark = pytest.mark.anyio
@@ -35,7 +43,12 @@ def paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[tuple[object, str
     service = Connection._service
 
     def counting_write_now(self: TransportLink, frame: Frame) -> bool:
+        # The flag the protocol keeps (``_open``) and what ``write_now`` checks itself decide
+        # exactly as the whole condition would, at every delivery of every test here: through
+        # a socket pushing back (pause and resume), an overflow, a reset and a close.
+        expected = self.open_now()
         wrote = write_now(self, frame)
+        assert wrote == expected
         if wrote:
             counts[self, "direct"] += 1
         return wrote
@@ -200,3 +213,36 @@ async def test_a_publication_waits_behind_a_queued_reply(
             assert side.outbox.offer(Frame(JSON.encode(message), "c", 2))
             assert not len(side.outbox) and paths[side.link, "direct"] == before + 2
             assert await subscriber.recv() == message
+
+
+async def test_nothing_is_written_straight_to_a_client_after_its_close_frame(
+    paths: Counter[tuple[object, str]],
+) -> None:
+    """Publications keep coming while a subscriber closes: those after its close frame are not
+    written to it (the close reply is the last frame it gets), and the ones before went
+    straight out (no coalescing: a stream this fast would otherwise be held for the timer, and
+    what is held when the close frame comes is let go)."""
+    settings = Settings(queue=QueueSettings(flush_interval=0.0))
+    async with serve_broker(settings) as running:
+        raw = await open_raw(running.port, "/v1/ws", subprotocol="broker.v1.json")
+        async with open_client(running.url()) as publisher:
+            await raw.send(masked_frame(JSON.encode_client(Subscribe(id=1, channel="c"))))
+            broker = running.broker
+            await wait_until(lambda: broker.hub.subscriber_count("c") == 1)
+            side = server_side(broker.connections, raw.local_port)
+            for i in range(40):
+                if i == 20:
+                    await raw.send(close_frame(1000))
+                data = msgspec.Raw(JSON.encode_payload({"i": i}))
+                await publisher.send(Publish(id=i, channel="c", data=data))
+                await publisher.expect(Published)
+            frames = await read_frames(raw)
+    raw.sock.close()
+    opcodes = [opcode for opcode, _ in frames]
+    assert opcodes[-1] == 0x8 and opcodes.count(0x8) == 1
+    offsets = [JSON.decode_server(payload) for opcode, payload in frames if opcode == 0x1]
+    publications = [m.offset for batch in offsets for m in batch if isinstance(m, Publication)]
+    # Every publication before the close frame, in order, and none after it.
+    assert publications == list(range(1, len(publications) + 1))
+    assert 20 <= len(publications) < 40
+    assert paths[side.link, "direct"] >= 20
