@@ -41,7 +41,7 @@ from benchmarks.outputs import say, write_report
 from benchmarks.peers.versions import peer_versions
 from benchmarks.population import many_channels
 from benchmarks.scenarios import LoadParams, ScenarioResult, run_load
-from benchmarks.server import ServerProcess, ServerStartError
+from benchmarks.server import ServerProcess, ServerStartError, pin_servers
 from benchmarks.stalled import wait_quiet
 from benchmarks.targets import (
     Target,
@@ -239,6 +239,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="before each target, wait up to this long for the machine to be nearly idle",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run every server on the last CPU and the generator on the others",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
 
@@ -246,6 +251,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     raise_nofile()
+    placement = pin_servers() if args.pin else "not pinned"
+    say(placement)
     broker_env = dict(item.split("=", 1) for item in args.broker_env)
     known = {name: with_broker_env(target, broker_env) for name, target in build_targets().items()}
     created = datetime.datetime.now(datetime.UTC)
@@ -318,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{os.cpu_count()} cores; load average (1 min) {overall_before[0]:.2f} before the run,"
         f" {overall_after[0]:.2f} after; {args.duration:g} s per target, {args.rounds} round(s);"
         f" {args.message_bytes}-byte payloads; broker environment {broker_env or 'default'};"
-        f" {peer_versions()}.",
+        f" {peer_versions()}; {placement}.",
         "",
         *table(rows),
         "",

@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import ClassVar
 
 import psutil
 
@@ -146,6 +147,10 @@ class ResourceMonitor:
 class ServerProcess:
     """A server under test, started on a free port; use as a context manager."""
 
+    #: The CPUs every server under test is started on (``pin_servers``), or None: wherever the
+    #: kernel puts it.
+    pinned_cpus: ClassVar[frozenset[int] | None] = None
+
     def __init__(
         self,
         command: ServerCommand,
@@ -181,6 +186,7 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.command.env}
         with self.log_path.open("wb") as log:
+            cpus = ServerProcess.pinned_cpus
             self._process = subprocess.Popen(
                 self.command.render(self.port),
                 stdin=subprocess.DEVNULL,
@@ -189,6 +195,9 @@ class ServerProcess:
                 env=env,
                 cwd=self.command.cwd,
                 start_new_session=True,
+                # Before exec, so every thread the server ever starts (a Go runtime's too) is on
+                # these CPUs.
+                preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
             )
         try:
             wait_accepting(self.port, self._start_timeout, self._process)
@@ -232,3 +241,16 @@ class ServerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def pin_servers() -> str:
+    """Give the servers under test the last CPU and this process (and the generator processes
+    it starts afterwards, which inherit it) the others, so that a server never shares a core
+    with its load nor moves between cores. Returns a line for the report."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return "not pinned: one CPU"
+    server, rest = cpus[-1], frozenset(cpus[:-1])
+    ServerProcess.pinned_cpus = frozenset({server})
+    os.sched_setaffinity(0, rest)
+    return f"servers pinned to CPU {server}; generator on {sorted(rest)}"
