@@ -45,7 +45,10 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
         "timers (call_at, TimerHandle, heap)",
         ("call_at", "call_later", "TimerHandle", "uv_timer", "_run_timers"),
     ),
-    ("outbox and flush scheduler (broker/outbox.py)", ("broker/outbox.py",)),
+    (
+        "outbox and flush scheduler (broker/outbox.py, broker/flusher.py)",
+        ("broker/outbox.py", "broker/flusher.py"),
+    ),
     (
         "hub: fan-out, channels (broker/hub.py, subscriber.py, channel_state.py)",
         (

@@ -29,12 +29,13 @@ from broker.asgi_writer import AsgiWriter
 from broker.connection_encoding import FrameEncoder
 from broker.connection_reader import Reader
 from broker.connection_state import CloseRequest, ConnectionStatistics, new_client_id
+from broker.flusher import FlushScheduler
 from broker.handshake_memory import forget_handshake
 from broker.hub import DetachCommand, Hub, Subscriber
 from broker.link_writer import LinkWriter
 from broker.logs import get_logger
 from broker.monitor.instruments import PLAIN
-from broker.outbox import FlushScheduler, Outbox
+from broker.outbox import Outbox
 from broker.settings import Settings
 from broker.transport import (
     TRANSPORT_EXTENSION,

@@ -29,10 +29,10 @@ from broker.auth.startup import log_posture
 from broker.backplane import Backplane, Head, create_backplane
 from broker.connection import Connection, ConnectionStatistics
 from broker.control import BrokerControl
+from broker.flusher import FlushScheduler
 from broker.hub import Hub
 from broker.logs import configure_logging, get_logger
 from broker.monitor.loopwatch import LoopWatch
-from broker.outbox import FlushScheduler
 from broker.settings import Settings
 from broker.transport import TRANSPORT_EXTENSION, TransportLink
 from protocol import Codec, Encoding, namespace_of

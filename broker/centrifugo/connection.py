@@ -30,9 +30,9 @@ from typing import Final
 from starlette.websockets import WebSocket
 
 from broker.connection import CloseRequest, Connection
+from broker.flusher import FlushScheduler
 from broker.hub import Hub
 from broker.logs import get_logger
-from broker.outbox import FlushScheduler
 from broker.settings import Settings
 from protocol import JSON, Frame, namespace_of
 from protocol import messages as ours

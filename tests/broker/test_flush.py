@@ -16,7 +16,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from broker.config import ConfigError, load_settings
-from broker.outbox import FlushScheduler, Outbox
+from broker.flusher import FlushScheduler
+from broker.outbox import Outbox
 from broker.settings import OverflowPolicy, QueueSettings, Settings
 from protocol import Encoding, Frame, Publication, Publish, Published, Subscribe, Subscribed
 from tests.conftest import TIMEOUT, RunningBroker, serve_broker
