@@ -225,8 +225,11 @@ class TransportLink:
     def refresh(self) -> None:
         """Recompute ``_open``. The protocol calls this whenever what it depends on changes:
         when writing pauses or resumes and when the connection is lost."""
+        self._open = self._open_by_events()
+
+    def _open_by_events(self) -> bool:
         protocol = self._protocol
-        self._open = (
+        return bool(
             self._stats is not None
             and protocol.writable._set  # type: ignore[attr-defined]
             and not protocol.disconnected
@@ -234,16 +237,14 @@ class TransportLink:
         )
 
     def open_now(self) -> bool:
-        """Whether ``write_now`` would write now: ``_open`` and the checks it makes itself. The
-        reference the tests hold ``_open`` to."""
+        """Whether ``write_now`` would write now, computed from the state as it is (not from
+        ``_open``, which may be stale): the reference the tests hold ``_open`` and the checks
+        ``write_now`` makes itself to."""
         protocol = self._protocol
         conn = protocol.conn
         return (
-            self._stats is not None
-            and protocol.writable._set  # type: ignore[attr-defined]
-            and not protocol.disconnected
+            self._open_by_events()
             and not protocol.close_sent
-            and not conn.extensions
             and conn.close_sent is None
             and conn.close_rcvd is None
             and not protocol.transport.is_closing()
