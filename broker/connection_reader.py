@@ -68,6 +68,13 @@ class Reader(Closing):
         stats = self.stats
         max_bytes = self.settings.websocket.max_message_bytes
         loop = asyncio.get_running_loop()
+        # Without the transport's link the writer is a task, and the outbox cannot write
+        # through: replies made in one turn (thousands of pings read at once) leave only when
+        # this task lets the writer run. So it does, once the outbox is half full, rather than
+        # overflow it for a client that reads fine. (With the link the outbox writes through
+        # itself: ``Outbox.offer``.)
+        outbox = self.outbox
+        yield_at = None if self.link is not None else max(1, outbox.max_messages // 2)
         heartbeats = None
         if heartbeat is not None:
             # The process's sweep looks at when the client was last heard, once per heartbeat:
@@ -110,6 +117,8 @@ class Reader(Closing):
                         self.request_close(CloseCode.MESSAGE_TOO_BIG)
                         continue
                     await on_text(text)
+                    if yield_at is not None and len(outbox) >= yield_at:
+                        await asyncio.sleep(0)
                 else:
                     data: bytes = message.get("bytes") or b""
                     stats.bytes_in += len(data)
@@ -117,6 +126,8 @@ class Reader(Closing):
                         self.request_close(CloseCode.MESSAGE_TOO_BIG)
                         continue
                     await on_bytes(data)
+                    if yield_at is not None and len(outbox) >= yield_at:
+                        await asyncio.sleep(0)
         finally:
             if heartbeats is not None:
                 heartbeats.cancel(self)

@@ -222,10 +222,18 @@ class Outbox:
                 # flusher's next tick, with whatever else is queued by then.
                 self._flush_pending = True
                 self._flush_soon = flusher.schedule(self, urgent=frame.channel is None)
-            elif frame.channel is None and not self._flush_soon:
-                # A reply must not wait for the timer: flush after this turn, with what is
-                # queued before it.
-                self._flush_soon = flusher.schedule(self, urgent=True)
+            else:
+                if frame.channel is None and not self._flush_soon:
+                    # A reply must not wait for the timer: flush after this turn, with what is
+                    # queued before it.
+                    self._flush_soon = flusher.schedule(self, urgent=True)
+                if len(self._frames) * 2 >= self.max_messages:
+                    # Half full within one turn (a reader answering thousands of pings read at
+                    # once, a backplane settling a thousand publishes, a dense stream's window):
+                    # write it now if the socket takes it, rather than let a client that reads
+                    # fine overflow before the turn ends. A socket that does not take it wakes
+                    # the writer, and the outbox fills only if the client does not read.
+                    self.flush()
         return True
 
     def _make_room(self, size: int) -> bool:

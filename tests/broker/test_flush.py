@@ -47,6 +47,8 @@ class Link:
     socket is a list: every write, with the loop time it was made at."""
 
     def __init__(self, flusher: FlushScheduler, *, max_messages: int = 100) -> None:
+        #: Whether the socket takes a write at once (a client reading); False: it is full.
+        self.taking = True
         self.outbox = Outbox(
             max_messages=max_messages, max_bytes=100_000, policy=OverflowPolicy.DISCONNECT
         )
@@ -58,6 +60,8 @@ class Link:
         self.outbox.call_when_ready(self.woken.set, None)
 
     def _write_through(self) -> bool:
+        if not self.taking:
+            return False
         frames = self.outbox.drain()
         assert frames, "an empty write"
         self.writes.append((asyncio.get_running_loop().time(), [frame.data for frame in frames]))
@@ -363,11 +367,30 @@ async def test_an_outbox_closed_while_its_flush_waits_is_skipped(flusher: FlushS
     assert link.woken.is_set()  # the close woke the writer, as without coalescing
 
 
+async def test_an_outbox_half_full_while_the_flush_waits_is_written_at_once(
+    flusher: FlushScheduler,
+) -> None:
+    """A dense stream's window filling in one turn (a burst for one connection) is written
+    each time the outbox is half full, not held for the timer until it overflows: a client
+    that reads loses nothing, and the writes are of half an outbox each."""
+    link = Link(flusher, max_messages=200)
+    offset = await make_dense(link)
+    writes = len(link.writes)
+    for n in range(1, 1001):  # in one turn: five outboxes' worth
+        link.offer(publication(offset + n))
+    assert not link.outbox.overflowed
+    assert [len(data) for data in link.contents[writes:]] == [100] * 10
+    assert len(link.outbox) == 0
+
+
 async def test_an_overflow_while_the_flush_waits_wakes_the_writer_at_once(
     flusher: FlushScheduler,
 ) -> None:
+    """A socket that takes nothing: the writer is woken once the outbox is half full (not when
+    the timer fires), and the outbox overflows at its bound."""
     link = Link(flusher, max_messages=200)
     offset = await make_dense(link)
+    link.taking = False
     queued = 0
     while link.outbox.offer(publication(offset + 1)):  # in one turn: all wait for the timer
         offset += 1
