@@ -3,7 +3,8 @@ goes (the kernel's sends, or its own code) when the totals of two targets are cl
 
 ``record`` samples, every half second until interrupted, the user and system CPU time of every
 ``broker serve`` process (tagged ``baseline`` when its ``PYTHONPATH`` is a ``/tmp/baseline``
-tree, as ``--baseline`` runs it) and every private ``nats-server -c`` (the benchmarks' own, not
+tree, as ``--baseline`` runs it; ``broker@PYTHON`` when another interpreter runs it, as
+``--interpreter`` does) and every private ``nats-server -c`` (the benchmarks' own, not
 the system's), with the CPU each last ran on. ``summary`` takes, for each process, the seconds
 it ran at 30-70% of a core (a steady measured load such as ``benchmarks.moderate``'s 1,000 x 10
 at 2,000/s, not the connecting before or the closing after) and prints the medians per delivery
@@ -50,6 +51,9 @@ def _tag(pid: str) -> str | None:
     command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     if b"nats-server -c" in command:
         return "nats"
+    if b"-m broker.cli serve" in command:
+        # Another interpreter's broker (``benchmarks.moderate --interpreter``): tagged by it.
+        return "broker@" + command.split(b" ", 1)[0].decode()
     if b"broker serve" not in command:
         return None
     environment = Path(f"/proc/{pid}/environ").read_bytes()

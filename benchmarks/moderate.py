@@ -14,7 +14,10 @@ spell of the machine hits every target alike) and the summary gives each target'
 
 With ``--baseline DIR`` (a checkout, or an exported tree, of another revision's ``broker`` and
 ``protocol`` packages) the broker targets also run from there (``PYTHONPATH=DIR``), as
-``<target>@baseline``, in the same run: before and after a change, side by side.
+``<target>@baseline``, in the same run: before and after a change, side by side. With
+``--interpreter LABEL=PYTHON`` (a venv's ``python`` with the project installed) they also run
+this checkout on that interpreter, as ``<target>@LABEL``: the same code on two builds of
+CPython (docs/performance.md, "The interpreter's build").
 
 Each row gives deliveries/s, loss, p50/p99/max (publish to receipt), the server's CPU per
 delivery, and what else used the machine: the generator (the publisher's own share, to show it
@@ -233,6 +236,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also run the broker targets from another revision's packages in DIR",
     )
     parser.add_argument(
+        "--interpreter",
+        action="append",
+        default=[],
+        metavar="LABEL=PYTHON",
+        help=(
+            "also run the broker targets on another Python (a venv's python with the project"
+            " installed), as <target>@LABEL (repeatable)"
+        ),
+    )
+    parser.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -254,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     placement = pin_servers() if args.pin else "not pinned"
     say(placement)
     broker_env = dict(item.split("=", 1) for item in args.broker_env)
+    interpreters = {
+        label: Path(python) for label, python in (item.split("=", 1) for item in args.interpreter)
+    }
     known = {name: with_broker_env(target, broker_env) for name, target in build_targets().items()}
     created = datetime.datetime.now(datetime.UTC)
     stamp = f"{created:%Y%m%dT%H%M%SZ}"
@@ -277,12 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     channels_load = f"{args.channels} x {args.per_channel}, {args.channels_rate:g}/s"
     chat_load = f"/ws/chat {args.chat_subscribers} subs, {args.chat_rate:g}/s"
     channels_targets = (
-        chosen_targets(args.channels_targets, known, args.baseline, say)
+        chosen_targets(args.channels_targets, known, args.baseline, say, interpreters)
         if "channels" in loads
         else []
     )
     chat_targets = (
-        chosen_targets(args.chat_targets, known, args.baseline, say) if "chat" in loads else []
+        chosen_targets(args.chat_targets, known, args.baseline, say, interpreters)
+        if "chat" in loads
+        else []
     )
     chat_params = LoadParams(
         subscribers=args.chat_subscribers,

@@ -164,6 +164,17 @@ def baseline_target(target: Target, tree: Path) -> Target:
     return dataclasses.replace(moved, name=f"{target.name}@baseline")
 
 
+def interpreter_target(target: Target, label: str, python: Path) -> Target:
+    """``target`` (a broker target) served by another Python interpreter, ``python`` (one with
+    the project's dependencies installed, as a venv of it is), running this checkout's packages,
+    named ``<target>@<label>``: the same code on two builds of CPython, side by side."""
+    command = target.command
+    argv = [str(python), "-m", "broker.cli", *command.argv[command.argv.index("serve") :]]
+    env = {**command.env, "PYTHONPATH": str(REPO_ROOT)}
+    moved = dataclasses.replace(command, argv=argv, env=env)
+    return dataclasses.replace(target, name=f"{target.name}@{label}", command=moved)
+
+
 def peer_unavailable(name: str) -> str | None:
     """Why target ``name`` cannot run here (a peer not installed), or None; the Node.js peers
     are installed from their lock files on first use."""
@@ -183,9 +194,11 @@ def chosen_targets(
     known: Mapping[str, Target],
     baseline: Path | None,
     say: Callable[[str], None],
+    interpreters: Mapping[str, Path] | None = None,
 ) -> list[Target]:
     """The targets named in ``names`` (comma-separated), leaving out, and saying so, a peer that
-    is not installed; each broker target followed by its ``@baseline`` twin when ``baseline``."""
+    is not installed; each broker target followed by its ``@baseline`` twin when ``baseline``,
+    and by one twin per entry of ``interpreters`` (label: Python executable)."""
     chosen: list[Target] = []
     for name in [part.strip() for part in names.split(",") if part.strip()]:
         why = peer_unavailable(name)
@@ -195,4 +208,7 @@ def chosen_targets(
         chosen.append(known[name])
         if baseline is not None and name.startswith("broker"):
             chosen.append(baseline_target(known[name], baseline))
+        if name.startswith("broker"):
+            for label, python in (interpreters or {}).items():
+                chosen.append(interpreter_target(known[name], label, python))
     return chosen
