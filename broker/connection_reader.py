@@ -26,6 +26,7 @@ from starlette.websockets import WebSocketState
 from broker.connection_closing import Closing
 from broker.heartbeats import sweep
 from broker.logs import get_logger
+from broker.outbox import WRITERS_BEHIND
 from protocol import CloseCode
 
 log = get_logger("broker.connection")
@@ -68,13 +69,12 @@ class Reader(Closing):
         stats = self.stats
         max_bytes = self.settings.websocket.max_message_bytes
         loop = asyncio.get_running_loop()
-        # Without the transport's link the writer is a task, and the outbox cannot write
-        # through: replies made in one turn (thousands of pings read at once) leave only when
-        # this task lets the writer run. So it does, once the outbox is half full, rather than
-        # overflow it for a client that reads fine. (With the link the outbox writes through
-        # itself: ``Outbox.offer``.)
-        outbox = self.outbox
-        yield_at = None if self.link is not None else max(1, outbox.max_messages // 2)
+        # Without the transport's link a writer is a task, and an outbox cannot write through:
+        # what one message fans out (a publisher's burst) or answers (thousands of pings read at
+        # once) leaves only when this task lets the writers run. So it does once an outbox is
+        # half full (``WRITERS_BEHIND``), rather than overflow it for a client that reads fine.
+        # (With the link an outbox writes through itself: ``Outbox.offer``.)
+        behind = WRITERS_BEHIND
         heartbeats = None
         if heartbeat is not None:
             # The process's sweep looks at when the client was last heard, once per heartbeat:
@@ -117,7 +117,8 @@ class Reader(Closing):
                         self.request_close(CloseCode.MESSAGE_TOO_BIG)
                         continue
                     await on_text(text)
-                    if yield_at is not None and len(outbox) >= yield_at:
+                    if behind.wanted:
+                        behind.wanted = False
                         await asyncio.sleep(0)
                 else:
                     data: bytes = message.get("bytes") or b""
@@ -126,7 +127,8 @@ class Reader(Closing):
                         self.request_close(CloseCode.MESSAGE_TOO_BIG)
                         continue
                     await on_bytes(data)
-                    if yield_at is not None and len(outbox) >= yield_at:
+                    if behind.wanted:
+                        behind.wanted = False
                         await asyncio.sleep(0)
         finally:
             if heartbeats is not None:

@@ -33,6 +33,21 @@ from protocol import Frame
 _WEIGHT = 1.0 / FlushScheduler.SMOOTHING
 
 
+class WritersBehind:
+    """Whether an outbox that cannot write through (no transport link: its writer is a task)
+    reached half full in the current turn: the reader feeding it (a publisher's burst fanned out,
+    replies to a burst of requests) then lets the loop turn before its next message, so that the
+    writer tasks run (``Reader.receive_loop``). One per process (``WRITERS_BEHIND``)."""
+
+    __slots__ = ("wanted",)
+
+    def __init__(self) -> None:
+        self.wanted = False
+
+
+WRITERS_BEHIND = WritersBehind()
+
+
 class DirectWriter(Protocol):
     """What writes a publication or a reply straight to a connection's socket (``Outbox.writer``:
     ``TransportLink``)."""
@@ -234,6 +249,10 @@ class Outbox:
                     # fine overflow before the turn ends. A socket that does not take it wakes
                     # the writer, and the outbox fills only if the client does not read.
                     self.flush()
+        elif self.write_through is None and len(self._frames) * 2 >= self.max_messages:
+            # The writer task is awake but cannot run before the turn ends: ask the reader
+            # feeding this outbox to let the loop turn.
+            WRITERS_BEHIND.wanted = True
         return True
 
     def _make_room(self, size: int) -> bool:

@@ -1,7 +1,8 @@
-"""Replies made in one turn of the loop, more than the outbox holds: a client that reads gets
-them all. One read can bring thousands of small requests, each answered at once (a ``pong``, a
-refusal); the outbox writes through once half full (``Outbox.offer``), or, without the
-transport's link (plain uvicorn), the reader lets the writer run (``Reader.receive_loop``).
+"""Frames made in one turn of the loop, more than an outbox holds: a client that reads gets them
+all. One read can bring thousands of small requests, each answered at once (a ``pong``, a
+refusal), or a publisher's burst, fanned out at once to every subscriber. An outbox writes
+through once half full (``Outbox.offer``), or, without the transport's link (plain uvicorn), the
+reader whose message fed it lets the writers run (``WRITERS_BEHIND``, ``Reader.receive_loop``).
 Only a client that does not read is dropped (tests/hostile/test_replies.py)."""
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ import uvicorn
 
 from broker.app import create_app
 from broker.settings import QueueSettings, Settings
-from protocol import CODECS, Encoding, Ping, Pong, ServerMessage, Welcome
+from protocol import (
+    CODECS,
+    Encoding,
+    Ping,
+    Pong,
+    Publication,
+    Publish,
+    ServerMessage,
+    Subscribe,
+    Subscribed,
+    Welcome,
+)
 from tests.conftest import TIMEOUT, free_socket, serve_broker
 from tests.rawclient import RawClient, masked_frame, open_raw
 
@@ -126,3 +138,52 @@ async def test_a_client_that_reads_gets_every_pong_of_a_burst_ten_times_its_outb
             assert await read_messages(client, 1) == ([Pong(id=0)], None)
         finally:
             client.reset()
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_a_subscriber_that_reads_gets_every_publication_of_a_burst_ten_times_its_outbox(
+    server: str,
+) -> None:
+    """200 publishes in one write, fanned out in one turn to a subscriber whose outbox holds 20:
+    it gets all 200, in order, and stays connected. Before the fix the burst waited for the
+    flush after the turn, and the 21st dropped the subscriber with 4008."""
+    settings = Settings(queue=QueueSettings(max_messages=OUTBOX))
+    async with SERVERS[server](settings) as port:
+        subscriber = await open_raw(port, "/v1/ws", subprotocol="broker.v1.json", rcvbuf=1 << 20)
+        publisher = await open_raw(port, "/v1/ws", subprotocol="broker.v1.json", rcvbuf=1 << 20)
+        try:
+            for client in (subscriber, publisher):
+                (welcome,), _ = await read_messages(client, 1)
+                assert isinstance(welcome, Welcome)
+            await subscriber.send(
+                masked_frame(JSON.encode_client(Subscribe(id=1, channel="burst")), opcode=0x1)
+            )
+            (subscribed,), _ = await read_messages(subscriber, 1)
+            assert isinstance(subscribed, Subscribed)
+            burst = b"".join(
+                masked_frame(
+                    JSON.encode_client(
+                        Publish(channel="burst", data=JSON.encode_payload({"n": n}))
+                    ),
+                    opcode=0x1,
+                )
+                for n in range(1, PINGS + 1)
+            )
+            await publisher.send(burst)
+            received, closed = await read_messages(subscriber, PINGS)
+            assert closed is None, f"closed with {closed} after {len(received)} messages"
+            assert [
+                JSON.decode_payload(m.data) for m in received if isinstance(m, Publication)
+            ] == [{"n": n} for n in range(1, PINGS + 1)]
+            # Still subscribed and open: one more.
+            await publisher.send(
+                masked_frame(
+                    JSON.encode_client(Publish(channel="burst", data=JSON.encode_payload("last"))),
+                    opcode=0x1,
+                )
+            )
+            ((last,), closed) = await read_messages(subscriber, 1)
+            assert isinstance(last, Publication) and JSON.decode_payload(last.data) == "last"
+        finally:
+            subscriber.reset()
+            publisher.reset()
