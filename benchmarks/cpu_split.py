@@ -7,8 +7,9 @@ tree, as ``--baseline`` runs it; ``broker@PYTHON`` when another interpreter runs
 ``--interpreter`` does) and every private ``nats-server -c`` (the benchmarks' own, not
 the system's), with the CPU each last ran on. ``summary`` takes, for each process, the seconds
 it ran at 30-70% of a core (a steady measured load such as ``benchmarks.moderate``'s 1,000 x 10
-at 2,000/s, not the connecting before or the closing after) and prints the medians per delivery
-at ``--rate`` deliveries a second:
+at 2,000/s, not the connecting before or the closing after; ``--steady LOW,HIGH`` moves the
+window, for a server that needs less than 30% of a core at that rate) and prints the medians per
+delivery at ``--rate`` deliveries a second:
 
     .venv/bin/python -m benchmarks.cpu_split record /tmp/samples.txt &
     .venv/bin/python -m benchmarks.moderate --loads channels \\
@@ -82,9 +83,12 @@ def record(path: Path, interval: float = 0.5) -> None:
             time.sleep(interval)
 
 
-def summary(lines: Sequence[str], rate: float) -> list[Split]:
-    """Each process's median user and system CPU per delivery over its steady seconds, in the
-    order the processes started; processes with fewer than five steady samples are left out."""
+def summary(
+    lines: Sequence[str], rate: float, steady: tuple[float, float] = STEADY
+) -> list[Split]:
+    """Each process's median user and system CPU per delivery over its steady seconds (using
+    between ``steady`` shares of a core), in the order the processes started; processes with
+    fewer than five steady samples are left out."""
     rows: dict[tuple[str, str], list[tuple[float, float, float, int]]] = defaultdict(list)
     for line in lines:
         when, pid, tag, user, system, cpu = line.split()
@@ -100,7 +104,7 @@ def summary(lines: Sequence[str], rate: float) -> list[Split]:
             if span <= 0:
                 continue
             share = (u1 - u0 + s1 - s0) / span
-            if STEADY[0] <= share <= STEADY[1]:
+            if steady[0] <= share <= steady[1]:
                 users.append((u1 - u0) / span)
                 systems.append((s1 - s0) / span)
                 cpus.append(ran_on)
@@ -129,6 +133,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     summing = commands.add_parser("summary", help="medians per delivery, per process")
     summing.add_argument("path", type=Path)
     summing.add_argument("--rate", type=float, default=20_000, help="deliveries/s measured")
+    summing.add_argument(
+        "--steady",
+        default=f"{STEADY[0]},{STEADY[1]}",
+        metavar="LOW,HIGH",
+        help=(
+            "shares of a core a second counts as steady load in; lower LOW for a server that"
+            " needs less than 30%% of a core at the measured rate"
+        ),
+    )
     args = parser.parse_args(argv)
     if args.command == "record":
         try:
@@ -136,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
         return 0
-    for split in summary(args.path.read_text().splitlines(), args.rate):
+    low, high = (float(part) for part in args.steady.split(","))
+    for split in summary(args.path.read_text().splitlines(), args.rate, (low, high)):
         sys.stdout.write(
             f"{split.tag:9s} pid {split.pid:>7s}: user {split.user_us:5.1f}"
             f" system {split.system_us:5.1f} total {split.total_us:5.1f} µs per delivery"

@@ -29,3 +29,11 @@ def test_only_the_steady_seconds_count_and_user_and_system_stay_apart() -> None:
 
 def test_a_process_never_steady_is_left_out() -> None:
     assert summary(samples("13", "baseline", [(0.9, 0.1)] * 10), rate=20_000) == []
+
+
+def test_a_lighter_server_is_counted_once_the_steady_window_is_lowered() -> None:
+    # 8 s at a quarter of a core: under the default window (30-70%), inside 20-70%.
+    light = samples("14", "nats", [(0.1, 0.15)] * 8)
+    assert summary(light, rate=20_000) == []
+    (split,) = summary(light, rate=20_000, steady=(0.2, 0.7))
+    assert round(split.user_us, 1) == 5.0 and round(split.system_us, 1) == 7.5
