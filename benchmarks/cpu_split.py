@@ -83,9 +83,7 @@ def record(path: Path, interval: float = 0.5) -> None:
             time.sleep(interval)
 
 
-def summary(
-    lines: Sequence[str], rate: float, steady: tuple[float, float] = STEADY
-) -> list[Split]:
+def summary(lines: Sequence[str], rate: float, steady: tuple[float, float] = STEADY) -> list[Split]:
     """Each process's median user and system CPU per delivery over its steady seconds (using
     between ``steady`` shares of a core), in the order the processes started; processes with
     fewer than five steady samples are left out."""
