@@ -14,12 +14,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from benchmarks.server import free_port
 
 
 def wait_listening(port: int, timeout: float) -> None:

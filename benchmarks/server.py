@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -41,12 +42,38 @@ class ServerStartError(RuntimeError):
     """The server exited or never accepted connections."""
 
 
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands out as a connection's source port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+#: Ports a server under test is given: below the kernel's ephemeral range, so that no client
+#: connection (of this process, or of a parallel test worker) takes one as its source port
+#: between the moment it is found free and the moment the server binds it; above the ports of
+#: the services that run on the machine (5432, 6379, 8000, ...).
+_SERVER_PORTS = range(20_000, max(20_001, _ephemeral_floor()))
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for a server started in
+    another process (which binds it itself). Picked at random outside the kernel's ephemeral
+    range (``_SERVER_PORTS``), so that parallel test workers rarely pick the same one and no
+    outgoing connection takes it meanwhile."""
+    for _ in range(200):
+        port = random.choice(_SERVER_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # all taken: any port
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
 
 
 def wait_accepting(port: int, timeout: float, process: subprocess.Popen[bytes]) -> None:

@@ -14,9 +14,11 @@ command is enough once Node.js and npm are on PATH.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -55,6 +57,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     npm = shutil.which("npm")
     if npm is None:
         return  # the tests that need the packages fail with a message saying so
+    # One process at a time: with pytest-xdist every worker starts a session.
+    with (Path(tempfile.gettempdir()) / "broker-tests-npm-ci.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _npm_ci_where_stale(npm)
+
+
+def _npm_ci_where_stale(npm: str) -> None:
     for project in NPM_PROJECTS:
         folder = ROOT / project
         lock = folder / "package-lock.json"

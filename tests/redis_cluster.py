@@ -13,13 +13,14 @@ import asyncio
 import redis.asyncio as aioredis
 
 from benchmarks.redis_cluster import cluster_ok, create_argv, node_args, parse_masters
+from benchmarks.server import free_port
 from tests.conftest import TIMEOUT
-from tests.redis_server import RedisServer, _free_port
+from tests.redis_server import RedisServer
 
 
 class RedisClusterServers:
     def __init__(self, masters: int = 3) -> None:
-        self.nodes = [RedisServer(args=node_args(_free_port())) for _ in range(masters * 2)]
+        self.nodes = [RedisServer(args=node_args(free_port())) for _ in range(masters * 2)]
 
     @property
     def url(self) -> str:

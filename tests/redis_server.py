@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
+from benchmarks.server import free_port as _free_port
 from tests.conftest import REDIS_MISSING, TIMEOUT
 
 
@@ -78,10 +78,3 @@ class RedisServer:
     async def close(self) -> None:
         await self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

@@ -8,6 +8,7 @@ cannot run, or None when it can. Peers: ``node_ws`` (package ``ws``) and ``node_
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import subprocess
@@ -65,6 +66,15 @@ def ensure_installed(
     npm = shutil.which("npm")
     if npm is None:
         return f"npm is not installed: the {name} peer is skipped"
+    # One process at a time (parallel test workers may both need the peer).
+    with (directory / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if package_version(directory, package) is not None:
+            return None  # installed meanwhile
+        return _npm_install(npm, directory, package, name, timeout)
+
+
+def _npm_install(npm: str, directory: Path, package: str, name: str, timeout: float) -> str | None:
     try:
         subprocess.run(
             [npm, "install", "--prefix", str(directory), "--no-audit", "--no-fund"],

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from benchmarks.server import free_port as free_port
 from protocol import Disconnect, Encoding, Subscribe, Subscribed
 from tests.conftest import TIMEOUT, wait_until
 from tests.rawclient import open_raw, server_holds
@@ -24,13 +25,6 @@ from tests.wsclient import open_client
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def broker_env(**overrides: str) -> dict[str, str]:

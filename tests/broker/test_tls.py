@@ -91,16 +91,19 @@ async def test_a_client_that_does_not_trust_the_certificate_is_refused(
 
 
 def test_tls_mistakes_stop_start_up_naming_the_key(
-    cert_files: tuple[Path, Path, Path], tmp_path: Path
+    cert_files: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    chain, key, ca_file = cert_files
+    # Short relative paths: a value's repr is shortened in the message past about 80
+    # characters, which a temporary directory's absolute path may reach.
+    monkeypatch.chdir(tmp_path)
+    chain, key, ca_file = (path.relative_to(tmp_path) for path in cert_files)
 
     def error(**environ: str) -> str:
         with pytest.raises(ConfigError) as raised:
             load_settings(None, {f"BROKER_SERVER__{k.upper()}": v for k, v in environ.items()})
         return str(raised.value)
 
-    missing = str(tmp_path / "missing.pem")
+    missing = "missing.pem"
     assert error(tls_certfile=missing) == (
         f"$BROKER_SERVER__TLS_CERTFILE: server.tls_certfile = {missing!r}: "
         "expected a readable file (not found)"

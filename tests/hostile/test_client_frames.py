@@ -119,6 +119,16 @@ async def test_pings_and_fragmented_messages_among_whole_ones_keep_their_order()
         (b"\x81\xfe\x20\x00" + b"mask", 1009),  # 8 KiB declared, over the limit: refused at once
         (masked_frame(b"\xff\xfe"), 1007),  # invalid UTF-8
     ],
+    # Named, not shown: the masks are random, and ids must be the same in every collection
+    # (pytest-xdist's workers each collect the suite).
+    ids=[
+        "message-inside-fragments",
+        "unmasked",
+        "reserved-opcode",
+        "reserved-bit",
+        "declared-over-limit",
+        "invalid-utf8",
+    ],
 )
 async def test_what_websockets_refused_is_still_refused(wire: bytes, code: int) -> None:
     async with serve_broker(SETTINGS) as running:
