@@ -117,9 +117,6 @@ class Reader(Closing):
                         self.request_close(CloseCode.MESSAGE_TOO_BIG)
                         continue
                     await on_text(text)
-                    if behind.wanted:
-                        behind.wanted = False
-                        await asyncio.sleep(0)
                 else:
                     data: bytes = message.get("bytes") or b""
                     stats.bytes_in += len(data)
@@ -127,9 +124,9 @@ class Reader(Closing):
                         self.request_close(CloseCode.MESSAGE_TOO_BIG)
                         continue
                     await on_bytes(data)
-                    if behind.wanted:
-                        behind.wanted = False
-                        await asyncio.sleep(0)
+                if behind.wanted:
+                    behind.wanted = False
+                    await asyncio.sleep(0)
         finally:
             if heartbeats is not None:
                 heartbeats.cancel(self)

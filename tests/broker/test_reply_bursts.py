@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
-import uvicorn
 
 from broker.app import create_app
 from broker.settings import QueueSettings, Settings
@@ -29,7 +28,8 @@ from protocol import (
     Subscribed,
     Welcome,
 )
-from tests.conftest import TIMEOUT, free_socket, serve_broker
+from tests.broker.test_dependencies import serve_app
+from tests.conftest import TIMEOUT, serve_broker
 from tests.rawclient import RawClient, masked_frame, open_raw
 
 pytestmark = pytest.mark.anyio
@@ -49,30 +49,8 @@ async def serve_broker_port(settings: Settings) -> AsyncIterator[int]:
 async def serve_plain_uvicorn(settings: Settings) -> AsyncIterator[int]:
     """The broker's app under uvicorn's own WebSocket protocol (as ``uvicorn app:app`` in a host
     application): no transport link, so the writer is a task and nothing writes through."""
-    sock = free_socket()
-    config = uvicorn.Config(
-        create_app(settings), ws="websockets-sansio", lifespan="on", log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    server.capture_signals = _no_signals  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.005)
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(TIMEOUT * 3):
-            await task
-        sock.close()
-
-
-@contextmanager
-def _no_signals() -> Iterator[None]:
-    yield
+    async with serve_app(create_app(settings), ws="websockets-sansio") as address:
+        yield int(address.rsplit(":", 1)[1])
 
 
 SERVERS: dict[str, Callable[[Settings], AbstractAsyncContextManager[int]]] = {
