@@ -26,7 +26,7 @@ from starlette.websockets import WebSocketState
 from broker.connection_closing import Closing
 from broker.heartbeats import sweep
 from broker.logs import get_logger
-from broker.outbox import WRITERS_BEHIND
+from broker.writers_behind import WRITERS_BEHIND, let_writers_run
 from protocol import CloseCode
 
 log = get_logger("broker.connection")
@@ -69,11 +69,8 @@ class Reader(Closing):
         stats = self.stats
         max_bytes = self.settings.websocket.max_message_bytes
         loop = asyncio.get_running_loop()
-        # Without the transport's link a writer is a task, and an outbox cannot write through:
-        # what one message fans out (a publisher's burst) or answers (thousands of pings read at
-        # once) leaves only when this task lets the writers run. So it does once an outbox is
-        # half full (``WRITERS_BEHIND``), rather than overflow it for a client that reads fine.
-        # (With the link an outbox writes through itself: ``Outbox.offer``.)
+        # Under plain uvicorn what one message fans out or answers leaves only when this task
+        # lets the writer tasks run: it does once an outbox is half full (``WRITERS_BEHIND``).
         behind = WRITERS_BEHIND
         heartbeats = None
         if heartbeat is not None:
@@ -125,8 +122,7 @@ class Reader(Closing):
                         continue
                     await on_bytes(data)
                 if behind.wanted:
-                    behind.wanted = False
-                    await asyncio.sleep(0)
+                    await let_writers_run()
         finally:
             if heartbeats is not None:
                 heartbeats.cancel(self)

@@ -27,25 +27,11 @@ from typing import Protocol
 
 from broker.flusher import FlushScheduler
 from broker.settings import OverflowPolicy
+from broker.writers_behind import WRITERS_BEHIND
 from protocol import Frame
 
 #: The moving average's weight for the newest gap (``Outbox.offer``).
 _WEIGHT = 1.0 / FlushScheduler.SMOOTHING
-
-
-class WritersBehind:
-    """Whether an outbox that cannot write through (no transport link: its writer is a task)
-    reached half full in the current turn: the reader feeding it (a publisher's burst fanned out,
-    replies to a burst of requests) then lets the loop turn before its next message, so that the
-    writer tasks run (``Reader.receive_loop``). One per process (``WRITERS_BEHIND``)."""
-
-    __slots__ = ("wanted",)
-
-    def __init__(self) -> None:
-        self.wanted = False
-
-
-WRITERS_BEHIND = WritersBehind()
 
 
 class DirectWriter(Protocol):
@@ -250,8 +236,8 @@ class Outbox:
                     # the writer, and the outbox fills only if the client does not read.
                     self.flush()
         elif self.write_through is None and len(self._frames) * 2 >= self.max_messages:
-            # The writer task is awake but cannot run before the turn ends: ask the reader
-            # feeding this outbox to let the loop turn.
+            # The writer task is awake but cannot run before the turn ends: ask the loop feeding
+            # this outbox to let the loop turn (``broker.writers_behind``).
             WRITERS_BEHIND.wanted = True
         return True
 

@@ -79,6 +79,7 @@ from broker.backplane.redis_shard_readers import POLL, ShardReaders
 from broker.logs import get_logger, redact_text
 from broker.monitor.histogram import Histogram
 from broker.settings import BackplaneSettings, NamespaceSettings
+from broker.writers_behind import WRITERS_BEHIND, let_writers_run
 from protocol import ClientInfo, Codec, Encoding, Join, Leave, PublicationFrames
 
 log = get_logger("broker.backplane.redis")
@@ -240,6 +241,8 @@ class RedisShard(ShardHistory, ShardPresence):
                 message = await self._next_message(pubsub, self.settings.health_interval)
                 if message is not None:
                     await self._on_message(message)
+                    if WRITERS_BEHIND.wanted:  # an outbox half full (``broker.writers_behind``)
+                        await let_writers_run()
 
     async def _reconcile(self, pubsub: PubSub) -> None:
         """Make the pub/sub subscriptions follow ``watched``."""

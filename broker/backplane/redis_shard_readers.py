@@ -38,6 +38,7 @@ from anyio.abc import TaskGroup
 from redis.exceptions import RedisClusterException, RedisError
 
 from broker.logs import get_logger
+from broker.writers_behind import WRITERS_BEHIND, let_writers_run
 
 log = get_logger("broker.backplane.redis")
 
@@ -135,6 +136,8 @@ class ShardReaders:
                     log.info("backplane.shard_read_recovered", node=name)
                 if message is not None:
                     await self.on_message(message)
+                    if WRITERS_BEHIND.wanted:  # an outbox half full (``broker.writers_behind``)
+                        await let_writers_run()
         finally:
             self._readers.discard(name)
             self._changed.set()
