@@ -136,6 +136,8 @@ class Connection(Reader, LinkWriter):
             else AsgiFrameSink(websocket.send)
         )
         self._log_budget = settings.log.max_protocol_errors_logged
+        self._take = None
+        self._clock = None
 
     # --- used by readers ------------------------------------------------------------------------
 

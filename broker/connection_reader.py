@@ -12,6 +12,12 @@ queue's ``get``: what those do on the way (resume reading once the queue is empt
 WebSocket's ``client_state`` on ``websocket.disconnect``) is done here or in the protocol. When
 anything wraps the ASGI ``receive`` (a middleware), or under another server, frames come through
 ``WebSocket.receive`` as before.
+
+An endpoint that can handle some messages without waiting gives ``take_now``: then, while the
+reader waits with nothing queued, the protocol offers it each message before queueing it
+(``take_message``, in this connection's context), and what the endpoint cannot finish at once
+it defers to this loop (``Connection.defer``), which awaits it in order (docs/design.md,
+"Messages taken at once").
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from starlette.websockets import WebSocketState
@@ -26,6 +33,7 @@ from starlette.websockets import WebSocketState
 from broker.connection_closing import Closing
 from broker.heartbeats import sweep
 from broker.logs import get_logger
+from broker.transport_messages import DEFERRED
 from broker.writers_behind import WRITERS_BEHIND, let_writers_run
 from protocol import CloseCode
 
@@ -54,12 +62,15 @@ class Reader(Closing):
         on_bytes: Callable[[bytes], Awaitable[None]],
         *,
         heartbeat: float | None = None,
+        take_now: Callable[[str | None, bytes | None], bool] | None = None,
     ) -> None:
         """Read frames until the client leaves, handing each to ``on_text`` or ``on_bytes``.
 
         With ``heartbeat``, a client silent for that long is closed with 4009 (docs/protocol.md,
         "Liveness"). Frames arriving after a close was requested are read and dropped, so that the
-        client's close reply is still seen.
+        client's close reply is still seen. With ``take_now`` (and the protocol's queue read
+        directly), a message arriving while this loop waits is offered to it first
+        (``take_message``).
         """
         websocket = self.websocket
         receive = websocket.receive
@@ -84,6 +95,12 @@ class Reader(Closing):
                 self._context = contextvars.copy_context()
             heartbeats = sweep(heartbeat)
             heartbeats.schedule(self, self._last_heard + heartbeat)
+        if source is not None and take_now is not None:
+            if self._context is None:
+                self._context = contextvars.copy_context()
+            self._take, self._clock = take_now, loop.time
+            # Run by the protocol's callback, in this task's context (logs' ``client``).
+            source.take_now = partial(self._context.run, self.take_message)  # type: ignore[call-arg]
         try:
             while True:
                 if source is not None:
@@ -94,6 +111,13 @@ class Reader(Closing):
                 else:
                     message = await receive()
                 kind = message["type"]
+                if kind == DEFERRED:
+                    # The rest of a message taken at once: counted and heard already, and
+                    # carried out even if a close was asked for since, as it was read before.
+                    await message["then"]()
+                    if behind.wanted:
+                        await let_writers_run()
+                    continue
                 if kind == "websocket.disconnect":
                     if source is not None:
                         # As Starlette's ``receive`` does: nothing more can be read.
@@ -124,8 +148,50 @@ class Reader(Closing):
                 if behind.wanted:
                     await let_writers_run()
         finally:
+            if source is not None and take_now is not None:
+                source.take_now = None
+                self._take = self._clock = None
             if heartbeats is not None:
                 heartbeats.cancel(self)
+
+    def take_message(self, text: str | None, data: bytes | None) -> bool:
+        """One message offered by the protocol before it queues it, while ``receive_loop``
+        waits with nothing queued: handed to the endpoint's ``take_now`` after the loop's own
+        checks, and counted as the loop counts it. True when the endpoint took it (done, or
+        deferred to the loop); False when the loop must see it (after a close was asked for,
+        over the size limit, or declined by the endpoint), and then nothing was done.
+
+        A failure is the loop's too: it is deferred to the loop, which raises it there, so the
+        connection ends as for a failure in the loop (``connection.failed``, 1011)."""
+        take = self._take
+        if take is None or self.close_request is not None:
+            return False
+        max_bytes = self.settings.websocket.max_message_bytes
+        if text is not None:
+            size = len(text) if len(text) * 4 <= max_bytes else len(text.encode())
+        else:
+            size = len(data or b"")
+        if size > max_bytes:
+            return False
+        try:
+            if not take(text, data):
+                return False
+        except Exception as exc:
+            self.defer(partial(_raise, exc))
+        stats = self.stats
+        stats.messages_in += 1
+        stats.bytes_in += size
+        clock = self._clock
+        if clock is not None:
+            self._last_heard = clock()
+        return True
+
+    def defer(self, then: Callable[[], Awaitable[None]]) -> None:
+        """Have ``receive_loop`` await ``then`` in its task before any message read after now:
+        the rest of a message the endpoint took at once (``take_now``) but cannot finish
+        without waiting. Only while a message is being taken that way."""
+        assert self.link is not None
+        self.link.defer(then)
 
     def on_sweep(self, now: float) -> float | None:
         """The heartbeat check (``broker.heartbeats``): the next deadline while the client was
@@ -145,3 +211,7 @@ class Reader(Closing):
         # The reader goes on reading (and dropping) until the close handshake ends or the
         # writer gives up.
         self.request_close(CloseCode.HEARTBEAT_TIMEOUT)
+
+
+async def _raise(exc: Exception) -> None:
+    raise exc

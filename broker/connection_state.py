@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,11 +58,13 @@ class ConnectionState:
     """The state of one connection; ``Connection.__init__`` sets every slot (documented there)."""
 
     __slots__ = (
+        "_clock",
         "_context",
         "_heartbeat",
         "_last_heard",
         "_latency",
         "_log_budget",
+        "_take",
         "_write_timer",
         "address",
         "close_code",
@@ -87,11 +90,15 @@ class ConnectionState:
         "write_scope",
     )
 
+    #: The loop's clock while the reader takes messages at once (``Reader.take_message``).
+    _clock: Callable[[], float] | None
     _context: contextvars.Context | None
     _heartbeat: float
     _last_heard: float
     _latency: Histogram | None
     _log_budget: int
+    #: The endpoint's ``take_now`` while the reader reads (``Reader.take_message``).
+    _take: Callable[[str | None, bytes | None], bool] | None
     _write_timer: asyncio.TimerHandle | None
     address: str | None
     close_code: int | None

@@ -138,6 +138,7 @@ class BrokerWebSocketProtocol(SweptKeepalive, ClientMessages):
         "scheme",
         "server",
         "sweep_tick",
+        "take_now",
         "tally",
         "tasks",
         "transport",
@@ -175,6 +176,8 @@ class BrokerWebSocketProtocol(SweptKeepalive, ClientMessages):
         self.client = None
         self.scheme = None  # type: ignore[assignment]
         self.queue = ReceiveQueue(self.loop)  # type: ignore[assignment]
+        #: Set by the app's reader while it reads (``ClientMessages.take_now``).
+        self.take_now = None
         self.handshake_initiated = False
         self.handshake_complete = False
         self.close_sent = False

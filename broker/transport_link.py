@@ -51,6 +51,12 @@ class MessageSource(Protocol):
     def message_arrival(self) -> asyncio.Future[None]:
         """A future that ends once a message is queued."""
 
+    #: Offered each message first while the reader waits with nothing queued (True: taken).
+    take_now: Callable[[str | None, bytes | None], bool] | None
+
+    def defer(self, then: Callable[[], Awaitable[None]]) -> None:
+        """Queue ``then`` for the reader to await, behind everything queued."""
+
 
 class ClientGone(Exception):
     """The client's connection is closed: nothing more can be written to it."""
@@ -118,6 +124,11 @@ class TransportLink:
         protocol = self._protocol
         # Bound methods are equal when their object and function are.
         return protocol if receive == protocol.receive else None
+
+    def defer(self, then: Callable[[], Awaitable[None]]) -> None:
+        """Queue ``then`` for the app's reader to await, behind everything queued
+        (``ClientMessages.defer``)."""
+        self._protocol.defer(then)
 
     def admission_refusal(self, address: str | None) -> str | None:
         """Why this WebSocket client must be told to come back later (1013), or None.

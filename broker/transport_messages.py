@@ -12,11 +12,18 @@ app's queue, and taken from it by the app.
 * **The app's reads**: the connection's reader takes messages with ``next_message`` and waits
   with ``message_arrival`` when nothing wraps the ASGI ``receive`` (``TransportLink.messages``),
   without a coroutine per message; ``receive`` is the same for everything else.
+* **Messages taken at once**: while the reader waits with nothing queued, a message is offered
+  to its ``take_now`` first, in this callback, and queued only if it declines. What it cannot
+  finish without waiting it queues itself, as a continuation (``defer``), which the reader
+  runs in its task before anything read after it. A publication or a ping then costs no
+  future, no wake-up of the reader's task and no resumption of its chain of coroutines
+  (docs/design.md, "Messages taken at once").
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import Message as AsgiMessage
@@ -28,7 +35,10 @@ from broker.client_faults import client_faults, peer
 from broker.sockets import limits
 from broker.transport_parts import ReceiveQueue
 
-__all__ = ["ClientMessages"]
+__all__ = ["DEFERRED", "ClientMessages"]
+
+#: The type of a queued continuation (``ClientMessages.defer``): not an ASGI message type.
+DEFERRED = "broker.deferred"
 
 
 class ClientMessages(WebSocketsSansIOProtocol):
@@ -38,6 +48,10 @@ class ClientMessages(WebSocketsSansIOProtocol):
     #: The message being assembled from fragments, and how many frames it came in so far.
     fragments: bytearray | None
     fragment_count: int
+    #: The reader's offer to handle a message now (text, or bytes), while it reads: True when
+    #: it took it (done, or deferred behind everything else); False, and nothing was done,
+    #: when the message must be queued as usual. None while nobody offers.
+    take_now: Callable[[str | None, bytes | None], bool] | None
 
     def handle_text(self, event: WireFrame) -> None:
         self._begin_message("text", event)
@@ -81,10 +95,11 @@ class ClientMessages(WebSocketsSansIOProtocol):
             # The app is past ``websocket.close``: discard the message, keep reading until the
             # peer's close reply arrives.
             return
-        queue = self.queue
+        queue: ReceiveQueue = self.queue  # type: ignore[assignment]
         # Read on while the app keeps up: pause only when a message arrives with the one before
         # still unread (see below).
         behind = not queue.empty()
+        take_now = self.take_now
         if self.curr_msg_data_type == "text":
             try:
                 text = data.decode()
@@ -92,8 +107,13 @@ class ClientMessages(WebSocketsSansIOProtocol):
                 client_faults.info("websocket.invalid_utf8", remote=peer(self.client))
                 self._fail(1007, "invalid UTF-8")
                 return
+            # Handled now when the reader would take it next anyway (module docstring).
+            if take_now is not None and queue.reader_waiting() and take_now(text, None):
+                return
             queue.put_nowait({"type": "websocket.receive", "text": text})
         else:
+            if take_now is not None and queue.reader_waiting() and take_now(None, data):
+                return
             queue.put_nowait({"type": "websocket.receive", "bytes": data})
         if behind and not self.read_paused:
             # The app is behind (its reader waits for the hub's mailbox, say): stop reading
@@ -132,6 +152,11 @@ class ClientMessages(WebSocketsSansIOProtocol):
     def message_arrival(self) -> asyncio.Future[None]:
         """A future that ends once a message is queued for the app (``next_message``)."""
         return self.queue.arrival()  # type: ignore[attr-defined,no-any-return]
+
+    def defer(self, then: Callable[[], Awaitable[None]]) -> None:
+        """Queue ``then`` for the reader to await in its task, after everything queued before
+        it: the rest of a message ``take_now`` took but could not finish without waiting."""
+        self.queue.put_nowait({"type": DEFERRED, "then": then})  # type: ignore[arg-type]
 
     async def receive(self) -> Any:
         message = self.next_message()

@@ -82,6 +82,12 @@ class ReceiveQueue:
     def empty(self) -> bool:
         return not self._items
 
+    def reader_waiting(self) -> bool:
+        """Whether the reader waits for a message with nothing queued (``arrival``): a message
+        handled now instead of queued is then the one it would take next."""
+        waiter = self._waiter
+        return waiter is not None and not self._items and not waiter.done()
+
     def relabel_last_disconnect(self, code: int, reason: str) -> None:
         """Give the last queued ``websocket.disconnect`` message ``code`` and ``reason``."""
         if self._items and self._items[-1].get("type") == "websocket.disconnect":

@@ -16,6 +16,11 @@ frame (``Broker.publish_submit``, docs/scaleout.md): the reply follows from a ca
 replies to publishes, with the errors the reader makes itself, leave in the order of the requests.
 In memory a publish is done at once, without a coroutine on the way to the hub
 (``Backplane.publish_now``), unless it would wait for room in the hub's mailbox.
+
+Under ``broker serve`` a message that arrives while the reader waits is offered to ``take_now``
+before it is queued: a ``ping`` or a ``publish`` that needs no wait is handled in the protocol's
+callback, without a turn of the reader's task; everything else is deferred to the task in order
+(docs/design.md, "Messages taken at once").
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from functools import partial
+
+import msgspec
 
 from broker.auth import Action, Refused
 from broker.auth.session import ConnectionAuth
@@ -41,10 +49,12 @@ from broker.ratelimit import TokenBucket
 from broker.runtime import Broker
 from broker.settings import NamespaceSettings
 from protocol import (
+    ClientMessage,
     CloseCode,
     Codec,
     Connect,
     DecodeFailure,
+    Encoding,
     Error,
     ErrorCode,
     History,
@@ -152,6 +162,7 @@ class V1Reader:
                 self.on_text,
                 self.on_bytes,
                 heartbeat=websocket_settings.heartbeat + websocket_settings.heartbeat_grace,
+                take_now=self.take_now,
             )
         finally:
             if self.idle_timer is not None:
@@ -193,6 +204,29 @@ class V1Reader:
             if await self.auth.on_first(message):
                 await self.welcome()
             return
+        await self.carry_out(message)
+
+    def take_now(self, text: str | None, data: bytes | None) -> bool:
+        """A message offered before it is queued, while the reader waits for one
+        (``Reader.take_message``): whether it took it. A ``ping`` is answered and a
+        ``publish`` made here when nothing makes it wait (in memory, open to publishing, no
+        earlier reply pending); whatever must wait, and every other request, is deferred to
+        the reader's task (``Connection.defer``), in order. Declined (nothing done) before
+        authentication and for the wrong kind of frame: the reader's own way handles those."""
+        frame = text if self.codec.text else data
+        if frame is None or self.auth.identity is None:
+            return False
+        message = self.codec.decode_client(frame)
+        if isinstance(message, Ping):
+            self.connection.send_frame(self.codec.encode(Pong(id=message.id)))
+        elif isinstance(message, Publish):
+            self.publish_taken(message)
+        else:
+            self.connection.defer(partial(self.carry_out, message))
+        return True
+
+    async def carry_out(self, message: ClientMessage | DecodeFailure) -> None:
+        """Carry out one request of an authenticated client."""
         match message:
             case Publish():
                 await self.publish(message)
@@ -235,59 +269,113 @@ class V1Reader:
             else:
                 await asyncio.wait((head[0],))
             held = self.held
+        if self._rate_limited(message):
+            return
+        channel = message.channel
+        # Looked up once, for the open check and for the backplane (about 1,800 instructions).
+        options = self.connection.settings.namespace(namespace_of(channel))
+        if self.open_to(channel, _PUBLISH, options):
+            converted = self._publish_at_once(message, options)
+            if converted is not None:
+                await self._submit(message, converted)
+        else:
+            await self._publish_permitted(message, options)
+
+    def publish_taken(self, message: Publish) -> None:
+        """``publish`` for a message taken at once (``take_now``): what it can do without
+        waiting is done here; the rest is deferred to the reader's task, in order."""
+        held = self.held
+        if held is not None and len(held) >= self.broker.settings.backplane.publish_queue:
+            self.connection.defer(partial(self.publish, message))
+            return
+        if self._rate_limited(message):
+            return
+        channel = message.channel
+        options = self.connection.settings.namespace(namespace_of(channel))
+        if not self.open_to(channel, _PUBLISH, options):
+            self.connection.defer(partial(self._publish_permitted, message, options))
+            return
+        converted = self._publish_at_once(message, options)
+        if converted is not None:
+            self.connection.defer(partial(self._submit, message, converted))
+
+    def _rate_limited(self, message: Publish) -> bool:
+        """Whether the publish rate limit refuses ``message`` (answered, or the connection
+        closed after too many strikes)."""
         if self.bucket is not None and not self.bucket.take():
             self.strikes += 1
             if self.strikes >= self.connection.settings.limits.rate_limit_strikes:
                 self.connection.protocol_error("protocol.rate_limit_abuse", strikes=self.strikes)
                 self.connection.request_close(CloseCode.RATE_LIMIT_ABUSE)
-                return
+                return True
             self.hub.instruments.rate_limited += 1
             self.error(message.id, ErrorCode.RATE_LIMITED, "publish rate limit exceeded")
-            return
+            return True
         self.strikes = 0
-        channel = message.channel
-        # Looked up once, for the open check and for the backplane (about 1,800 instructions).
-        options = self.connection.settings.namespace(namespace_of(channel))
-        if not self.open_to(channel, _PUBLISH, options) and not await self.permitted(
-            message.id, channel, _PUBLISH
-        ):
+        return False
+
+    async def _publish_permitted(self, message: Publish, options: NamespaceSettings) -> None:
+        if not await self.permitted(message.id, message.channel, _PUBLISH):
             return
+        converted = self._publish_at_once(message, options)
+        if converted is not None:
+            await self._submit(message, converted)
+
+    def _publish_at_once(
+        self, message: Publish, options: NamespaceSettings
+    ) -> dict[Encoding, msgspec.Raw] | None:
+        """Check that every encoding can carry the payload, and publish it if that needs no
+        wait (in memory: no coroutine on the way to the hub). None when it is done: published
+        and answered, or refused. Otherwise the converted payloads, for ``_submit``."""
         try:
             converted = convert_for_subscribers(message.data, self.codec)
         except UnconvertibleData as exc:
             self.error(message.id, ErrorCode.BAD_REQUEST, str(exc))
-            return
-        publisher = self.connection.subscriber.user or self.connection.id
+            return None
         try:
-            # At once when it can be (in memory: no coroutine on the way to the hub).
-            outcome: Head | asyncio.Future[Head] | None = self.broker.backplane.publish_now(
-                channel,
+            head = self.broker.backplane.publish_now(
+                message.channel,
                 message.data,
                 self.codec,
-                publisher,
+                self.connection.subscriber.user or self.connection.id,
                 options,
                 converted,
                 message.idempotency_key,
             )
-            if outcome is None:
-                outcome = await self.broker.publish_submit(
-                    channel,
-                    message.data,
-                    self.codec,
-                    publisher,
-                    converted,
-                    self.settle,
-                    message.idempotency_key,
-                )
+        except BackplaneUnavailable:
+            self.error(message.id, ErrorCode.UNAVAILABLE, _UNAVAILABLE)
+            return None
+        if head is None:
+            return converted
+        self._published(message, head)
+        return None
+
+    def _published(self, message: Publish, head: Head) -> None:
+        if message.id is not None:
+            published = Published(
+                id=message.id, channel=message.channel, offset=head.offset, epoch=head.epoch
+            )
+            self.reply(self.codec.encode(published))
+
+    async def _submit(self, message: Publish, converted: dict[Encoding, msgspec.Raw]) -> None:
+        """The publish through the backplane's pipeline (Redis), or after a wait for room in the
+        hub's mailbox."""
+        channel = message.channel
+        try:
+            outcome: Head | asyncio.Future[Head] = await self.broker.publish_submit(
+                channel,
+                message.data,
+                self.codec,
+                self.connection.subscriber.user or self.connection.id,
+                converted,
+                self.settle,
+                message.idempotency_key,
+            )
         except BackplaneUnavailable:
             self.error(message.id, ErrorCode.UNAVAILABLE, _UNAVAILABLE)
             return
         if isinstance(outcome, Head):  # done already (the memory backplane)
-            if message.id is not None:
-                published = Published(
-                    id=message.id, channel=channel, offset=outcome.offset, epoch=outcome.epoch
-                )
-                self.reply(self.codec.encode(published))
+            self._published(message, outcome)
             return
         # Pipelined (Redis): read the next frame now; the reply follows from ``settle``, which
         # the pipeline calls once the result is known (a callback, not a task: memory per
