@@ -143,7 +143,7 @@ class Connection(Reader, LinkWriter):
 
     def send_frame(self, data: bytes, *, binary: bool = False) -> bool:
         """Queue one frame made by the connection itself (a reply, an echo). Never waits."""
-        return self.outbox.offer(Frame(data, binary=binary))
+        return self.outbox.offer(Frame(data, None, 0, binary))
 
     # --- lifecycle ------------------------------------------------------------------------------
 

@@ -61,7 +61,6 @@ class PublicationFrames:
 
     def __init__(
         self,
-        *,
         channel: str,
         offset: int,
         epoch: str,
@@ -110,6 +109,7 @@ class PublicationFrames:
         frame = self._frames.get(encoding)
         if frame is None:
             data = CODECS[encoding].encode(self.message(encoding))
-            frame = Frame(data, self.channel, self.offset, accepted=self.accepted)
+            # Positional: keyword arguments to a class cost a dictionary per call.
+            frame = Frame(data, self.channel, self.offset, False, None, self.accepted)
             self._frames[encoding] = frame
         return frame

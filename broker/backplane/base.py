@@ -45,9 +45,11 @@ class BackplaneUnavailable(Exception):
     ``idempotency_key`` is safe."""
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
-    """A channel's stream position: its epoch and the offset of its latest publication."""
+class Head(msgspec.Struct, frozen=True, gc=False):
+    """A channel's stream position: its epoch and the offset of its latest publication.
+
+    A Struct rather than a frozen dataclass: one is made per publish, and a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``."""
 
     epoch: str
     offset: int

@@ -214,15 +214,8 @@ class MemoryBackplane:
                 return seen, None
         stream = self._stream(channel)
         offset = stream.offset + 1
-        publication = PublicationFrames(
-            channel=channel,
-            offset=offset,
-            epoch=stream.epoch,
-            publisher=publisher,
-            data=data,
-            source=codec,
-            accepted=now,
-        )
+        # Positional: keyword arguments to a class cost a dictionary per call.
+        publication = PublicationFrames(channel, offset, stream.epoch, publisher, data, codec, now)
         if converted:
             for encoding, payload in converted.items():
                 publication.add_payload(encoding, payload)

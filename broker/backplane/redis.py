@@ -355,13 +355,13 @@ class RedisShard(ShardHistory, ShardPresence):
             _, offset, epoch, tag, publisher, payload = data.split(b"|", 5)
             await deliver(
                 LivePublication(
-                    PublicationFrames(
-                        channel=channel,
-                        offset=int(offset),
-                        epoch=epoch.decode(),
-                        publisher=publisher.decode() or None,
-                        data=msgspec.Raw(payload),
-                        source=TAG_CODECS[tag],
+                    PublicationFrames(  # positional: no dictionary of keywords per call
+                        channel,
+                        int(offset),
+                        epoch.decode(),
+                        publisher.decode() or None,
+                        msgspec.Raw(payload),
+                        TAG_CODECS[tag],
                     )
                 )
             )
