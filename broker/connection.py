@@ -137,7 +137,6 @@ class Connection(Reader, LinkWriter):
         )
         self._log_budget = settings.log.max_protocol_errors_logged
         self._take = None
-        self._clock = None
 
     # --- used by readers ------------------------------------------------------------------------
 

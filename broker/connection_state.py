@@ -58,7 +58,6 @@ class ConnectionState:
     """The state of one connection; ``Connection.__init__`` sets every slot (documented there)."""
 
     __slots__ = (
-        "_clock",
         "_context",
         "_heartbeat",
         "_last_heard",
@@ -90,8 +89,6 @@ class ConnectionState:
         "write_scope",
     )
 
-    #: The loop's clock while the reader takes messages at once (``Reader.take_message``).
-    _clock: Callable[[], float] | None
     _context: contextvars.Context | None
     _heartbeat: float
     _last_heard: float

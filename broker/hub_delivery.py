@@ -95,7 +95,7 @@ class Delivery:
     def _fan_out(self, state: ChannelState, publication: PublicationFrames) -> None:
         self._publications += 1
         refused: list[Subscriber] = []
-        delivered = 0
+        offered = 0
         for encoding, group in state.live.items():
             if encoding is None:
                 continue
@@ -106,18 +106,18 @@ class Delivery:
                 # version): these subscribers are told they skip it, not left guessing.
                 self._gap_to(group, encoding, state.name, publication.offset, publication.offset)
                 continue
+            offered += len(group)
             for subscriber in group:
-                if subscriber.outbox.offer(frame):
-                    delivered += 1
-                else:
-                    refused.append(subscriber)
+                if not subscriber.outbox.offer(frame):
+                    refused.append(subscriber)  # noqa: PERF401 - rare; the loop is for ``offer``
+        # Counted per group, not per delivery: the loop above runs once per subscriber.
+        self._deliveries += offered - len(refused)
         if state.recovering:
             cap = self.settings.queue.max_messages
             for subscriber, recovery in state.recovering.items():
                 recovery.held.append(publication)
                 if len(recovery.held) > cap:
                     refused.append(subscriber)
-        self._deliveries += delivered
         for subscriber in refused:
             # Its writer drops the client (4008); the hub stops feeding it right away.
             subscriber.outbox.overflow()
