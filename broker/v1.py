@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import msgspec
@@ -269,17 +270,9 @@ class V1Reader:
             else:
                 await asyncio.wait((head[0],))
             held = self.held
-        if self._rate_limited(message):
-            return
-        channel = message.channel
-        # Looked up once, for the open check and for the backplane (about 1,800 instructions).
-        options = self.connection.settings.namespace(namespace_of(channel))
-        if self.open_to(channel, _PUBLISH, options):
-            converted = self._publish_at_once(message, options)
-            if converted is not None:
-                await self._submit(message, converted)
-        else:
-            await self._publish_permitted(message, options)
+        rest = self._publish_now(message)
+        if rest is not None:
+            await rest()
 
     def publish_taken(self, message: Publish) -> None:
         """``publish`` for a message taken at once (``take_now``): what it can do without
@@ -288,16 +281,24 @@ class V1Reader:
         if held is not None and len(held) >= self.broker.settings.backplane.publish_queue:
             self.connection.defer(partial(self.publish, message))
             return
+        rest = self._publish_now(message)
+        if rest is not None:
+            self.connection.defer(rest)
+
+    def _publish_now(self, message: Publish) -> Callable[[], Awaitable[None]] | None:
+        """The steps of a publish that need no wait, done now: the rate limit, the namespace's
+        check, the conversion and, in memory, the publish itself. None when that was all (done,
+        or refused and answered); otherwise the rest, for the caller to await or defer: a
+        permission check, or the backplane's pipeline."""
         if self._rate_limited(message):
-            return
+            return None
         channel = message.channel
+        # Looked up once, for the open check and for the backplane (about 1,800 instructions).
         options = self.connection.settings.namespace(namespace_of(channel))
         if not self.open_to(channel, _PUBLISH, options):
-            self.connection.defer(partial(self._publish_permitted, message, options))
-            return
+            return partial(self._publish_permitted, message, options)
         converted = self._publish_at_once(message, options)
-        if converted is not None:
-            self.connection.defer(partial(self._submit, message, converted))
+        return None if converted is None else partial(self._submit, message, converted)
 
     def _rate_limited(self, message: Publish) -> bool:
         """Whether the publish rate limit refuses ``message`` (answered, or the connection
