@@ -85,20 +85,21 @@ class Reader(Closing):
         # lets the writer tasks run: it does once an outbox is half full (``WRITERS_BEHIND``).
         behind = WRITERS_BEHIND
         heartbeats = None
+        taking = source is not None and take_now is not None
+        if self._context is None and (heartbeat is not None or taking):
+            # The heartbeat check runs from the sweep's timer, and messages taken at once from
+            # the protocol's callback: both in this task's context (logs' ``client``).
+            self._context = contextvars.copy_context()
         if heartbeat is not None:
             # The process's sweep looks at when the client was last heard, once per heartbeat:
             # nothing is allocated or rescheduled per frame, and no timer is kept per connection
             # (``broker.heartbeats``).
             self._heartbeat = heartbeat
             self._last_heard = loop.time()
-            if self._context is None:
-                # The check runs from the sweep's timer: in this task's context (logs' ``client``).
-                self._context = contextvars.copy_context()
             heartbeats = sweep(heartbeat)
             heartbeats.schedule(self, self._last_heard + heartbeat)
-        if source is not None and take_now is not None:
-            if self._context is None:
-                self._context = contextvars.copy_context()
+        if taking:
+            assert source is not None
             self._take = take_now
             source.take_now = self.take_message
         try:
@@ -131,8 +132,7 @@ class Reader(Closing):
                 text = message.get("text")
                 stats.messages_in += 1
                 if text is not None:
-                    # Characters are at most 4 bytes: encode only when it might be too long.
-                    size = len(text) if len(text) * 4 <= max_bytes else len(text.encode())
+                    size = text_size(text, max_bytes)
                     stats.bytes_in += size
                     if size > max_bytes:
                         self.request_close(CloseCode.MESSAGE_TOO_BIG)
@@ -148,7 +148,8 @@ class Reader(Closing):
                 if behind.wanted:
                     await let_writers_run()
         finally:
-            if source is not None and take_now is not None:
+            if taking:
+                assert source is not None
                 source.take_now = None
                 self._take = None
             if heartbeats is not None:
@@ -177,7 +178,7 @@ class Reader(Closing):
             return False
         max_bytes = self.settings.websocket.max_message_bytes
         if text is not None:
-            size = len(text) if len(text) * 4 <= max_bytes else len(text.encode())
+            size = text_size(text, max_bytes)
         else:
             size = len(data or b"")
         if size > max_bytes:
@@ -219,6 +220,13 @@ class Reader(Closing):
         # The reader goes on reading (and dropping) until the close handshake ends or the
         # writer gives up.
         self.request_close(CloseCode.HEARTBEAT_TIMEOUT)
+
+
+def text_size(text: str, max_bytes: int) -> int:
+    """The size ``text`` counts for, against ``max_bytes`` and in ``bytes_in``: its length in
+    characters when even 4 bytes each would be within the limit (exact for ASCII), otherwise
+    its UTF-8 length. Encoding is the cost avoided for nearly every message."""
+    return len(text) if len(text) * 4 <= max_bytes else len(text.encode())
 
 
 async def _raise(exc: Exception) -> None:
