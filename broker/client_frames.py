@@ -47,6 +47,30 @@ def receive(protocol: BrokerWebSocketProtocol, data: bytes) -> None:
         _give_up(protocol, data)
         return
     pending = protocol.frames_pending
+    size = len(data)
+    if pending is None and size >= 6 and conn.current_size is None:
+        # The usual read: one whole message in one frame, alone, with a 7- or 16-bit length.
+        # About a quarter of the general loop's bytecode below, which handles it the same way.
+        head1 = data[0]
+        if head1 == _TEXT or head1 == _BINARY:
+            # Negative when unmasked, 127 for a 64-bit length: the general loop takes those.
+            length = data[1] - 0x80
+            start = 6
+            if length == 126:
+                length = (data[2] << 8) | data[3]
+                start = 8
+            elif length == 127:
+                length = -1
+            if length >= 0 and start + length == size:
+                limit = conn.max_message_size
+                if limit is None or length <= limit:
+                    payload = apply_mask(data[start:], data[start - 4 : start])
+                    if not protocol.close_sent:
+                        protocol.curr_msg_data_type = "text" if head1 == _TEXT else "bytes"
+                        protocol._deliver(payload)
+                        if conn.close_sent is not None:  # failed it (invalid UTF-8: 1007)
+                            _give_up(protocol, b"")
+                    return
     buffer: bytes | bytearray
     if pending is not None:
         pending += data

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from protocol import CODECS, MSGPACK, Codec, Encoding
+from protocol import CODECS, JSON, MSGPACK, Codec, Encoding
 
 
 class UnconvertibleData(ValueError):
@@ -29,6 +29,17 @@ class UnconvertibleData(ValueError):
 
 def convert_for_subscribers(data: msgspec.Raw, source: Codec) -> dict[Encoding, msgspec.Raw]:
     """``data`` in every encoding other than ``source``'s. Raises ``UnconvertibleData``."""
+    if source is JSON:
+        # Nearly every publish: the loop below, unrolled for its one target (a third of the
+        # time; the decoding and encoding themselves are two C calls).
+        try:
+            value = JSON.decode_payload(data)
+        except (msgspec.MsgspecError, ValueError, RecursionError) as exc:
+            raise UnconvertibleData(f"data cannot be decoded: {exc}") from None
+        try:
+            return {Encoding.MSGPACK: MSGPACK.encode_payload(value)}
+        except (msgspec.MsgspecError, TypeError, ValueError, OverflowError) as exc:
+            raise UnconvertibleData(f"data cannot be carried in MessagePack: {exc}") from None
     try:
         value = source.decode_payload(data)
     except (msgspec.MsgspecError, ValueError, RecursionError) as exc:

@@ -185,9 +185,29 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
 
     def offer(self, command: Command) -> bool:
         """``submit`` if it needs no wait: handled now (``_hand_over``) or queued when the
-        mailbox has room and nobody waits for it; whether it was. The memory backplane's
-        ``deliver_now`` (``Backplane.publish_now``)."""
+        mailbox has room and nobody waits for it; whether it was."""
         return self._hand_over(command) or self._mailbox.offer(command)
+
+    def offer_live(self, command: LivePublication) -> bool:
+        """``offer`` for a publication: the memory backplane's ``deliver_now``
+        (``Backplane.publish_now``), once per publication. ``_hand_over`` and ``_handle``
+        inlined: three Python calls fewer on the way to the fan-out."""
+        context = self._context
+        if context is None or self._handing_over or not self._mailbox.waiting():
+            return self._mailbox.offer(command)
+        self._handing_over = True
+        try:
+            context.run(self._live_safely, command)
+        finally:
+            self._handing_over = False
+        return True
+
+    def _live_safely(self, command: LivePublication) -> None:
+        try:
+            self._live(command.publication)
+        except Exception:
+            log.exception("hub.command_failed", command="LivePublication")
+            self._answer_internal_error(command)
 
     def detach_unsubscribed(self, subscriber: Subscriber) -> bool:
         """Detach ``subscriber`` now, without the mailbox, when it holds no channel: then

@@ -71,6 +71,12 @@ class Delivery:
         if not state.watching or state.filling:
             state.hold(publication)
             return
+        offset = publication.offset
+        if offset == state.offset + 1 and publication.epoch == state.epoch:
+            # The next one in order, as nearly every publication is: ``_sequence``, inlined.
+            state.offset = offset
+            self._fan_out(state, publication)
+            return
         self._sequence(state, publication)
 
     def _sequence(self, state: ChannelState, publication: PublicationFrames) -> None:

@@ -108,7 +108,7 @@ class Broker:
                 self._essential,
                 "backplane",
                 # Live publications made here go to the hub without a wait when it has room.
-                functools.partial(self.backplane.run, deliver_now=self.hub.offer),
+                functools.partial(self.backplane.run, deliver_now=self.hub.offer_live),
                 self.control.deliver,
             )
             await tasks.start(self.loopwatch.run)

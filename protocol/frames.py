@@ -9,7 +9,6 @@ encoding pair, however many subscribers there are. Every subscriber's outbox get
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import msgspec
 
@@ -17,14 +16,17 @@ from protocol.codec import CODECS, Codec, Encoding, convert_payload
 from protocol.messages import Publication
 
 
-@dataclass(slots=True)
-class Frame:
+class Frame(msgspec.Struct, gc=False):
     """Bytes ready for the socket, with the publication they carry when they carry one.
 
     ``channel`` and ``offset`` let an outbox that drops frames (policy ``drop_oldest``) tell the
     client which publications it skipped; control frames have ``channel`` None. One ``Frame`` is
     shared by every subscriber of an encoding, so nothing but ``wire`` is ever changed after it
     is made.
+
+    A msgspec Struct, not a dataclass: made in C, without a Python ``__init__`` (one for every
+    publication and every reply). Untracked by the garbage collector: it holds bytes, a string
+    and numbers only.
     """
 
     data: bytes
@@ -35,10 +37,10 @@ class Frame:
     binary: bool = False
     #: The whole WebSocket frame (RFC 6455 header and payload), made by the transport the first
     #: time it is written and reused for every other subscriber.
-    wire: bytes | None = field(default=None, compare=False, repr=False)
+    wire: bytes | None = None
     #: For a publication's ``message`` frame: when the broker process took the publication in
     #: (``time.monotonic()``), for the delivery latency metric; 0 for every other frame.
-    accepted: float = field(default=0.0, compare=False, repr=False)
+    accepted: float = 0.0
 
     @property
     def size(self) -> int:

@@ -108,7 +108,39 @@ async def test_pings_and_fragmented_messages_among_whole_ones_keep_their_order()
             raw.reset()
 
 
-@pytest.mark.parametrize(
+def masked_with_length(payload: bytes, marker: int, *, opcode: int = 0x1) -> bytes:
+    """A final masked frame whose length is written the 16-bit (126) or 64-bit (127) way
+    whatever it is (RFC 6455 asks for the shortest; ``websockets`` takes any)."""
+    mask = b"\x11\x22\x33\x44"
+    size = struct.pack("!H" if marker == 126 else "!Q", len(payload))
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | marker]) + size + mask + masked
+
+
+async def test_a_whole_message_alone_in_its_read_is_echoed_whatever_its_length_encoding() -> None:
+    """One message per write, so that each is all of what the broker reads (its quickest way):
+    every length the 7-bit and 16-bit encodings hold at their edges, and lengths written the
+    long way, come back whole and the connection stays on its own parser."""
+    async with serve_broker(SETTINGS) as running:
+        raw = await echo_client(running)
+        try:
+            for size in (0, 1, 2, 5, 6, 7, 125, 126, 127, 128, 129, 300, LIMIT - 1, LIMIT):
+                message = bytes([0x61 + size % 26]) * size
+                for opcode in (0x1, 0x2):
+                    await raw.send(masked_frame(message, opcode=opcode))
+                    assert await read_frames(raw, 1) == [(opcode, message)], (size, opcode)
+            for marker in (126, 127):
+                # 119 bytes the 64-bit way make a read of 6 + 127 bytes, as a 7-bit 127 would.
+                for message in (b"", b"short", b"z" * 119, b"y" * 200):
+                    await raw.send(masked_with_length(message, marker))
+                    assert await read_frames(raw, 1) == [(0x1, message)], (marker, message)
+            (protocol,) = protocols(running)
+            assert protocol.fast_frames and protocol.frames_pending is None
+        finally:
+            raw.reset()
+
+
+REFUSED = pytest.mark.parametrize(
     ("wire", "code"),
     [
         # A whole message inside a fragmented one: websockets' 1002, as before.
@@ -118,6 +150,7 @@ async def test_pings_and_fragmented_messages_among_whole_ones_keep_their_order()
         (bytes([0xC1]) + masked_frame(b"rsv")[1:], 1002),  # a reserved bit
         (b"\x81\xfe\x20\x00" + b"mask", 1009),  # 8 KiB declared, over the limit: refused at once
         (masked_frame(b"\xff\xfe"), 1007),  # invalid UTF-8
+        (masked_frame(b"x" * (LIMIT + 1)), 1009),  # whole, one byte over the limit
     ],
     # Named, not shown: the masks are random, and ids must be the same in every collection
     # (pytest-xdist's workers each collect the suite).
@@ -128,8 +161,12 @@ async def test_pings_and_fragmented_messages_among_whole_ones_keep_their_order()
         "reserved-bit",
         "declared-over-limit",
         "invalid-utf8",
+        "whole-over-limit",
     ],
 )
+
+
+@REFUSED
 async def test_what_websockets_refused_is_still_refused(wire: bytes, code: int) -> None:
     async with serve_broker(SETTINGS) as running:
         raw = await echo_client(running)
@@ -137,6 +174,19 @@ async def test_what_websockets_refused_is_still_refused(wire: bytes, code: int) 
             await raw.send(masked_frame(b"before") + wire)
             frames = await read_frames(raw, 2)
             assert frames[0] == (0x1, b"before") or frames[0][0] == 0x8
+            close = [payload for opcode, payload in frames if opcode == 0x8]
+            assert close and struct.unpack("!H", close[0][:2])[0] == code
+        finally:
+            raw.reset()
+
+
+@REFUSED
+async def test_what_websockets_refused_is_refused_alone_in_its_read(wire: bytes, code: int) -> None:
+    async with serve_broker(SETTINGS) as running:
+        raw = await echo_client(running)
+        try:
+            await raw.send(wire)
+            frames = await read_frames(raw, 1)
             close = [payload for opcode, payload in frames if opcode == 0x8]
             assert close and struct.unpack("!H", close[0][:2])[0] == code
         finally:

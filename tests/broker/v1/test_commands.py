@@ -20,6 +20,7 @@ from broker.settings import (
     WebSocketSettings,
 )
 from protocol import (
+    MSGPACK,
     Encoding,
     Error,
     Ping,
@@ -313,6 +314,65 @@ async def test_json_data_messagepack_cannot_carry_is_refused_with_bad_request(
         for sub in (json_sub, msgpack_sub):
             message = await sub.expect(Publication)
             assert (message.offset, sub.data(message.data)) == (1, "next")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "100000000000000000000000000000",
+        "-9223372036854775809",
+        "18446744073709551616",
+        "1e400",
+        "-1E+999",
+        '{"ok": [1, {"deep": -123456789012345678901234567890}]}',
+    ],
+    ids=[
+        "int-30-digits",
+        "below-int64",
+        "above-uint64",
+        "exponent",
+        "negative-exponent",
+        "nested-int-of-30-digits",
+    ],
+)
+async def test_json_data_out_of_messagepack_reach_is_refused_with_bad_request(
+    running: RunningBroker, data: str
+) -> None:
+    """Integers beyond 64 bits, numbers beyond a float's range: refused when published, even
+    with no MessagePack subscriber on the channel (one may subscribe later, or read history)."""
+    async with clients(running, Encoding.JSON, Encoding.JSON) as (pub, json_sub):
+        await subscribe(json_sub, "mixed")
+        await pub.ws.send(f'{{"type":"publish","id":5,"channel":"mixed","data":{data}}}')
+        assert_bad_request(await pub.expect(Error), 5)
+        await publish(pub, "mixed", "next", 6)
+        message = await json_sub.expect(Publication)
+        assert (message.offset, json_sub.data(message.data)) == (1, "next")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"n": 9223372036854775807, "m": -9223372036854775808, "f": 1.5e99, "g": -2.5e-99},
+        {"big": 18446744073709551615, "f": 1.7976931348623157e308, "digits": "1234567890" * 3},
+        {"text": "caf\u00e9 \u65e5\u672c \U0001f600", "escaped": '\u0041\n"', "none": None},
+        [True, False, None, [], {}, [[[1]]], -0.0, 0, '\u0041\n\t"\\'],
+    ],
+    ids=["int64-bounds", "uint64-and-float-bounds", "unicode", "literals"],
+)
+async def test_json_data_at_the_edges_of_messagepack_reaches_every_subscriber_equal(
+    running: RunningBroker, data: Any
+) -> None:
+    """What both encodings carry arrives equal in both, converted once for the channel."""
+    async with clients(running, Encoding.JSON, Encoding.JSON, Encoding.MSGPACK) as clients_:
+        pub, json_sub, msgpack_sub = clients_
+        await subscribe(json_sub, "mixed")
+        await subscribe(msgpack_sub, "mixed")
+        before = MSGPACK.payloads_converted
+        await publish(pub, "mixed", data, 2)
+        for sub in (json_sub, msgpack_sub):
+            message = await sub.expect(Publication)
+            assert sub.data(message.data) == data
+        assert MSGPACK.payloads_converted - before == 1
 
 
 @ENCODINGS
