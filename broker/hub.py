@@ -166,19 +166,20 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
         if not self._hand_over(command):
             self._mailbox.send_nowait(command)
 
-    def _hand_over(self, command: Command) -> bool:
+    def _hand_over(self, command: Command, handle: Callable[[Any], None] | None = None) -> bool:
         """Handle ``command`` now if the hub is idle: its task waits on an empty mailbox, so this
         command would be the next it takes. It runs to completion here, on the sender's stack
         and in the hub's context (its logs are the hub's, not the sender's connection's), as
         it would in the hub's task, which stays asleep. Not from inside a command being handled
         this way (one sent by the hub to itself is queued and handled after it): False then,
-        and when the hub is busy, not running, or has commands queued."""
+        and when the hub is busy, not running, or has commands queued. ``handle``: the
+        command's own handler, when the caller knows its kind (``_handle_safely`` otherwise)."""
         context = self._context
         if context is None or self._handing_over or not self._mailbox.waiting():
             return False
         self._handing_over = True
         try:
-            context.run(self._handle_safely, command)
+            context.run(handle or self._handle_safely, command)
         finally:
             self._handing_over = False
         return True
@@ -190,17 +191,9 @@ class Hub(Admission, Delivery, Reads, ChatRoom):
 
     def offer_live(self, command: LivePublication) -> bool:
         """``offer`` for a publication: the memory backplane's ``deliver_now``
-        (``Backplane.publish_now``), once per publication. ``_hand_over`` and ``_handle``
-        inlined: three Python calls fewer on the way to the fan-out."""
-        context = self._context
-        if context is None or self._handing_over or not self._mailbox.waiting():
-            return self._mailbox.offer(command)
-        self._handing_over = True
-        try:
-            context.run(self._live_safely, command)
-        finally:
-            self._handing_over = False
-        return True
+        (``Backplane.publish_now``), once per publication, handed to ``_live`` without the
+        dispatch of ``_handle``."""
+        return self._hand_over(command, self._live_safely) or self._mailbox.offer(command)
 
     def _live_safely(self, command: LivePublication) -> None:
         try:
